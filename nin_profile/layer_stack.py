@@ -1,0 +1,141 @@
+"""Which layer is running: a stack of module names kept by forward hooks, removed on exit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from nin_profile._lazy_dynamo import without_dynamo_import
+from nin_profile.errors import LayerFailed
+
+ROOT = "(root)"
+
+
+@dataclass(frozen=True)
+class Frame:
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor)]
+
+
+def layer_names(model: nn.Module) -> dict[nn.Module, str]:
+    """Dotted name of each module, the root called ROOT (first name wins for shared modules)."""
+    names: dict[nn.Module, str] = {}
+    for name, module in model.named_modules():
+        names.setdefault(module, name or ROOT)
+    return names
+
+
+def params_by_layer(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(parameters, trainable parameters) owned directly by each module; shared ones count once."""
+    seen: set[int] = set()
+    counts: dict[str, tuple[int, int]] = {}
+    for module, name in layer_names(model).items():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            counts[name] = (
+                sum(p.numel() for p in own),
+                sum(p.numel() for p in own if p.requires_grad),
+            )
+    return counts
+
+
+Hook = Callable[[Frame, Any], None]
+
+
+class LayerStack:
+    """Keeps the stack of running modules; a failing forward leaves its innermost layer on top.
+
+    `on_enter(frame, args)` runs before a module's forward, `on_exit(frame, output)` after it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        extra: dict[str, nn.Module] | None = None,
+        on_enter: Hook | None = None,
+        on_exit: Hook | None = None,
+    ) -> None:
+        self.names = layer_names(model)
+        for name, module in (extra or {}).items():
+            self.names[module] = name
+        self.frames: list[Frame] = []
+        self._on_enter = on_enter
+        self._on_exit = on_exit
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def current(self) -> str:
+        return self.frames[-1].name if self.frames else ROOT
+
+    def __enter__(self) -> LayerStack:
+        for module in self.names:
+            self._handles.append(module.register_forward_pre_hook(self._enter))
+            self._handles.append(module.register_forward_hook(self._exit))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        inputs = tensors_in(args)
+        frame = Frame(self.names[module], module, tuple(inputs[0].shape) if inputs else ())
+        if self._on_enter:
+            self._on_enter(frame, args)
+        self.frames.append(frame)
+
+    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        frame = self.frames[-1]
+        empty = [t for t in tensors_in(output) if t.numel() == 0]
+        if empty:
+            shape = "×".join(map(str, empty[0].shape))
+            raise LayerFailed(
+                frame.name,
+                type(module).__name__,
+                frame.input_shape,
+                f"its output {shape} would be empty",
+            )
+        if self._on_exit:
+            self._on_exit(frame, output)
+        self.frames.pop()
+
+    def failure(self, exc: BaseException) -> LayerFailed:
+        """Name the innermost layer that was running when `exc` was raised."""
+        if isinstance(exc, LayerFailed):
+            return exc
+        frame = self.frames[-1] if self.frames else None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if frame is None:
+            return LayerFailed(ROOT, "model", (), reason)
+        return LayerFailed(frame.name, type(frame.module).__name__, frame.input_shape, reason)
+
+
+@contextmanager
+def naming_failures(stack: LayerStack) -> Iterator[LayerStack]:
+    """Turn a RuntimeError inside a forward into a LayerFailed naming the layer."""
+    with stack:
+        try:
+            yield stack
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise stack.failure(exc) from exc
+
+
+def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Run `model` (with meta parameters) on a meta input, naming the layer that cannot run."""
+    with naming_failures(LayerStack(model)), torch.no_grad(), without_dynamo_import():
+        out = model(torch.empty(input_shape, device="meta"))
+    assert isinstance(out, torch.Tensor)
+    return out

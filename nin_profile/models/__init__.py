@@ -1,0 +1,102 @@
+"""Model registry: d2l's NiN, AlexNet and VGG, their variants, and user models by import path."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from nin_profile.errors import ImportPathError, InvalidConfig, UnknownModel
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a builder needs to know about the data: input channels, classes, square image side."""
+
+    channels: int = 1
+    classes: int = 10
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        for field in ("channels", "classes", "image_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise InvalidConfig(f"{field} must be a positive integer, got {value!r}")
+
+
+Builder = Callable[[ModelConfig], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    build: Builder
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
+    """Register a builder under `name`; a name registered twice is an error, not an overwrite."""
+
+    def decorator(build: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelSpec(name, description, build)
+        return build
+
+    return decorator
+
+
+def list_models() -> list[ModelSpec]:
+    """The registered models, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def describe_model(name: str) -> str:
+    spec = _REGISTRY.get(name)
+    return spec.description if spec else f"user model from {name}"
+
+
+def get_model(name: str, **cfg: int) -> nn.Module:
+    """Build a registered model, or a user model from `package.module:callable`.
+
+    Builds on the current default device: wrap the call in `torch.device("meta")` to get a
+    model with no storage behind its parameters.
+    """
+    config = ModelConfig(**cfg)
+    if ":" in name:
+        return load_import_path(name)
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        raise UnknownModel(name, [s.name for s in list_models()])
+    return spec.build(config)
+
+
+def load_import_path(path: str) -> nn.Module:
+    """Import `package.module:attr`: the module it names, or that it builds when called bare."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ImportPathError(f"import path {path!r} must look like package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import can fail in any way; report it in one line
+        raise ImportPathError(f"cannot import {module_name!r} from {path!r}: {exc}") from exc
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ImportPathError(f"{module_name!r} has no attribute {attr!r} (from {path!r})")
+        target = getattr(target, part)
+    built = target() if callable(target) and not isinstance(target, nn.Module) else target
+    if not isinstance(built, nn.Module):
+        raise ImportPathError(
+            f"{path!r} gave a {type(built).__name__}, not a torch.nn.Module; "
+            "point it at a module or at a callable that returns one"
+        )
+    return built
+
+
+from nin_profile.models import zoo as _zoo  # noqa: E402,F401  (registers the built-in models)
