@@ -1,0 +1,294 @@
+"""Static analysis on the meta device: per-layer counts, FLOPs, saved bytes, memory peaks.
+
+Nothing of batch size is allocated: every tensor is a meta tensor, so a batch of 1024 costs
+what a batch of 1 does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from nin_profile._lazy_dynamo import without_dynamo_import
+from nin_profile.errors import LayerFailed
+from nin_profile.layer_stack import (
+    Frame,
+    LayerStack,
+    forward_on_meta,
+    layer_names,
+    naming_failures,
+    params_by_layer,
+    tensors_in,
+)
+from nin_profile.memory import AllocationLog, peak_breakdown
+from nin_profile.models import ModelConfig, describe_model, get_model
+from nin_profile.results import (
+    LayerStats,
+    MemoryBreakdown,
+    MemoryCategory,
+    ModelProfile,
+    NotCounted,
+    Phase,
+)
+from nin_profile.tracing import (
+    DEVICE_RULES,
+    LOSS,
+    DeviceRules,
+    FusedDropout,
+    StepTracer,
+    tag_graph,
+)
+from nin_profile.training import make_batch, make_optimizer, optimizer_state, training_step
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    batch: int = 128
+    channels: int = 1
+    image_size: int = 224
+    classes: int = 10
+    optimizer: str = "sgd"
+    device: str = "cuda"  # the device whose memory is predicted; the trace itself runs on meta
+
+    @property
+    def rules(self) -> DeviceRules:
+        return DEVICE_RULES[self.device]
+
+
+@dataclass
+class _LayerRecord:
+    """What the forward hooks learn about a leaf module while the step runs."""
+
+    type: str
+    output_shape: tuple[int, ...] | None = None
+    output_bytes: int = 0
+    calls: int = 0
+
+
+@dataclass
+class _TrainingTrace:
+    tracer: StepTracer
+    log: AllocationLog
+    records: dict[str, _LayerRecord]
+    saved_by: dict[int, str]
+    owners: dict[MemoryCategory, set[int]] = field(default_factory=dict)
+
+
+def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
+    """Build a registered (or import-path) model on the meta device and analyse it."""
+    with torch.device("meta"), without_dynamo_import():
+        model = get_model(
+            name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
+        )
+    return analyse(model.to("meta"), cfg, name=name, description=describe_model(name))
+
+
+def analyse(
+    model: nn.Module, cfg: AnalysisConfig, name: str, description: str = ""
+) -> ModelProfile:
+    """Trace one steady-state training step and one inference pass of `model` (meta parameters)."""
+    with _restoring_mode(model), without_dynamo_import():
+        trace = _trace_training(model, cfg)
+        inference = _trace_inference(model, cfg)
+    train = peak_breakdown(trace.log.events, _categorizer(trace.owners))
+    return _model_profile(model, name, description, trace, train, inference)
+
+
+@contextlib.contextmanager
+def _restoring_mode(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _trace_training(model: nn.Module, cfg: AnalysisConfig) -> _TrainingTrace:
+    model.train()
+    x, y = make_batch(cfg.batch, cfg.channels, cfg.image_size, cfg.classes, "meta")
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.rules.foreach_optimizer)
+    with naming_failures(LayerStack(model, extra={LOSS: loss_fn})):
+        training_step(model, loss_fn, optimizer, x, y)  # warm-up: optimizer state, as in step 2+
+    optimizer.zero_grad(set_to_none=True)
+
+    log = AllocationLog(cfg.rules.block_bytes)
+    owners = {
+        MemoryCategory.PARAMS: log.keys_of(model.parameters()),
+        MemoryCategory.BUFFERS: log.keys_of(model.buffers()),
+        MemoryCategory.INPUT: log.keys_of([x, y]),
+        MemoryCategory.OPTIMIZER: log.keys_of(optimizer_state(optimizer)),
+    }
+    persistent = set().union(owners[MemoryCategory.PARAMS], owners[MemoryCategory.BUFFERS])
+    records: dict[str, _LayerRecord] = {}
+    saved_by: dict[int, str] = {}
+    stack = LayerStack(
+        model,
+        extra={LOSS: loss_fn},
+        on_enter=lambda frame, args: tag_graph(tensors_in(args), stack.current),
+        on_exit=lambda frame, out: _record_output(records, frame, out),
+    )
+    tracer = StepTracer(stack, log)
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key = log.key_of(tensor)
+        if key is not None and key not in persistent:
+            saved_by.setdefault(key, stack.current)
+        return tensor
+
+    try:
+        with (
+            naming_failures(stack),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            FusedDropout() if cfg.rules.fused_dropout else contextlib.nullcontext(),
+            tracer,
+        ):
+            training_step(model, loss_fn, optimizer, x, y, on_phase=tracer.set_phase)
+        owners[MemoryCategory.GRADS] = log.keys_of(
+            p.grad for p in model.parameters() if p.grad is not None
+        )
+        owners[MemoryCategory.ACTIVATIONS] = set(saved_by)
+    finally:
+        log.close()
+    return _TrainingTrace(tracer, log, records, saved_by, owners)
+
+
+def _record_output(records: dict[str, _LayerRecord], frame: Frame, output: object) -> None:
+    """Note a leaf module's output shape and bytes; then mark the autograd nodes it built."""
+    outputs = tensors_in(output)
+    tag_graph(outputs, frame.name)
+    if any(True for _ in frame.module.children()):
+        return
+    record = records.setdefault(frame.name, _LayerRecord(type(frame.module).__name__))
+    record.calls += 1
+    if record.output_shape is None and outputs:
+        record.output_shape = tuple(outputs[0].shape)
+    record.output_bytes += sum(t.numel() * t.element_size() for t in outputs)
+
+
+def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
+    """One forward pass in eval mode under no_grad (not inference_mode: under inference_mode a
+    dispatch mode sees composite ops whole and misses what they allocate inside, such as the
+    int64 indices max_pool2d computes on CUDA)."""
+    model.eval()
+    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, cfg.classes, "meta")
+    log = AllocationLog(cfg.rules.block_bytes)
+    owners = {
+        MemoryCategory.PARAMS: log.keys_of(model.parameters()),
+        MemoryCategory.BUFFERS: log.keys_of(model.buffers()),
+        MemoryCategory.INPUT: log.keys_of([x]),
+    }
+    stack = LayerStack(model)
+    try:
+        with naming_failures(stack), torch.no_grad(), StepTracer(stack, log):
+            model(x)
+    finally:
+        log.close()
+    categorize = _categorizer(owners, default=MemoryCategory.ACTIVATIONS)
+    return peak_breakdown(log.events, categorize)
+
+
+def _categorizer(
+    owners: dict[MemoryCategory, set[int]], default: MemoryCategory = MemoryCategory.TRANSIENT
+) -> Callable[[int], MemoryCategory]:
+    """key → category; where a storage fits several, the first category in enum order wins."""
+    category: dict[int, MemoryCategory] = {}
+    for cat in reversed(MemoryCategory):
+        category.update(dict.fromkeys(owners.get(cat, ()), cat))
+    return lambda key: category.get(key, default)
+
+
+def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ...]:
+    """Leaf modules in the order they ran, then any module with parameters, FLOPs or saved bytes
+    of its own (a container's functional ops)."""
+    params = params_by_layer(model)
+    flops = trace.tracer.flops
+    saved: dict[str, int] = {}
+    for key, layer in trace.saved_by.items():
+        saved[layer] = saved.get(layer, 0) + trace.log.nbytes[key]
+    types = {name: type(module).__name__ for module, name in layer_names(model).items()}
+    names = [*trace.records, *params, *saved, *(layer for layer, _ in flops)]
+    rows = []
+    for name in dict.fromkeys(names):
+        record = trace.records.get(name) or _LayerRecord(types.get(name, name))
+        total, trainable = params.get(name, (0, 0))
+        rows.append(
+            LayerStats(
+                name=name,
+                type=record.type,
+                output_shape=record.output_shape,
+                params=total,
+                trainable_params=trainable,
+                flops_forward=flops[name, Phase.FORWARD],
+                flops_backward=flops[name, Phase.BACKWARD],
+                output_bytes=record.output_bytes,
+                saved_bytes=saved.get(name, 0),
+                calls=record.calls,
+            )
+        )
+    return tuple(rows)
+
+
+def _phase_total(counter: Counter[tuple[str, Phase]], phase: Phase) -> int:
+    return sum(n for (_, p), n in counter.items() if p is phase)
+
+
+def _model_profile(
+    model: nn.Module,
+    name: str,
+    description: str,
+    trace: _TrainingTrace,
+    train: MemoryBreakdown,
+    inference: MemoryBreakdown,
+) -> ModelProfile:
+    unique = {id(p): p for p in model.parameters()}.values()
+    flops = trace.tracer.flops
+    return ModelProfile(
+        name=name,
+        description=description,
+        params=sum(p.numel() for p in unique),
+        trainable_params=sum(p.numel() for p in unique if p.requires_grad),
+        flops_forward=_phase_total(flops, Phase.FORWARD),
+        flops_backward=_phase_total(flops, Phase.BACKWARD),
+        activation_bytes_saved=sum(trace.log.nbytes[key] for key in trace.saved_by),
+        layers=_layer_rows(model, trace),
+        train=train,
+        inference=inference,
+        not_counted=tuple(
+            NotCounted(op, phase.value, calls)
+            for (op, phase), calls in sorted(trace.tracer.not_counted.items())
+        ),
+    )
+
+
+def fits(name: str, cfg: ModelConfig) -> bool:
+    """Whether the model builds and runs a batch of one `cfg.image_size` image."""
+    try:
+        with torch.device("meta"), without_dynamo_import():
+            model = get_model(
+                name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
+            )
+        forward_on_meta(model, (1, cfg.channels, cfg.image_size, cfg.image_size))
+    except LayerFailed:
+        return False
+    return True
+
+
+def smallest_image_size(name: str, cfg: ModelConfig, largest: int = 4096) -> int | None:
+    """The smallest square image above `cfg.image_size` the model accepts, by bisection."""
+    too_small, big_enough = cfg.image_size, largest
+    if not fits(name, replace(cfg, image_size=big_enough)):
+        return None
+    while big_enough - too_small > 1:
+        middle = (too_small + big_enough) // 2
+        if fits(name, replace(cfg, image_size=middle)):
+            big_enough = middle
+        else:
+            too_small = middle
+    return big_enough

@@ -1,0 +1,1 @@
+"""Measurements on a real device: memory, time, batch sweeps."""

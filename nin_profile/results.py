@@ -1,0 +1,242 @@
+"""Results as numbers: frozen dataclasses with `to_dict`/`from_dict`, no formatting.
+
+Units: counts are plain integers, memory is bytes, FLOPs count a multiply and an add as two
+(FLOPs = 2 × MACs). Every figure is per batch unless its name says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Phase(str, Enum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+
+
+class MemoryCategory(str, Enum):
+    """What a byte alive at a peak is for; a storage belongs to the first category whose rule fits.
+
+    PARAMS: the model's parameters. BUFFERS: its buffers (batch-norm statistics).
+    INPUT: the batch and its targets. OPTIMIZER: optimizer state kept between steps (momentum
+    buffers, Adam's moments). GRADS: the `.grad` of each trainable parameter.
+    ACTIVATIONS: in training, storages autograd saved for backward; in inference, layer outputs.
+    TRANSIENT: anything else alive at that moment: gradients flowing back, an op's temporaries.
+    """
+
+    PARAMS = "params"
+    BUFFERS = "buffers"
+    INPUT = "input"
+    OPTIMIZER = "optimizer"
+    GRADS = "grads"
+    ACTIVATIONS = "activations"
+    TRANSIENT = "transient"
+
+
+@dataclass(frozen=True)
+class PeakSite:
+    """Where a memory peak happens: the phase, the layer and the aten op that allocated last."""
+
+    phase: str
+    layer: str
+    op: str
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes alive at the peak of one phase, by category; the categories sum to `peak`."""
+
+    peak: int
+    by_category: Mapping[MemoryCategory, int]
+    site: PeakSite
+
+    def __getitem__(self, category: MemoryCategory) -> int:
+        return self.by_category.get(category, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {c.value: self[c] for c in MemoryCategory}
+        out["peak"] = self.peak
+        out["peak_at"] = asdict(self.site)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MemoryBreakdown:
+        return cls(
+            peak=d["peak"],
+            by_category={c: d[c.value] for c in MemoryCategory if c.value in d},
+            site=PeakSite(**d["peak_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One layer (a leaf module, or a container's own functional ops) over one training step."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...] | None
+    params: int
+    trainable_params: int
+    flops_forward: int
+    flops_backward: int
+    output_bytes: int
+    saved_bytes: int
+    calls: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["output_shape"] = list(self.output_shape) if self.output_shape is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerStats:
+        shape = d.get("output_shape")
+        return cls(**{**d, "output_shape": tuple(shape) if shape is not None else None})
+
+
+@dataclass(frozen=True)
+class NotCounted:
+    """An aten op that does arithmetic the FLOP counter has no formula for."""
+
+    op: str
+    phase: str
+    calls: int
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Static analysis of one model at one batch size: counts, FLOPs and predicted memory."""
+
+    name: str
+    description: str
+    params: int
+    trainable_params: int
+    flops_forward: int
+    flops_backward: int
+    activation_bytes_saved: int
+    layers: tuple[LayerStats, ...]
+    train: MemoryBreakdown
+    inference: MemoryBreakdown
+    not_counted: tuple[NotCounted, ...] = ()
+
+    @property
+    def macs_forward(self) -> int:
+        return self.flops_forward // 2
+
+    @property
+    def macs_backward(self) -> int:
+        return self.flops_backward // 2
+
+    @property
+    def flops_train_step(self) -> int:
+        return self.flops_forward + self.flops_backward
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "macs_forward": self.macs_forward,
+            "flops_forward": self.flops_forward,
+            "macs_backward": self.macs_backward,
+            "flops_backward": self.flops_backward,
+            "flops_train_step": self.flops_train_step,
+            "activation_bytes_saved": self.activation_bytes_saved,
+            "memory": {
+                "train": {"predicted": self.train.to_dict()},
+                "inference": {"predicted": self.inference.to_dict()},
+            },
+            "not_counted": [asdict(n) for n in self.not_counted],
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelProfile:
+        return cls(
+            name=d["name"],
+            description=d["description"],
+            params=d["params"],
+            trainable_params=d["trainable_params"],
+            flops_forward=d["flops_forward"],
+            flops_backward=d["flops_backward"],
+            activation_bytes_saved=d["activation_bytes_saved"],
+            layers=tuple(LayerStats.from_dict(x) for x in d["layers"]),
+            train=MemoryBreakdown.from_dict(d["memory"]["train"]["predicted"]),
+            inference=MemoryBreakdown.from_dict(d["memory"]["inference"]["predicted"]),
+            not_counted=tuple(NotCounted(**n) for n in d.get("not_counted", ())),
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What the user asked for."""
+
+    models: tuple[str, ...]
+    batch: int
+    device: str
+    image_size: int
+    channels: int
+    classes: int
+    optimizer: str
+    dtype: str = "float32"
+    static: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["models"] = list(self.models)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        return cls(**{**d, "models": tuple(d["models"])})
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Versions and the device the figures come from."""
+
+    python: str
+    torch: str
+    platform: str
+    device_name: str
+    cuda: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Environment:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything one run produced: the contract behind profile.json."""
+
+    config: RunConfig
+    environment: Environment
+    models: tuple[ModelProfile, ...]
+    schema_version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "config": self.config.to_dict(),
+            "environment": self.environment.to_dict(),
+            "models": [m.to_dict() for m in self.models],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Profile:
+        return cls(
+            config=RunConfig.from_dict(d["config"]),
+            environment=Environment.from_dict(d["environment"]),
+            models=tuple(ModelProfile.from_dict(m) for m in d["models"]),
+            schema_version=d.get("schema_version", 1),
+        )

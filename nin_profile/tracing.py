@@ -1,0 +1,162 @@
+"""Trace a step op by op on the meta device: FLOPs per layer and phase, allocations and frees.
+
+FLOPs come from PyTorch's own per-op formulas (`torch.utils.flop_counter.flop_registry`).
+A backward op is charged to the layer whose forward built the autograd node running it: module
+hooks tag each node's `metadata` during forward, and `torch._C._current_autograd_node()` names
+the node during backward.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.graph import Node
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from nin_profile.layer_stack import LayerStack, tensors_in
+from nin_profile.memory import AllocationLog
+from nin_profile.results import PeakSite, Phase
+
+LOSS = "loss"
+OPTIMIZER = "(optimizer)"
+_LAYER_KEY = "nin_profile.layer"
+
+# Ops that move or create data without arithmetic: neither counted nor "not counted".
+_NO_ARITHMETIC = frozenset(
+    {
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "new_empty",
+        "new_empty_strided",
+        "new_zeros",
+        "zeros",
+        "zeros_like",
+        "ones",
+        "ones_like",
+        "full",
+        "full_like",
+        "fill_",
+        "zero_",
+        "clone",
+        "copy_",
+        "_to_copy",
+        "lift_fresh",
+        "_local_scalar_dense",
+        "detach",
+        "scalar_tensor",
+        "_unsafe_view",
+        "set_",
+        "resize_",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DeviceRules:
+    """How the target device differs from the meta device the step is traced on.
+
+    block_bytes: the allocator's rounding (CUDA's caching allocator: 512 B; CPU: exact).
+    fused_dropout: CUDA runs out-of-place train-mode dropout as `native_dropout`, saving a
+    1-byte bool mask; elsewhere dropout multiplies by a float noise tensor and saves it.
+    foreach_optimizer: torch.optim defaults to foreach kernels on CUDA, per-tensor loops on CPU.
+    """
+
+    name: str
+    block_bytes: int
+    fused_dropout: bool
+    foreach_optimizer: bool
+
+
+DEVICE_RULES = {
+    "cuda": DeviceRules("cuda", block_bytes=512, fused_dropout=True, foreach_optimizer=True),
+    "cpu": DeviceRules("cpu", block_bytes=1, fused_dropout=False, foreach_optimizer=False),
+}
+
+
+def counts_arithmetic(func: torch._ops.OpOverload) -> bool:
+    return (
+        func.namespace == "aten"
+        and not func.is_view
+        and func.overloadpacket.__name__ not in _NO_ARITHMETIC
+    )
+
+
+class FusedDropout(TorchFunctionMode):
+    """Dispatch dropout as CUDA does (`native_dropout` when training, out of place, 0 < p < 1)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            (x,) = args
+            p, training = kwargs.get("p", 0.5), kwargs.get("training", True)
+            if training and not kwargs.get("inplace", False) and 0 < p < 1 and x.numel() > 0:
+                return torch.native_dropout(x, p, True)[0]
+        return func(*args, **kwargs)
+
+
+def _metadata(node: Node) -> dict[str, Any]:
+    """The node's metadata dict (a property on autograd nodes, typed as a method in torch)."""
+    return cast(dict[str, Any], node.metadata)
+
+
+def tag_graph(tensors: list[torch.Tensor], layer: str) -> None:
+    """Mark every autograd node behind `tensors` not yet marked as built by `layer`."""
+    pending: list[Node | None] = [t.grad_fn for t in tensors]
+    while pending:
+        node = pending.pop()
+        if node is None or _LAYER_KEY in _metadata(node):
+            continue
+        _metadata(node)[_LAYER_KEY] = layer
+        pending.extend(next_node for next_node, _ in node.next_functions)
+
+
+def current_backward_layer() -> str:
+    node = torch._C._current_autograd_node()
+    if node is None:  # the seed gradient of loss.backward() is made before any node runs
+        return LOSS
+    layer = _metadata(node).get(_LAYER_KEY, LOSS)
+    assert isinstance(layer, str)
+    return layer
+
+
+class StepTracer(TorchDispatchMode):
+    """Sees every aten op of a step: charges its FLOPs and allocations to the running layer."""
+
+    def __init__(self, stack: LayerStack, log: AllocationLog) -> None:
+        super().__init__()
+        self.stack = stack
+        self.log = log
+        self.phase = Phase.FORWARD
+        self.flops: Counter[tuple[str, Phase]] = Counter()
+        self.not_counted: Counter[tuple[str, Phase]] = Counter()
+
+    def set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+
+    def layer(self) -> str:
+        if self.phase is Phase.BACKWARD:
+            return current_backward_layer()
+        if self.phase is Phase.OPTIMIZER:
+            return OPTIMIZER
+        return self.stack.current
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        layer = self.layer()
+        self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func.overloadpacket)
+        if formula is not None:
+            self.flops[layer, self.phase] += formula(*args, **kwargs, out_val=out)
+        elif counts_arithmetic(func):
+            self.not_counted[func.overloadpacket.__name__, self.phase] += 1
+        for tensor in tensors_in(out):
+            self.log.key_of(tensor)
+        return out

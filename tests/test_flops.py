@@ -1,0 +1,97 @@
+"""FLOPs against independent oracles: fvcore on real tensors, FlopCounterMode on a real backward
+pass, and the convolution formula worked by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.models import get_model
+from nin_profile.results import ModelProfile
+
+# Small enough for a real CPU pass in a test; VGG-11 at 32×32 keeps its 8 convs and 3 dense layers.
+CASES = [("nin", 224), ("nin_single_1x1", 224), ("alexnet", 224), ("vgg11", 32)]
+BATCH = 2
+
+
+def profile(name: str, image_size: int, batch: int = BATCH) -> ModelProfile:
+    return analyse_model(name, AnalysisConfig(batch=batch, image_size=image_size, device="cpu"))
+
+
+def real_model(name: str, image_size: int) -> nn.Module:
+    torch.manual_seed(0)
+    return get_model(name, image_size=image_size)
+
+
+def test_first_nin_conv_by_hand() -> None:
+    nin = profile("nin", 224, batch=1)
+    first = nin.layers[0]
+    assert first.name == "0.0"
+    # MACs = c_out*c_in*k*k per output pixel: 96*1*11*11 * 54*54 = 33_872_256; FLOPs = 2 × MACs
+    assert first.flops_forward == 2 * 96 * 1 * 11 * 11 * 54 * 54 == 67_744_512
+
+
+@pytest.mark.parametrize(("name", "image_size"), CASES)
+def test_forward_macs_per_layer_match_fvcore(name: str, image_size: int) -> None:
+    ours = profile(name, image_size)
+    model = real_model(name, image_size).eval()
+    x = torch.randn(BATCH, 1, image_size, image_size)
+    fvcore_macs = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).by_module()
+    counted = [layer for layer in ours.layers if layer.type in ("Conv2d", "Linear")]
+    assert len(counted) >= 8
+    for layer in counted:
+        assert layer.flops_forward == 2 * fvcore_macs[layer.name], layer.name
+
+
+@pytest.mark.parametrize(("name", "image_size"), CASES)
+def test_totals_match_pytorchs_flop_counter_on_a_real_backward_pass(
+    name: str, image_size: int
+) -> None:
+    ours = profile(name, image_size)
+    model = real_model(name, image_size).train()
+    x = torch.randn(BATCH, 1, image_size, image_size)
+    y = torch.randint(0, 10, (BATCH,))
+    with FlopCounterMode(display=False) as forward:
+        loss = nn.functional.cross_entropy(model(x), y)
+    with FlopCounterMode(display=False) as backward:
+        loss.backward()
+    assert ours.flops_forward == forward.get_total_flops()
+    assert ours.flops_backward == backward.get_total_flops()
+
+
+@pytest.mark.parametrize("name", ["nin", "alexnet", "vgg11"])
+def test_backward_costs_twice_the_forward_except_for_the_first_conv(name: str) -> None:
+    # grad_input and grad_weight each take as many MACs as the forward; the first conv's input
+    # needs no gradient, so it computes grad_weight only.
+    layers = [layer for layer in profile(name, 224).layers if layer.flops_forward]
+    first, rest = layers[0], layers[1:]
+    assert first.flops_backward == first.flops_forward
+    for layer in rest:
+        assert layer.flops_backward == 2 * layer.flops_forward, layer.name
+
+
+@pytest.mark.parametrize("name", ["nin", "alexnet", "vgg11"])
+def test_flops_are_twice_the_macs_and_layers_sum_to_totals(name: str) -> None:
+    p = profile(name, 224)
+    assert p.flops_forward == 2 * p.macs_forward
+    assert sum(layer.flops_forward for layer in p.layers) == p.flops_forward
+    assert sum(layer.flops_backward for layer in p.layers) == p.flops_backward
+    assert p.flops_train_step == p.flops_forward + p.flops_backward
+
+
+def test_flops_scale_linearly_with_batch() -> None:
+    one, many = profile("nin", 224, batch=1), profile("nin", 224, batch=64)
+    assert many.flops_forward == 64 * one.flops_forward
+    assert many.flops_backward == 64 * one.flops_backward
+
+
+def test_ops_without_a_formula_are_listed_not_silently_zero() -> None:
+    not_counted = {(n.op, n.phase): n.calls for n in profile("nin", 224).not_counted}
+    assert not_counted[("relu", "forward")] == 12  # 4 blocks × 3 ReLUs
+    assert not_counted[("max_pool2d_with_indices", "forward")] == 3
+    assert not_counted[("threshold_backward", "backward")] == 12
+    assert ("convolution", "forward") not in not_counted
