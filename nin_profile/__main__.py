@@ -1,0 +1,3 @@
+from nin_profile.cli import main
+
+raise SystemExit(main())

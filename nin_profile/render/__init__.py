@@ -1,0 +1,1 @@
+"""Pure renderers: profile → text, tables and figures."""

@@ -1,0 +1,182 @@
+"""The command line as a user meets it: outputs, the profile.json contract, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nin_profile.cli import main
+from nin_profile.files import write_output_folder
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nin_profile", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def static_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert (
+        main(
+            [
+                "--static",
+                "--models",
+                "nin,alexnet",
+                "--batch",
+                "4",
+                "--device",
+                "cuda",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_static_run_writes_profile_csv_and_report(static_run: Path) -> None:
+    assert {p.name for p in static_run.iterdir()} >= {"profile.json", "layers.csv", "report.md"}
+    csv_lines = (static_run / "layers.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,name,type,output_shape,params")
+    assert csv_lines[1].startswith("nin,0.0,Conv2d,4×96×54×54,11712,")
+
+
+def test_profile_json_keeps_its_contract(static_run: Path) -> None:
+    doc = json.loads((static_run / "profile.json").read_text())
+    expected = {
+        "batch": 4,
+        "device": "cuda",
+        "image_size": 224,
+        "channels": 1,
+        "classes": 10,
+        "optimizer": "sgd",
+    }
+    assert doc["config"].items() >= expected.items()
+    assert {"torch", "device_name"} <= doc["environment"].keys()
+    nin = doc["models"][0]
+    assert nin["name"] == "nin"
+    for key in (
+        "params",
+        "trainable_params",
+        "macs_forward",
+        "flops_forward",
+        "flops_backward",
+        "activation_bytes_saved",
+    ):
+        assert isinstance(nin[key], int), key
+    assert nin["flops_forward"] == 2 * nin["macs_forward"]
+    for phase in ("train", "inference"):
+        predicted = nin["memory"][phase]["predicted"]
+        assert {"params", "grads", "optimizer", "activations", "peak"} <= predicted.keys()
+    layer = nin["layers"][0]
+    assert layer.keys() >= {
+        "name",
+        "type",
+        "output_shape",
+        "params",
+        "flops_forward",
+        "flops_backward",
+        "output_bytes",
+        "saved_bytes",
+    }
+    assert layer["output_shape"] == [4, 96, 54, 54]
+
+
+def test_list_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("nin ", "nin_single_1x1", "nin_gradual_head", "alexnet", "vgg11 ", "vgg11_narrow"):
+        assert name in out
+
+
+# NiN at 66×66: conv k11 s4 → 14, pool → 6, pool → 2, and the third 3×3 pool cannot run.
+# At 67×67: 15 → 7 → 3 → 1, so 67 is the smallest side NiN accepts.
+BAD_INPUTS = [
+    (["--models", "resnet"], "unknown model 'resnet'; known models: nin, nin_single_1x1"),
+    (["--batch", "0"], "argument --batch: must be a positive whole number, got 0"),
+    (["--image-size", "-3"], "argument --image-size: must be a positive whole number, got -3"),
+    (
+        ["--models", "nin", "--image-size", "66", "--static"],
+        "layer 5 (MaxPool2d) cannot run on input 128×384×2×2",
+    ),
+    (
+        ["--models", "nin", "--image-size", "66", "--static"],
+        "smallest --image-size nin accepts is 67",
+    ),
+    (["--device", "cuda"], "CUDA is not available here"),
+    (["--models", "math:pi", "--static"], "'math:pi' gave a float, not a torch.nn.Module"),
+    (["--models", "no_such_pkg:net", "--static"], "cannot import 'no_such_pkg'"),
+    (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_gets_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+    if "--device" in args:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in lines[0]
+
+
+def test_out_refuses_a_folder_that_is_not_ours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "thesis.tex").write_text("do not delete")
+    assert main(["--static", "--models", "nin", "--batch", "1", "--out", str(tmp_path)]) == 2
+    assert "not a nin_profile output" in capsys.readouterr().err
+    assert (tmp_path / "thesis.tex").read_text() == "do not delete"
+
+
+def test_a_failed_write_leaves_the_previous_output_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    write_output_folder(out, {"profile.json": "{}", "report.md": "old"})
+
+    def disk_full(self: Path, data: bytes) -> int:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        write_output_folder(out, {"profile.json": "{}", "report.md": "new", "x.png": b"png"})
+    assert (out / "report.md").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
+
+
+def test_check_params_passes_then_reports_drift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    golden = tmp_path / "params.json"
+    assert main(["--models", "nin,alexnet", "--write-params", str(golden)]) == 0
+    assert main(["--check-params", str(golden)]) == 0
+    doc = json.loads(golden.read_text())
+    doc["models"]["nin"]["layers"]["0.0"] -= 1
+    doc["models"]["nin"]["params"] -= 1
+    golden.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["--check-params", str(golden)]) == 1
+    out = capsys.readouterr().out
+    assert "nin: layer 0.0 11,711 → 11,712 (+1)" in out
+    assert "nin: total 1,992,165 → 1,992,166 (+1)" in out
+
+
+def test_check_params_on_a_missing_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--check-params", str(tmp_path / "nope.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
