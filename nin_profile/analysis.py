@@ -68,6 +68,36 @@ class _LayerRecord:
     output_shape: tuple[int, ...] | None = None
     output_bytes: int = 0
     calls: int = 0
+    allocated_delta: int = 0
+
+
+class _ForwardRecorder:
+    """Forward hooks of the traced step: tag autograd nodes with their layer, and note each leaf
+    module's output and what the allocator holds more after its forward than before."""
+
+    def __init__(self, log: AllocationLog) -> None:
+        self.log = log
+        self.records: dict[str, _LayerRecord] = {}
+        self.stack: LayerStack | None = None
+        self._starts: list[int] = []
+
+    def enter(self, frame: Frame, args: object) -> None:
+        assert self.stack is not None
+        tag_graph(tensors_in(args), self.stack.current)
+        self._starts.append(len(self.log.events))
+
+    def exit(self, frame: Frame, output: object) -> None:
+        outputs = tensors_in(output)
+        tag_graph(outputs, frame.name)
+        start = self._starts.pop()
+        if any(True for _ in frame.module.children()):
+            return
+        record = self.records.setdefault(frame.name, _LayerRecord(type(frame.module).__name__))
+        record.calls += 1
+        if record.output_shape is None and outputs:
+            record.output_shape = tuple(outputs[0].shape)
+        record.output_bytes += sum(t.numel() * t.element_size() for t in outputs)
+        record.allocated_delta += sum(e.delta for e in self.log.events[start:])
 
 
 @dataclass
@@ -126,13 +156,10 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig) -> _TrainingTrace:
         MemoryCategory.OPTIMIZER: log.keys_of(optimizer_state(optimizer)),
     }
     persistent = set().union(owners[MemoryCategory.PARAMS], owners[MemoryCategory.BUFFERS])
-    records: dict[str, _LayerRecord] = {}
     saved_by: dict[int, str] = {}
-    stack = LayerStack(
-        model,
-        extra={LOSS: loss_fn},
-        on_enter=lambda frame, args: tag_graph(tensors_in(args), stack.current),
-        on_exit=lambda frame, out: _record_output(records, frame, out),
+    recorder = _ForwardRecorder(log)
+    stack = recorder.stack = LayerStack(
+        model, extra={LOSS: loss_fn}, on_enter=recorder.enter, on_exit=recorder.exit
     )
     tracer = StepTracer(stack, log)
 
@@ -156,20 +183,7 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig) -> _TrainingTrace:
         owners[MemoryCategory.ACTIVATIONS] = set(saved_by)
     finally:
         log.close()
-    return _TrainingTrace(tracer, log, records, saved_by, owners)
-
-
-def _record_output(records: dict[str, _LayerRecord], frame: Frame, output: object) -> None:
-    """Note a leaf module's output shape and bytes; then mark the autograd nodes it built."""
-    outputs = tensors_in(output)
-    tag_graph(outputs, frame.name)
-    if any(True for _ in frame.module.children()):
-        return
-    record = records.setdefault(frame.name, _LayerRecord(type(frame.module).__name__))
-    record.calls += 1
-    if record.output_shape is None and outputs:
-        record.output_shape = tuple(outputs[0].shape)
-    record.output_bytes += sum(t.numel() * t.element_size() for t in outputs)
+    return _TrainingTrace(tracer, log, recorder.records, saved_by, owners)
 
 
 def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
@@ -230,6 +244,7 @@ def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ..
                 output_bytes=record.output_bytes,
                 saved_bytes=saved.get(name, 0),
                 calls=record.calls,
+                allocated_delta=record.allocated_delta,
             )
         )
     return tuple(rows)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from nin_profile.errors import DeviceUnavailable, ProfileError, UnknownModel
 from nin_profile.models import ModelConfig, list_models
+
+if TYPE_CHECKING:
+    from nin_profile.run import ProgressEvent
 
 DEFAULT_MODELS = ("nin", "nin_single_1x1", "nin_gradual_head", "alexnet", "vgg11", "vgg11_narrow")
 DEFAULT_OUT = Path("reports/latest")
@@ -29,6 +33,29 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def batch_list(text: str) -> tuple[int, ...]:
+    return tuple(positive_int(part) for part in text.split(",") if part.strip())
+
+
+def size(text: str) -> int:
+    from nin_profile.measure.plan import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
     return value
 
 
@@ -71,6 +98,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OUT,
         help="output folder for profile.json, layers.csv, report.md (%(default)s)",
     )
+    p.add_argument(
+        "--sweep-batch",
+        type=batch_list,
+        metavar="B1,B2,...",
+        help="also estimate (and, unless --static, measure) each of these batch sizes",
+    )
+    p.add_argument(
+        "--max-batch",
+        action="store_true",
+        help="find the largest batch that fits on the GPU by bisection over real runs",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=size,
+        metavar="SIZE",
+        help="predict the largest batch for a card of SIZE (e.g. 6GiB), no GPU needed",
+    )
+    p.add_argument(
+        "--cuda-context",
+        type=size,
+        metavar="SIZE",
+        help="CUDA context size for --memory-budget (default: measured, else assumed)",
+    )
+    p.add_argument(
+        "--cpu-time-budget",
+        type=non_negative_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="on the CPU, time for all measurements; larger batches are measured "
+        "smaller to fit it (0: no limit; default %(default)s)",
+    )
+    p.add_argument("--warmup", type=positive_int, default=3, help="warm-up iterations (3)")
+    p.add_argument("--iterations", type=positive_int, default=20, help="timed iterations (20)")
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
     p.add_argument(
         "--check-params",
@@ -165,20 +225,32 @@ def _write_params(path: Path, names: list[str], cfg: ModelConfig) -> int:
     return 0
 
 
-def _profile(args: argparse.Namespace, names: list[str]) -> int:
-    from nin_profile.environment import cuda_available, resolve_device
+def _check_device(args: argparse.Namespace, device: str) -> None:
+    from nin_profile.environment import cuda_available
 
-    device = resolve_device(args.device)
     if device == "cuda" and not args.static and not cuda_available():
         raise DeviceUnavailable(
             "--device cuda asks for a measurement, but CUDA is not available here; "
             "use --device cpu to measure on the CPU, or --static --device cuda to predict "
             "CUDA memory without a GPU"
         )
+    if args.max_batch and (args.static or device != "cuda"):
+        raise ProfileError(
+            "--max-batch runs real training steps until one runs out of GPU memory, so it needs "
+            "--device cuda without --static (on the CPU, running out of memory swaps or kills "
+            "the machine); to predict instead, use --memory-budget SIZE"
+        )
+
+
+def _profile(args: argparse.Namespace, names: list[str]) -> int:
+    from nin_profile.environment import resolve_device
+
+    device = resolve_device(args.device)
+    _check_device(args, device)
     from rich.console import Console
 
     from nin_profile.files import write_output_folder
-    from nin_profile.render.terminal import summary_table
+    from nin_profile.render.terminal import notes_lines, summary_table
     from nin_profile.report import report_files
     from nin_profile.results import RunConfig
     from nin_profile.run import run_profile
@@ -192,16 +264,52 @@ def _profile(args: argparse.Namespace, names: list[str]) -> int:
         classes=args.classes,
         optimizer=args.optimizer,
         static=args.static,
+        sweep_batches=args.sweep_batch or (),
+        max_batch=args.max_batch,
+        memory_budget=args.memory_budget,
+        cuda_context=args.cuda_context,
+        cpu_time_budget=args.cpu_time_budget,
+        warmup=args.warmup,
+        iterations=args.iterations,
     )
-    profile = run_profile(config)
-    files = report_files(profile)
-    write_output_folder(args.out, files)
+    with _progress() as on_progress:
+        profile = run_profile(config, on_progress)
+        files = report_files(profile)
+        write_output_folder(args.out, files)
     console = Console()
-    if not console.is_terminal:  # a log or a pipe: no reason to truncate at 80 columns
-        console = Console(width=120)
+    if not console.is_terminal:  # a log or a pipe: no reason to squeeze into 80 columns
+        console = Console(width=160)
     console.print(summary_table(profile))
+    for line in notes_lines(profile):
+        console.print(line, highlight=False)
     console.print(f"wrote {args.out}/: {', '.join(files)}")
     return 0
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[ProgressEvent], None]]:
+    """A progress bar on stderr, fed by the run's events; gone when the run ends."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def show(event: ProgressEvent) -> None:
+            progress.update(
+                task,
+                description=f"{event.task} · {event.stage}",
+                completed=event.done,
+                total=event.total,
+            )
+
+        yield show
 
 
 if __name__ == "__main__":

@@ -74,7 +74,11 @@ class MemoryBreakdown:
 
 @dataclass(frozen=True)
 class LayerStats:
-    """One layer (a leaf module, or a container's own functional ops) over one training step."""
+    """One layer (a leaf module, or a container's own functional ops) over one training step.
+
+    allocated_delta: bytes the allocator holds more after the layer's forward than before it,
+    in a training step (what the layer's forward adds to the activation memory; predicted).
+    """
 
     name: str
     type: str
@@ -86,6 +90,7 @@ class LayerStats:
     output_bytes: int
     saved_bytes: int
     calls: int = 1
+    allocated_delta: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -108,6 +113,92 @@ class NotCounted:
 
 
 @dataclass(frozen=True)
+class MeasuredMemory:
+    """Memory of one phase as the device reports it, in bytes; None where it has no such figure.
+
+    peak_allocated: CUDA `max_memory_allocated`; CPU, the allocator's peak from the profiler's
+    allocation records plus what was held when the step began. peak_reserved: CUDA's caching
+    allocator. nvml_process / nvml_device: what `nvidia-smi` shows for this process / the whole
+    device, read after the phase (the allocator never returns memory by itself, so this is its
+    peak). cuda_context: NVML's figure for the process right after the CUDA context was made,
+    before any tensor. baseline_allocated: allocated when the measured step began.
+    """
+
+    peak_allocated: int
+    peak_reserved: int | None
+    nvml_process: int | None
+    nvml_device: int | None
+    cuda_context: int | None
+    baseline_allocated: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Time per iteration: median and interquartile range (0 with fewer than 2 samples)."""
+
+    ms_per_iter: float
+    ms_spread: float
+    examples_per_s: float
+    tflops: float | None
+    iterations: int
+    clock: str
+
+
+@dataclass(frozen=True)
+class PhaseMeasurement:
+    """One phase of one model at one batch, measured in a process of its own."""
+
+    phase: str
+    batch: int
+    device_name: str
+    total_memory: int | None
+    memory: MeasuredMemory | None
+    timing: Timing | None
+    predicted: MemoryBreakdown | None = None
+    layer_deltas: Mapping[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["predicted"] = self.predicted.to_dict() if self.predicted else None
+        d["layer_deltas"] = dict(self.layer_deltas)
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PhaseMeasurement:
+        return cls(
+            **{
+                **d,
+                "memory": MeasuredMemory(**d["memory"]) if d.get("memory") else None,
+                "timing": Timing(**d["timing"]) if d.get("timing") else None,
+                "predicted": MemoryBreakdown.from_dict(d["predicted"])
+                if d.get("predicted")
+                else None,
+                "notes": tuple(d.get("notes", ())),
+            }
+        )
+
+
+# Kept under memory.<phase>.measured and timing.<phase> in profile.json, not repeated.
+_FIGURES = ("memory", "timing")
+
+
+@dataclass(frozen=True)
+class BatchFit:
+    """The largest batch that fits a memory size: measured by bisection, or predicted."""
+
+    phase: str
+    batch: int | None
+    limit_bytes: int
+    how: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """Static analysis of one model at one batch size: counts, FLOPs and predicted memory."""
 
@@ -122,6 +213,9 @@ class ModelProfile:
     train: MemoryBreakdown
     inference: MemoryBreakdown
     not_counted: tuple[NotCounted, ...] = ()
+    measured: Mapping[str, PhaseMeasurement] = field(default_factory=dict)
+    sweep: tuple[PhaseMeasurement, ...] = ()
+    fits: tuple[BatchFit, ...] = ()
 
     @property
     def macs_forward(self) -> int:
@@ -148,12 +242,27 @@ class ModelProfile:
             "flops_train_step": self.flops_train_step,
             "activation_bytes_saved": self.activation_bytes_saved,
             "memory": {
-                "train": {"predicted": self.train.to_dict()},
-                "inference": {"predicted": self.inference.to_dict()},
+                phase: {"predicted": predicted.to_dict(), "measured": self._measured_memory(phase)}
+                for phase, predicted in (("train", self.train), ("inference", self.inference))
             },
+            "timing": {phase: self._timing(phase) for phase in ("train", "inference")},
+            "measurements": {
+                phase: {k: v for k, v in m.to_dict().items() if k not in _FIGURES}
+                for phase, m in self.measured.items()
+            },
+            "sweep": [m.to_dict() for m in self.sweep],
+            "fits": [f.to_dict() for f in self.fits],
             "not_counted": [asdict(n) for n in self.not_counted],
             "layers": [layer.to_dict() for layer in self.layers],
         }
+
+    def _measured_memory(self, phase: str) -> dict[str, Any] | None:
+        m = self.measured.get(phase)
+        return asdict(m.memory) if m and m.memory else None
+
+    def _timing(self, phase: str) -> dict[str, Any] | None:
+        m = self.measured.get(phase)
+        return asdict(m.timing) if m and m.timing else None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelProfile:
@@ -169,6 +278,14 @@ class ModelProfile:
             train=MemoryBreakdown.from_dict(d["memory"]["train"]["predicted"]),
             inference=MemoryBreakdown.from_dict(d["memory"]["inference"]["predicted"]),
             not_counted=tuple(NotCounted(**n) for n in d.get("not_counted", ())),
+            measured={
+                phase: PhaseMeasurement.from_dict(
+                    {**m, "memory": d["memory"][phase]["measured"], "timing": d["timing"][phase]}
+                )
+                for phase, m in d.get("measurements", {}).items()
+            },
+            sweep=tuple(PhaseMeasurement.from_dict(m) for m in d.get("sweep", ())),
+            fits=tuple(BatchFit(**f) for f in d.get("fits", ())),
         )
 
 
@@ -185,15 +302,29 @@ class RunConfig:
     optimizer: str
     dtype: str = "float32"
     static: bool = False
+    sweep_batches: tuple[int, ...] = ()
+    max_batch: bool = False
+    memory_budget: int | None = None
+    cuda_context: int | None = None
+    cpu_time_budget: float = 120.0
+    warmup: int = 3
+    iterations: int = 20
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["models"] = list(self.models)
+        d["sweep_batches"] = list(self.sweep_batches)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        return cls(**{**d, "models": tuple(d["models"])})
+        return cls(
+            **{
+                **d,
+                "models": tuple(d["models"]),
+                "sweep_batches": tuple(d.get("sweep_batches", ())),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -222,6 +353,7 @@ class Profile:
     config: RunConfig
     environment: Environment
     models: tuple[ModelProfile, ...]
+    notes: tuple[str, ...] = ()
     schema_version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +361,7 @@ class Profile:
             "schema_version": self.schema_version,
             "config": self.config.to_dict(),
             "environment": self.environment.to_dict(),
+            "notes": list(self.notes),
             "models": [m.to_dict() for m in self.models],
         }
 
@@ -238,5 +371,6 @@ class Profile:
             config=RunConfig.from_dict(d["config"]),
             environment=Environment.from_dict(d["environment"]),
             models=tuple(ModelProfile.from_dict(m) for m in d["models"]),
+            notes=tuple(d.get("notes", ())),
             schema_version=d.get("schema_version", 1),
         )

@@ -1,12 +1,55 @@
-"""One run: every requested model analysed (and, later, measured) under one config."""
+"""One run: every requested model analysed, then measured, swept and fitted under one config.
+
+Progress goes out as plain events (`on_progress`); printing them is the CLI's business.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from nin_profile.analysis import AnalysisConfig, analyse_model, smallest_image_size
 from nin_profile.environment import collect_environment
 from nin_profile.errors import LayerFailed, ProfileError
+from nin_profile.measure.plan import Plan, cpu_flops_per_second, largest_fitting, plan_cpu
+from nin_profile.measure.runner import run_worker, to_measurement
+from nin_profile.measure.worker import Request
 from nin_profile.models import ModelConfig
-from nin_profile.results import ModelProfile, Profile, RunConfig
+from nin_profile.results import (
+    BatchFit,
+    MemoryBreakdown,
+    ModelProfile,
+    PhaseMeasurement,
+    Profile,
+    RunConfig,
+)
+from nin_profile.units import fmt_bytes
+
+PHASES = ("train", "inference")
+# The CPU speed is calibrated on a small NiN step; the default models' steps ran 1× to 2× slower
+# than that on the project's 2-core machine (large batches are memory-bound), so plans assume
+# half of it.
+CPU_RATE_MARGIN = 2.0
+# Used by --memory-budget only when the context was neither measured nor given (--cuda-context).
+ASSUMED_CUDA_CONTEXT = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where a run is: `task` (e.g. 'vgg11 · train · batch 128'), its stage and count."""
+
+    task: str
+    stage: str
+    done: int
+    total: int
+
+
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+def _ignore(event: ProgressEvent) -> None:
+    pass
 
 
 def model_config(config: RunConfig) -> ModelConfig:
@@ -15,9 +58,9 @@ def model_config(config: RunConfig) -> ModelConfig:
     )
 
 
-def analysis_config(config: RunConfig) -> AnalysisConfig:
+def analysis_config(config: RunConfig, batch: int | None = None) -> AnalysisConfig:
     return AnalysisConfig(
-        batch=config.batch,
+        batch=batch or config.batch,
         channels=config.channels,
         image_size=config.image_size,
         classes=config.classes,
@@ -26,16 +69,223 @@ def analysis_config(config: RunConfig) -> AnalysisConfig:
     )
 
 
-def analyse_or_explain(name: str, config: RunConfig) -> ModelProfile:
+def analyse_or_explain(name: str, config: RunConfig, batch: int | None = None) -> ModelProfile:
     """Analyse one model; a layer that cannot run becomes one line naming model, layer and fix."""
     try:
-        return analyse_model(name, analysis_config(config))
+        return analyse_model(name, analysis_config(config, batch))
     except LayerFailed as exc:
         smallest = smallest_image_size(name, model_config(config))
         hint = f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
         raise ProfileError(f"{name} at --image-size {config.image_size}: {exc}{hint}") from exc
 
 
-def run_profile(config: RunConfig) -> Profile:
-    models = tuple(analyse_or_explain(name, config) for name in config.models)
-    return Profile(config, collect_environment(config.device, measured=False), models)
+def predicted(profile: ModelProfile, phase: str) -> MemoryBreakdown:
+    return profile.train if phase == "train" else profile.inference
+
+
+def step_flops(profile: ModelProfile, phase: str) -> int:
+    """Counted FLOPs of one iteration of `phase` at the profile's batch."""
+    return profile.flops_train_step if phase == "train" else profile.flops_forward
+
+
+class Run:
+    """The state one run shares across models: config, progress, CPU speed, CUDA context."""
+
+    def __init__(self, config: RunConfig, on_progress: ProgressSink) -> None:
+        self.config = config
+        self.on_progress = on_progress
+        self.notes: list[str] = []
+        self.cpu_rate: float | None = None
+        self.measured_context: int | None = None
+
+    def analyse(self, name: str, batch: int | None = None) -> ModelProfile:
+        self.on_progress(
+            ProgressEvent(
+                f"{name} · estimate · batch {batch or self.config.batch}", "analysis", 0, 1
+            )
+        )
+        return analyse_or_explain(name, self.config, batch)
+
+    def request(self, name: str, phase: str, plan: Plan, per_layer: bool = True) -> Request:
+        c = self.config
+        return Request(
+            model=name,
+            phase=phase,
+            batch=plan.batch,
+            device=c.device,
+            channels=c.channels,
+            classes=c.classes,
+            image_size=c.image_size,
+            optimizer=c.optimizer,
+            warmup=plan.warmup,
+            iterations=plan.iterations,
+            time_limit_s=plan.time_limit_s,
+            per_layer=per_layer,
+        )
+
+    def run_worker(self, request: Request, task: str) -> dict[str, Any]:
+        return run_worker(
+            request,
+            lambda stage, done, total: self.on_progress(ProgressEvent(task, stage, done, total)),
+        )
+
+    def measure(self, name: str, phase: str, plan: Plan, static: ModelProfile) -> PhaseMeasurement:
+        """Measure one phase in a worker process; `static` is the estimate at `plan.batch`."""
+        request = self.request(name, phase, plan)
+        raw = self.run_worker(request, f"{name} · {phase} · batch {plan.batch}")
+        result = to_measurement(
+            raw,
+            request,
+            step_flops(static, phase),
+            predicted(static, phase),
+            tuple(n for n in (plan.note,) if n),
+        )
+        if result.memory and result.memory.cuda_context and self.measured_context is None:
+            self.measured_context = result.memory.cuda_context
+        return result
+
+    def plan(self, static: ModelProfile, phase: str, batch: int, share: int) -> Plan:
+        c = self.config
+        if c.device != "cpu" or c.cpu_time_budget <= 0:
+            return Plan(batch, c.warmup, c.iterations)
+        if self.cpu_rate is None:
+            self.on_progress(ProgressEvent("CPU speed", "calibration", 0, 1))
+            self.cpu_rate = cpu_flops_per_second()
+        per_example = step_flops(static, phase) / c.batch  # counted FLOPs are linear in batch
+        rate = self.cpu_rate / CPU_RATE_MARGIN
+        share_s = c.cpu_time_budget / share
+        return plan_cpu(batch, lambda b: int(per_example * b), rate, share_s, c.iterations)
+
+
+def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profile:
+    run = Run(config, on_progress)
+    statics = [run.analyse(name) for name in config.models]
+    models = []
+    for static in statics:
+        profile = static
+        if not config.static:
+            profile = replace(profile, measured=_measure_phases(run, static))
+        profile = replace(profile, sweep=_sweep(run, static))
+        profile = replace(profile, fits=_fits(run, profile))
+        models.append(profile)
+    if config.device == "cpu" and not config.static:
+        run.notes.append(
+            "measured on the CPU: no NVML or CUDA figures; peak memory is the CPU allocator's, "
+            "from the profiler's allocation records. CPU convolutions allocate scratch memory "
+            "inside the kernel (im2col, oneDNN reorders) that the estimate cannot see, so the "
+            "measured peak runs above it, most for NiN's 11×11 stride-4 convolution"
+        )
+    env = collect_environment(config.device, measured=not config.static)
+    return Profile(config, env, tuple(models), tuple(run.notes))
+
+
+def _measure_phases(run: Run, static: ModelProfile) -> dict[str, PhaseMeasurement]:
+    share = len(run.config.models) * len(PHASES)
+    measured = {}
+    for phase in PHASES:
+        plan = run.plan(static, phase, run.config.batch, share)
+        at_batch = (
+            static if plan.batch == run.config.batch else run.analyse(static.name, plan.batch)
+        )
+        measured[phase] = run.measure(static.name, phase, plan, at_batch)
+    return measured
+
+
+def _sweep(run: Run, static: ModelProfile) -> tuple[PhaseMeasurement, ...]:
+    """Each sweep batch and phase: the estimate, and the measurement unless --static."""
+    c = run.config
+    points = []
+    share = max(1, len(c.models) * len(PHASES) * len(c.sweep_batches))
+    for batch in c.sweep_batches:
+        at_batch = run.analyse(static.name, batch)
+        for phase in PHASES:
+            estimate = PhaseMeasurement(
+                phase, batch, "estimate", None, None, None, predicted=predicted(at_batch, phase)
+            )
+            if c.static:
+                points.append(estimate)
+                continue
+            plan = run.plan(static, phase, batch, share)
+            if plan.batch != batch:  # a sweep point is a batch size: skip it rather than shrink it
+                points.append(replace(estimate, error=f"skipped on the CPU: {plan.note}"))
+                continue
+            points.append(run.measure(static.name, phase, replace(plan, warmup=1), at_batch))
+    return tuple(points)
+
+
+def _fits(run: Run, static: ModelProfile) -> tuple[BatchFit, ...]:
+    fits = []
+    for phase in PHASES:
+        if run.config.memory_budget:
+            fits.append(_predicted_fit(run, static, phase, run.config.memory_budget))
+        if run.config.max_batch:
+            fits.append(_measured_fit(run, static, phase))
+    return tuple(fits)
+
+
+def _context(run: Run) -> tuple[int, str]:
+    """The CUDA context to add to a prediction, and where the figure comes from."""
+    if run.config.cuda_context is not None:
+        return run.config.cuda_context, "given with --cuda-context"
+    if run.measured_context is not None:
+        return run.measured_context, "measured in this run"
+    return ASSUMED_CUDA_CONTEXT, "assumed, not measured; set it with --cuda-context"
+
+
+def _predicted_peak_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[int], bool]:
+    context, _ = _context(run)
+    return lambda b: (
+        predicted(analyse_or_explain(name, run.config, b), phase).peak + context <= limit
+    )
+
+
+def _affine_guess(run: Run, static: ModelProfile, phase: str, limit: int) -> int:
+    """The batch where the predicted peak, nearly affine in batch, would reach `limit`."""
+    at_one = predicted(analyse_or_explain(static.name, run.config, 1), phase).peak
+    per_example = (predicted(static, phase).peak - at_one) / max(1, run.config.batch - 1)
+    context, _ = _context(run)
+    return max(1, int((limit - context - at_one) / max(per_example, 1.0)) + 1)
+
+
+def _predicted_fit(run: Run, static: ModelProfile, phase: str, budget: int) -> BatchFit:
+    run.on_progress(ProgressEvent(f"{static.name} · {phase} · {fmt_bytes(budget)}", "fit", 0, 1))
+    guess = _affine_guess(run, static, phase, budget)
+    batch, _ = largest_fitting(_predicted_peak_fits(run, static.name, phase, budget), guess)
+    context, source = _context(run)
+    return BatchFit(
+        phase,
+        batch or None,
+        budget,
+        f"predicted: estimated peak + CUDA context of {fmt_bytes(context)} ({source})",
+    )
+
+
+def _measured_fit(run: Run, static: ModelProfile, phase: str) -> BatchFit:
+    """The largest batch that runs, by bisection over real runs, each in its own process."""
+    probes: list[int] = []
+    total: list[int] = []
+
+    def fits(batch: int) -> bool:
+        """One warm-up step (it makes the optimizer state) and the measured step: no timing."""
+        probes.append(batch)
+        request = run.request(static.name, phase, Plan(batch, warmup=1, iterations=0), False)
+        raw = run.run_worker(request, f"{static.name} · {phase} · largest batch · try {batch}")
+        total[:] = [raw["total_memory"]] if raw.get("total_memory") else total
+        return "error" not in raw
+
+    memory = _device_memory(static)
+    guess = _affine_guess(run, static, phase, memory) if memory else run.config.batch
+    fit, fail = largest_fitting(fits, guess, precision=0.01)
+    limit = total[0] if total else 0
+    how = (
+        f"measured: batch {fit} runs and {fail} does not ({len(probes)} runs, "
+        "each in a fresh process; within 1%)"
+        if fail
+        else f"measured: every batch tried up to {fit} runs"
+    )
+    return BatchFit(phase, fit or None, limit, how)
+
+
+def _device_memory(profile: ModelProfile) -> int | None:
+    """The device's memory as the phase measurements reported it (a seed for the search)."""
+    return next((m.total_memory for m in profile.measured.values() if m.total_memory), None)

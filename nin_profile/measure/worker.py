@@ -1,0 +1,283 @@
+"""One measurement in a process of its own: `python -m nin_profile.measure.worker REQUEST_JSON`.
+
+A fresh process per (model, phase, batch) keeps the caching allocator's and the CUDA context's
+state from leaking between measurements. The worker writes JSON lines on stdout:
+`{"progress": {...}}` while it works, then one `{"result": {...}}`. An out-of-memory error or
+any other exception becomes a result; only a crash (a signal, the OOM killer) leaves none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nin_profile.layer_stack import Frame, LayerStack
+from nin_profile.measure.cpu_memory import cpu_peak_during
+from nin_profile.measure.nvml import Nvml
+from nin_profile.models import get_model
+from nin_profile.training import make_batch, make_optimizer, optimizer_state, training_step
+
+
+@dataclass(frozen=True)
+class Request:
+    model: str
+    phase: str  # "train" or "inference"
+    batch: int
+    device: str  # "cuda" or "cpu"
+    channels: int = 1
+    classes: int = 10
+    image_size: int = 224
+    optimizer: str = "sgd"
+    warmup: int = 3
+    iterations: int = 20
+    per_layer: bool = True
+    time_limit_s: float | None = None  # stop adding timed iterations after this (at least one)
+
+
+def emit(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def progress(stage: str, done: int, total: int) -> None:
+    emit({"progress": {"stage": stage, "done": done, "total": total}})
+
+
+def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors`."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+_STARTED = time.monotonic()
+
+
+def _deadline(req: Request) -> float | None:
+    """When the worker should stop starting timed iterations (counted from its own start)."""
+    return _STARTED + req.time_limit_s if req.time_limit_s else None
+
+
+def _discard(value: object) -> None:
+    pass
+
+
+class Device:
+    """The device under measurement: its memory statistics, its clock, and NVML beside it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.context: int | None = None
+        self.nvml: Nvml | None = None
+        self.notes: list[str] = []
+        if kind == "cuda":
+            torch.cuda.init()
+            torch.cuda.synchronize()  # the context exists now, and no tensor yet
+            self.nvml = Nvml(torch.cuda.current_device())
+            reading = self.nvml.read()
+            self.context = reading.process_bytes
+            self._note(reading.note)
+
+    def _note(self, note: str | None) -> None:
+        if note and note not in self.notes:
+            self.notes.append(note)
+
+    @property
+    def name(self) -> str:
+        if self.kind == "cuda":
+            return torch.cuda.get_device_name()
+        return f"CPU ({torch.get_num_threads()} threads)"
+
+    @property
+    def total_memory(self) -> int | None:
+        return torch.cuda.get_device_properties(0).total_memory if self.kind == "cuda" else None
+
+    def memory_during(
+        self, work: Callable[[], object], held: Iterable[torch.Tensor]
+    ) -> dict[str, Any]:
+        """Peak memory of one run of `work`; `held` are the tensors alive before it (CPU)."""
+        if self.kind != "cuda":
+            baseline = held_bytes(held)
+            peak = baseline + cpu_peak_during(lambda: _discard(work()))
+            return {
+                "peak_allocated": peak,
+                "peak_reserved": None,
+                "nvml_process": None,
+                "nvml_device": None,
+                "cuda_context": None,
+                "baseline_allocated": baseline,
+            }
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        work()
+        torch.cuda.synchronize()
+        assert self.nvml is not None
+        reading = self.nvml.read()  # reserved memory never shrinks by itself: this is its peak
+        self._note(reading.note)
+        return {
+            "peak_allocated": torch.cuda.max_memory_allocated(),
+            "peak_reserved": torch.cuda.max_memory_reserved(),
+            "nvml_process": reading.process_bytes,
+            "nvml_device": reading.device_bytes,
+            "cuda_context": self.context,
+            "baseline_allocated": baseline,
+        }
+
+    def milliseconds(
+        self, work: Callable[[], object], iterations: int, deadline: float | None = None
+    ) -> list[float]:
+        """Time each of `iterations` runs: CUDA events on the GPU, a monotonic clock on the CPU.
+        Past `deadline` (a time.monotonic() value) no further run starts, after the first."""
+        times: list[float] = []
+        for i in range(iterations):
+            if times and deadline is not None and time.monotonic() > deadline:
+                break
+            if self.kind == "cuda":
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
+                start.record()
+                work()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                work()
+                times.append((time.perf_counter() - t0) * 1e3)
+            progress("timing", i + 1, iterations)
+        return times
+
+    @property
+    def clock(self) -> str:
+        return "CUDA events" if self.kind == "cuda" else "time.perf_counter"
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated()
+
+
+def layer_deltas(model: nn.Module, forward: Callable[[], object], device: Device) -> dict[str, int]:
+    """Bytes the allocator holds more after each leaf module's forward than before it."""
+    deltas: dict[str, int] = {}
+    starts: list[int] = []
+
+    def enter(frame: Frame, args: object) -> None:
+        starts.append(device.allocated())
+
+    def leave(frame: Frame, output: object) -> None:
+        start = starts.pop()
+        if not any(True for _ in frame.module.children()):
+            deltas[frame.name] = deltas.get(frame.name, 0) + device.allocated() - start
+
+    with LayerStack(model, on_enter=enter, on_exit=leave):
+        forward()
+    return deltas
+
+
+def timing(times: list[float], batch: int, clock: str) -> dict[str, Any] | None:
+    """Median and interquartile range of the iteration times; None when none were timed."""
+    if not times:
+        return None
+    median = statistics.median(times)
+    spread = 0.0
+    if len(times) >= 2:
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+        spread = q3 - q1
+    return {
+        "ms_per_iter": median,
+        "ms_spread": spread,
+        "examples_per_s": batch / (median / 1e3),
+        "tflops": None,
+        "iterations": len(times),
+        "clock": clock,
+    }
+
+
+def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str, Any]:
+    x, y = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        training_step(model, loss_fn, optimizer, x, y)
+
+    for i in range(req.warmup):  # cuDNN/cuBLAS handles, optimizer state
+        step()
+        progress("warm-up", i + 1, req.warmup)
+    optimizer.zero_grad(set_to_none=True)
+    held = [*model.parameters(), *model.buffers(), *optimizer_state(optimizer), x, y]
+    memory = device.memory_during(lambda: training_step(model, loss_fn, optimizer, x, y), held)
+    progress("memory", 1, 1)
+    deltas: dict[str, int] = {}
+    if req.per_layer and device.kind == "cuda":
+        optimizer.zero_grad(set_to_none=True)
+        deltas = layer_deltas(model, lambda: loss_fn(model(x), y), device)
+    times = device.milliseconds(step, req.iterations, _deadline(req))
+    return {
+        "memory": memory,
+        "timing": timing(times, req.batch, device.clock),
+        "layer_deltas": deltas,
+    }
+
+
+def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[str, Any]:
+    x, _ = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+    model.eval()
+    with torch.inference_mode():
+        for i in range(req.warmup):
+            model(x)
+            progress("warm-up", i + 1, req.warmup)
+        held = [*model.parameters(), *model.buffers(), x]
+        memory = device.memory_during(lambda: model(x), held)
+        progress("memory", 1, 1)
+        times = device.milliseconds(lambda: model(x), req.iterations, _deadline(req))
+    return {"memory": memory, "timing": timing(times, req.batch, device.clock), "layer_deltas": {}}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def measure(req: Request) -> dict[str, Any]:
+    device = Device(req.device)
+    result: dict[str, Any] = {
+        "device_name": device.name,
+        "total_memory": device.total_memory,
+        "pid": os.getpid(),
+    }
+    try:
+        torch.manual_seed(0)
+        model = get_model(
+            req.model, channels=req.channels, classes=req.classes, image_size=req.image_size
+        ).to(req.device)
+        work = measure_training if req.phase == "train" else measure_inference
+        result |= work(model, req, device)
+    except Exception as exc:
+        kind = "out_of_memory" if is_out_of_memory(exc) else "failed"
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        result["error"] = {"kind": kind, "message": f"{type(exc).__name__}: {first_line}"}
+    result["notes"] = device.notes
+    return result
+
+
+def main(argv: list[str]) -> int:
+    request = Request(**json.loads(argv[1]))
+    emit({"result": measure(request), "request": asdict(request)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

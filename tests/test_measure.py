@@ -1,0 +1,185 @@
+"""The measuring half, on the CPU: worker processes, failures as results, plans and searches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.measure.nvml import Nvml
+from nin_profile.measure.plan import Plan, largest_fitting, parse_bytes, plan_cpu
+from nin_profile.measure.runner import run_worker, to_measurement
+from nin_profile.measure.worker import Request
+from nin_profile.results import RunConfig
+from nin_profile.run import Run, _measured_fit, _predicted_fit, run_profile
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def fake_models_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes inherit the environment: let them import tests/fake_models.py."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def cpu_config(models: tuple[str, ...], batch: int = 4, **kw: Any) -> RunConfig:
+    return RunConfig(
+        models=models,
+        batch=batch,
+        device="cpu",
+        image_size=224,
+        channels=1,
+        classes=10,
+        optimizer="sgd",
+        warmup=1,
+        iterations=2,
+        **kw,
+    )
+
+
+def test_each_measurement_runs_in_a_process_of_its_own() -> None:
+    request = Request(model="nin", phase="inference", batch=1, device="cpu", warmup=1, iterations=1)
+    first, second = run_worker(request), run_worker(request)
+    assert "error" not in first, first
+    assert len({first["pid"], second["pid"], os.getpid()}) == 3
+
+
+def test_a_cpu_training_step_is_measured_beside_its_estimate() -> None:
+    config = cpu_config(("nin",), batch=2, cpu_time_budget=0)
+    nin = run_profile(config).models[0]
+    train = nin.measured["train"]
+    assert train.error is None and train.memory and train.timing and train.predicted
+    assert train.batch == 2 and train.timing.iterations == 2
+    # CPU conv kernels allocate scratch the trace cannot see: the estimate is a little low
+    assert train.predicted.peak <= train.memory.peak_allocated <= 1.10 * train.predicted.peak
+    # achieved TFLOP/s = counted FLOPs of a step / median time
+    flops = nin.flops_train_step
+    assert train.timing.tflops == pytest.approx(flops / (train.timing.ms_per_iter / 1e3) / 1e12)
+    assert train.timing.examples_per_s == pytest.approx(2 / (train.timing.ms_per_iter / 1e3))
+    assert train.memory.nvml_process is None and train.memory.peak_reserved is None
+
+
+def test_a_real_out_of_memory_error_becomes_a_result_and_the_run_goes_on(
+    fake_models_importable: None,
+) -> None:
+    config = cpu_config(("fake_models:OutOfMemoryAboveSix", "nin"), batch=8, cpu_time_budget=0)
+    oom, nin = run_profile(config).models
+    for phase in ("train", "inference"):
+        error = oom.measured[phase].error or ""
+        assert error.startswith("out of memory at batch 8 on CPU ("), error
+        assert oom.measured[phase].memory is None
+        assert nin.measured[phase].error is None and nin.measured[phase].memory is not None
+
+
+def test_a_crashed_worker_is_reported_with_its_signal(fake_models_importable: None) -> None:
+    request = Request(
+        model="fake_models:KillsItself",
+        phase="train",
+        batch=2,
+        device="cpu",
+        warmup=1,
+        iterations=1,
+    )
+    raw = run_worker(request)
+    measurement = to_measurement(raw, request)
+    assert measurement.error is not None
+    assert measurement.error.startswith("crashed at batch 2 on cpu: the process ended on signal 9")
+
+
+def test_a_hung_worker_is_killed_at_its_time_limit() -> None:
+    request = Request(model="vgg11", phase="train", batch=64, device="cpu", warmup=5, iterations=5)
+    raw = run_worker(request, timeout_s=3)
+    assert raw["error"] == {"kind": "crashed", "message": "killed after the 3 s time limit"}
+
+
+def test_the_largest_batch_is_found_by_bisection_over_real_runs(
+    fake_models_importable: None,
+) -> None:
+    name = "fake_models:OutOfMemoryAboveSix"
+    config = cpu_config((name,), batch=2)
+    run = Run(config, lambda event: None)
+    static = analyse_model(name, AnalysisConfig(batch=2, device="cpu"))
+    fit = _measured_fit(run, static, "train")
+    assert fit.batch == 6  # fake_models.OOM_ABOVE
+    assert "batch 6 runs and 7 does not" in fit.how
+
+
+def test_memory_budget_prediction_is_the_largest_batch_under_the_budget() -> None:
+    budget, context = 2 * 2**30, 300 * 2**20
+    config = cpu_config(("nin",), batch=16, memory_budget=budget, cuda_context=context, static=True)
+    config = RunConfig(**{**config.__dict__, "device": "cuda"})
+    run = Run(config, lambda event: None)
+    static = analyse_model("nin", AnalysisConfig(batch=16, device="cuda"))
+    fit = _predicted_fit(run, static, "train", budget)
+    assert fit.batch is not None
+    peak = {
+        b: analyse_model("nin", AnalysisConfig(batch=b, device="cuda")).train.peak
+        for b in (fit.batch, fit.batch + 1)
+    }
+    assert peak[fit.batch] + context <= budget < peak[fit.batch + 1] + context
+    assert "300.0 MiB (given with --cuda-context)" in fit.how
+
+
+def test_a_static_sweep_estimates_every_batch() -> None:
+    profile = run_profile(cpu_config(("alexnet",), static=True, sweep_batches=(1, 8)))
+    points = {(p.phase, p.batch): p for p in profile.models[0].sweep}
+    assert set(points) == {(ph, b) for ph in ("train", "inference") for b in (1, 8)}
+    assert all(p.memory is None and p.predicted is not None for p in points.values())
+    assert points["train", 8].predicted.peak > points["train", 1].predicted.peak  # type: ignore[union-attr]
+
+
+def test_cpu_plan_halves_the_batch_until_three_steps_fit_the_budget() -> None:
+    plan = plan_cpu(
+        128, flops_at=lambda b: b * 10**9, flops_per_s=10**10, budget_s=4.0, iterations=20
+    )
+    # a step takes b / 10 s: 3 steps fit 4 s for b ≤ 13, so 128 → 64 → 32 → 16 → 8
+    assert plan.batch == 8
+    assert plan.iterations == 3  # int(4 / 0.8) - 2
+    assert plan.note and "measured at batch 8, not 128" in plan.note
+    assert plan_cpu(4, lambda b: b, 10**10, 4.0, 20) == Plan(4, 1, 20, time_limit_s=4.0)
+
+
+def test_largest_fitting_gallops_then_bisects() -> None:
+    tried: list[int] = []
+
+    def fits(b: int) -> bool:
+        tried.append(b)
+        return b <= 1234
+
+    assert largest_fitting(fits, guess=1000) == (1234, 1235)
+    assert tried[:3] == [1000, 2000, 1500]
+    assert largest_fitting(lambda b: b <= 1234, guess=5000, precision=0.01) == (1230, 1240)
+    assert largest_fitting(lambda b: False, guess=8) == (0, 1)
+    assert largest_fitting(lambda b: True, guess=8, ceiling=100) == (100, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("6GiB", 6 * 2**30),
+        ("512 MiB", 512 * 2**20),
+        ("1.5GB", 1_500_000_000),
+        ("6e9", 6_000_000_000),
+    ],
+)
+def test_sizes_parse_in_binary_and_decimal_units(text: str, value: int) -> None:
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["6 parsecs", "-1GiB", "GiB"])
+def test_bad_sizes_say_what_is_wrong(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_bytes(text)
+
+
+def test_without_nvml_a_reading_is_a_note_not_a_crash() -> None:
+    reading = Nvml(0).read()
+    if reading.device_bytes is not None:
+        pytest.skip("NVML is available here")
+    assert reading.process_bytes is None
+    assert reading.note is not None and reading.note.startswith("NVML unavailable")
