@@ -1,0 +1,142 @@
+"""Predicted against measured memory, side by side in one run.
+
+    python bench/memory_accuracy.py [--device cuda|cpu] [--batches 1,32,128,256]
+                                    [--models nin,alexnet,vgg11] [--csv FILE]
+
+For each model × {train, inference} × batch: the estimate (static analysis on meta tensors,
+for this device's rules) and the measurement (a worker process per point), with the relative
+error of the estimate: (estimated − measured) / measured. Targets: |error| ≤ 2% on peak
+allocated, ≤ 5% on NVML's process figure.
+
+The NVML estimate is the estimated peak allocated plus the CUDA context, which is measured,
+not estimated: nothing on the CPU can know it. The columns after the errors say how large each
+term the estimate cannot see was at that point:
+  context   NVML's figure for the process right after the CUDA context was made
+  libs      NVML process − peak reserved − context: kernels and library state loaded later
+  reserve   peak reserved − peak allocated: the caching allocator's unused blocks
+  base      measured − estimated memory when the step began (cuBLAS workspace and the like)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.measure.runner import run_worker, to_measurement
+from nin_profile.measure.worker import Request
+from nin_profile.results import MemoryBreakdown, MemoryCategory, PhaseMeasurement
+from nin_profile.units import MiB
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    phase: str
+    batch: int
+    estimated: int
+    measured: PhaseMeasurement
+    estimated_baseline: int
+
+    def cells(self) -> dict[str, str]:
+        m = self.measured.memory
+        if m is None:
+            return {"error": self.measured.error or "no figure"}
+        nvml_est = self.estimated + m.cuda_context if m.cuda_context is not None else None
+        libs = None
+        if m.nvml_process is not None and m.peak_reserved is not None and m.cuda_context:
+            libs = m.nvml_process - m.peak_reserved - m.cuda_context
+        return {
+            "est MiB": mib(self.estimated),
+            "meas MiB": mib(m.peak_allocated),
+            "err": error(self.estimated, m.peak_allocated),
+            "NVML est": mib(nvml_est),
+            "NVML meas": mib(m.nvml_process),
+            "NVML err": error(nvml_est, m.nvml_process),
+            "context": mib(m.cuda_context),
+            "libs": mib(libs),
+            "reserve": mib(m.peak_reserved - m.peak_allocated if m.peak_reserved else None),
+            "base": mib(m.baseline_allocated - self.estimated_baseline),
+        }
+
+
+def mib(n: int | None) -> str:
+    return "–" if n is None else f"{n / MiB:,.1f}"
+
+
+def error(estimated: int | None, measured: int | None) -> str:
+    if estimated is None or not measured:
+        return "–"
+    return f"{100 * (estimated - measured) / measured:+.2f}%"
+
+
+def estimated_baseline(breakdown: MemoryBreakdown, phase: str) -> int:
+    """What the estimate holds when the step begins: parameters, buffers, input, optimizer."""
+    held = [MemoryCategory.PARAMS, MemoryCategory.BUFFERS, MemoryCategory.INPUT]
+    if phase == "train":
+        held.append(MemoryCategory.OPTIMIZER)
+    return sum(breakdown[c] for c in held)
+
+
+def measure_point(model: str, phase: str, batch: int, device: str, optimizer: str) -> Row:
+    static = analyse_model(model, AnalysisConfig(batch=batch, device=device, optimizer=optimizer))
+    breakdown = static.train if phase == "train" else static.inference
+    request = Request(
+        model=model,
+        phase=phase,
+        batch=batch,
+        device=device,
+        optimizer=optimizer,
+        warmup=2,
+        iterations=3,
+        per_layer=False,
+    )
+    measured = to_measurement(run_worker(request, timeout_s=600), request, predicted=breakdown)
+    return Row(model, phase, batch, breakdown.peak, measured, estimated_baseline(breakdown, phase))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", default="nin,alexnet,vgg11")
+    parser.add_argument("--batches", default="1,32,128,256")
+    parser.add_argument("--optimizer", default="sgd")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
+    args = parser.parse_args()
+    rows = []
+    for model in args.models.split(","):
+        for phase in ("train", "inference"):
+            for batch in map(int, args.batches.split(",")):
+                print(f"measuring {model} {phase} batch {batch} …", file=sys.stderr, flush=True)
+                rows.append(measure_point(model, phase, batch, args.device, args.optimizer))
+    name = rows[0].measured.device_name if rows else args.device
+    print(
+        f"\nPredicted vs measured peak memory on {name}, torch {torch.__version__}, "
+        f"optimizer {args.optimizer}; err = (est − meas) / meas\n"
+    )
+    columns = [
+        "model",
+        "phase",
+        "batch",
+        *next((list(r.cells()) for r in rows if "error" not in r.cells()), ["error"]),
+    ]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" if c in ("model", "phase") else "---:" for c in columns) + "|")
+    table = []
+    for r in rows:
+        cells = {"model": r.model, "phase": r.phase, "batch": str(r.batch), **r.cells()}
+        table.append(cells)
+        print("| " + " | ".join(cells.get(c, cells.get("error", "–")) for c in columns) + " |")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*columns, "error"], restval="")
+            writer.writeheader()
+            writer.writerows(table)
+
+
+if __name__ == "__main__":
+    main()
