@@ -19,6 +19,7 @@ from nin_profile.errors import LayerFailed
 from nin_profile.layer_stack import (
     Frame,
     LayerStack,
+    ParamCount,
     forward_on_meta,
     layer_names,
     naming_failures,
@@ -65,10 +66,12 @@ class _LayerRecord:
     """What the forward hooks learn about a leaf module while the step runs."""
 
     type: str
+    spec: str = ""
     output_shape: tuple[int, ...] | None = None
     output_bytes: int = 0
     calls: int = 0
     allocated_delta: int = 0
+    input_bytes: int = 0
 
 
 class _ForwardRecorder:
@@ -79,25 +82,33 @@ class _ForwardRecorder:
         self.log = log
         self.records: dict[str, _LayerRecord] = {}
         self.stack: LayerStack | None = None
-        self._starts: list[int] = []
+        self._starts: list[tuple[int, int]] = []  # (first event, input bytes) per running module
 
     def enter(self, frame: Frame, args: object) -> None:
         assert self.stack is not None
-        tag_graph(tensors_in(args), self.stack.current)
-        self._starts.append(len(self.log.events))
+        inputs = tensors_in(args)
+        tag_graph(inputs, self.stack.current)
+        self._starts.append((len(self.log.events), _nbytes(inputs)))
 
     def exit(self, frame: Frame, output: object) -> None:
         outputs = tensors_in(output)
         tag_graph(outputs, frame.name)
-        start = self._starts.pop()
+        start, input_bytes = self._starts.pop()
         if any(True for _ in frame.module.children()):
             return
-        record = self.records.setdefault(frame.name, _LayerRecord(type(frame.module).__name__))
+        record = self.records.setdefault(
+            frame.name, _LayerRecord(type(frame.module).__name__, frame.module.extra_repr())
+        )
         record.calls += 1
         if record.output_shape is None and outputs:
             record.output_shape = tuple(outputs[0].shape)
-        record.output_bytes += sum(t.numel() * t.element_size() for t in outputs)
+        record.output_bytes += _nbytes(outputs)
+        record.input_bytes += input_bytes
         record.allocated_delta += sum(e.delta for e in self.log.events[start:])
+
+
+def _nbytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass
@@ -231,20 +242,23 @@ def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ..
     rows = []
     for name in dict.fromkeys(names):
         record = trace.records.get(name) or _LayerRecord(types.get(name, name))
-        total, trainable = params.get(name, (0, 0))
+        count = params.get(name, ParamCount(0, 0, 0))
         rows.append(
             LayerStats(
                 name=name,
                 type=record.type,
                 output_shape=record.output_shape,
-                params=total,
-                trainable_params=trainable,
+                params=count.total,
+                trainable_params=count.trainable,
                 flops_forward=flops[name, Phase.FORWARD],
                 flops_backward=flops[name, Phase.BACKWARD],
                 output_bytes=record.output_bytes,
                 saved_bytes=saved.get(name, 0),
                 calls=record.calls,
                 allocated_delta=record.allocated_delta,
+                input_bytes=record.input_bytes,
+                param_bytes=count.nbytes,
+                spec=record.spec,
             )
         )
     return tuple(rows)

@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_OUT,
-        help="output folder for profile.json, layers.csv, report.md (%(default)s)",
+        default=None,
+        help="output folder for profile.json, layers.csv, report.md and the charts "
+        "(default: reports/latest; with --render, the profile's own folder)",
     )
     p.add_argument(
         "--sweep-batch",
@@ -131,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--warmup", type=positive_int, default=3, help="warm-up iterations (3)")
     p.add_argument("--iterations", type=positive_int, default=20, help="timed iterations (20)")
+    p.add_argument(
+        "--no-charts",
+        action="store_true",
+        help="write report.md without the PNG charts (faster; no matplotlib)",
+    )
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="PROFILE_JSON",
+        help="re-render report.md, layers.csv and the charts from a saved profile.json "
+        "(into its folder, or --out)",
+    )
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
     p.add_argument(
         "--check-params",
@@ -164,6 +177,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _list_models()
     if args.check_params:
         return _check_params(args.check_params)
+    if args.render:
+        return _render(args.render, args.out or args.render.parent, charts=not args.no_charts)
     names = _model_names(args.models)
     model_cfg = ModelConfig(
         channels=args.channels, classes=args.classes, image_size=args.image_size
@@ -171,6 +186,25 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.write_params:
         return _write_params(args.write_params, names, model_cfg)
     return _profile(args, names)
+
+
+def _render(path: Path, out: Path, charts: bool) -> int:
+    from nin_profile.files import read_json, write_output_folder
+    from nin_profile.report import report_files
+    from nin_profile.results import Profile
+
+    data = read_json(path, "profile")
+    try:
+        profile = Profile.from_dict(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ProfileError(
+            f"{path} is not a nin_profile profile.json ({type(exc).__name__}: "
+            f"{exc}); make one with python -m nin_profile --out DIR"
+        ) from exc
+    files = report_files(profile, charts=charts)
+    write_output_folder(out, files)
+    print(f"rendered {path} into {out}/: {', '.join(files)}")
+    return 0
 
 
 def _list_models() -> int:
@@ -274,15 +308,15 @@ def _profile(args: argparse.Namespace, names: list[str]) -> int:
     )
     with _progress() as on_progress:
         profile = run_profile(config, on_progress)
-        files = report_files(profile)
-        write_output_folder(args.out, files)
+        files = report_files(profile, charts=not args.no_charts)
+        write_output_folder(args.out or DEFAULT_OUT, files)
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no reason to squeeze into 80 columns
         console = Console(width=160)
     console.print(summary_table(profile))
     for line in notes_lines(profile):
         console.print(line, highlight=False)
-    console.print(f"wrote {args.out}/: {', '.join(files)}")
+    console.print(f"wrote {args.out or DEFAULT_OUT}/: {', '.join(files)}")
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Columns of the per-layer tables: a member, its title and its value; adding one is three lines."""
+"""Columns of the per-layer tables: a member, its title, its value and its format.
+
+Adding a column is a member and one line in each table below.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from nin_profile.results import LayerStats
-from nin_profile.units import fmt_int, fmt_shape
+from nin_profile.units import MiB, fmt_int, fmt_shape
 
 
 class Column(str, Enum):
@@ -20,6 +23,8 @@ class Column(str, Enum):
     FLOPS_BACKWARD = "flops_backward"
     OUTPUT_BYTES = "output_bytes"
     SAVED_BYTES = "saved_bytes"
+    ALLOCATED_DELTA = "allocated_delta"
+    INTENSITY = "intensity"
     CALLS = "calls"
 
 
@@ -29,11 +34,13 @@ TITLES: dict[Column, str] = {
     Column.OUTPUT_SHAPE: "Output shape",
     Column.PARAMS: "Params",
     Column.TRAINABLE_PARAMS: "Trainable params",
-    Column.MACS_FORWARD: "Forward MACs",
-    Column.FLOPS_FORWARD: "Forward FLOPs",
-    Column.FLOPS_BACKWARD: "Backward FLOPs",
-    Column.OUTPUT_BYTES: "Output bytes",
-    Column.SAVED_BYTES: "Saved for backward (bytes)",
+    Column.MACS_FORWARD: "Fwd MMACs",
+    Column.FLOPS_FORWARD: "Fwd MFLOPs",
+    Column.FLOPS_BACKWARD: "Bwd MFLOPs",
+    Column.OUTPUT_BYTES: "Output MiB",
+    Column.SAVED_BYTES: "Saved MiB",
+    Column.ALLOCATED_DELTA: "Adds MiB (est.)",
+    Column.INTENSITY: "FLOP/B",
     Column.CALLS: "Calls",
 }
 
@@ -48,24 +55,44 @@ VALUES: dict[Column, Callable[[LayerStats], object]] = {
     Column.FLOPS_BACKWARD: lambda r: r.flops_backward,
     Column.OUTPUT_BYTES: lambda r: r.output_bytes,
     Column.SAVED_BYTES: lambda r: r.saved_bytes,
+    Column.ALLOCATED_DELTA: lambda r: r.allocated_delta,
+    Column.INTENSITY: lambda r: r.intensity,
     Column.CALLS: lambda r: r.calls,
 }
 
-NUMERIC = frozenset(c for c in Column if c not in {Column.NAME, Column.TYPE, Column.OUTPUT_SHAPE})
 
-CSV_COLUMNS = tuple(Column)
+def _mega(value: object) -> str:
+    return f"{int(value) / 1e6:,.1f}"  # type: ignore[call-overload]
+
+
+def _mib(value: object) -> str:
+    return f"{int(value) / MiB:,.2f}"  # type: ignore[call-overload]
+
+
+FORMATS: dict[Column, Callable[[object], str]] = {
+    Column.NAME: str,
+    Column.TYPE: str,
+    Column.OUTPUT_SHAPE: lambda v: fmt_shape(v),  # type: ignore[arg-type]
+    Column.PARAMS: lambda v: fmt_int(v),  # type: ignore[arg-type]
+    Column.TRAINABLE_PARAMS: lambda v: fmt_int(v),  # type: ignore[arg-type]
+    Column.MACS_FORWARD: _mega,
+    Column.FLOPS_FORWARD: _mega,
+    Column.FLOPS_BACKWARD: _mega,
+    Column.OUTPUT_BYTES: _mib,
+    Column.SAVED_BYTES: _mib,
+    Column.ALLOCATED_DELTA: _mib,
+    Column.INTENSITY: lambda v: f"{v:,.1f}" if v else "–",
+    Column.CALLS: str,
+}
+
+TEXT = frozenset({Column.NAME, Column.TYPE, Column.OUTPUT_SHAPE})
+CSV_COLUMNS = tuple(c for c in Column if c is not Column.INTENSITY)
 
 
 def cell_text(column: Column, row: LayerStats) -> str:
-    """The value as exact text: integers with thousands separators, shapes as 128×96×54×54."""
-    value = VALUES[column](row)
-    if column is Column.OUTPUT_SHAPE:
-        return fmt_shape(value)  # type: ignore[arg-type]
-    return fmt_int(value) if isinstance(value, int) else str(value)
+    return FORMATS[column](VALUES[column](row))
 
 
 def csv_value(column: Column, row: LayerStats) -> object:
     value = VALUES[column](row)
-    if column is Column.OUTPUT_SHAPE:
-        return fmt_shape(value)  # type: ignore[arg-type]
-    return value
+    return fmt_shape(value) if column is Column.OUTPUT_SHAPE else value  # type: ignore[arg-type]

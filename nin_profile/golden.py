@@ -29,7 +29,7 @@ def count_params(name: str, cfg: ModelConfig) -> ParamCounts:
         model = get_model(
             name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
         )
-    layers = {layer: total for layer, (total, _) in params_by_layer(model).items()}
+    layers = {layer: count.total for layer, count in params_by_layer(model).items()}
     return ParamCounts(name, sum(layers.values()), layers)
 
 

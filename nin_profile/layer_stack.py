@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -36,17 +36,24 @@ def layer_names(model: nn.Module) -> dict[nn.Module, str]:
     return names
 
 
-def params_by_layer(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """(parameters, trainable parameters) owned directly by each module; shared ones count once."""
+class ParamCount(NamedTuple):
+    total: int
+    trainable: int
+    nbytes: int
+
+
+def params_by_layer(model: nn.Module) -> dict[str, ParamCount]:
+    """Parameters owned directly by each module (shared ones count once, for the first owner)."""
     seen: set[int] = set()
-    counts: dict[str, tuple[int, int]] = {}
+    counts: dict[str, ParamCount] = {}
     for module, name in layer_names(model).items():
         own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
         seen.update(id(p) for p in own)
         if own:
-            counts[name] = (
+            counts[name] = ParamCount(
                 sum(p.numel() for p in own),
                 sum(p.numel() for p in own if p.requires_grad),
+                sum(p.numel() * p.element_size() for p in own),
             )
     return counts
 

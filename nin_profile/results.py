@@ -78,6 +78,8 @@ class LayerStats:
 
     allocated_delta: bytes the allocator holds more after the layer's forward than before it,
     in a training step (what the layer's forward adds to the activation memory; predicted).
+    input_bytes, param_bytes: what the forward reads (its input tensors, its own parameters).
+    spec: the module's own description (`extra_repr`), e.g. "96, 96, kernel_size=(1, 1), ...".
     """
 
     name: str
@@ -91,6 +93,19 @@ class LayerStats:
     saved_bytes: int
     calls: int = 1
     allocated_delta: int = 0
+    input_bytes: int = 0
+    param_bytes: int = 0
+    spec: str = ""
+
+    @property
+    def bytes_moved(self) -> int:
+        """The fewest bytes the forward must move: input and parameters read, output written."""
+        return self.input_bytes + self.param_bytes + self.output_bytes
+
+    @property
+    def intensity(self) -> float:
+        """Forward FLOPs per byte moved (arithmetic intensity; 0 for layers without FLOPs)."""
+        return self.flops_forward / self.bytes_moved if self.bytes_moved else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -145,8 +160,26 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Ceilings:
+    """What the device sustains, measured once: a large fp32 matrix product (FLOP/s) and a
+    large copy (bytes read plus written per second). The roofline's two roofs."""
+
+    flops_per_s: float
+    bytes_per_s: float
+
+    @property
+    def ridge(self) -> float:
+        """The arithmetic intensity (FLOP/B) above which a layer can be bound by arithmetic."""
+        return self.flops_per_s / self.bytes_per_s
+
+
+@dataclass(frozen=True)
 class PhaseMeasurement:
-    """One phase of one model at one batch, measured in a process of its own."""
+    """One phase of one model at one batch, measured in a process of its own.
+
+    layer_deltas: allocator delta around each leaf module's forward (training, CUDA).
+    layer_ms: median forward time of each leaf module (inference).
+    """
 
     phase: str
     batch: int
@@ -156,6 +189,8 @@ class PhaseMeasurement:
     timing: Timing | None
     predicted: MemoryBreakdown | None = None
     layer_deltas: Mapping[str, int] = field(default_factory=dict)
+    layer_ms: Mapping[str, float] = field(default_factory=dict)
+    ceilings: Ceilings | None = None
     notes: tuple[str, ...] = ()
     error: str | None = None
 
@@ -163,6 +198,7 @@ class PhaseMeasurement:
         d = asdict(self)
         d["predicted"] = self.predicted.to_dict() if self.predicted else None
         d["layer_deltas"] = dict(self.layer_deltas)
+        d["layer_ms"] = dict(self.layer_ms)
         d["notes"] = list(self.notes)
         return d
 
@@ -176,6 +212,7 @@ class PhaseMeasurement:
                 "predicted": MemoryBreakdown.from_dict(d["predicted"])
                 if d.get("predicted")
                 else None,
+                "ceilings": Ceilings(**d["ceilings"]) if d.get("ceilings") else None,
                 "notes": tuple(d.get("notes", ())),
             }
         )

@@ -26,7 +26,7 @@ def meta_model(name: str, **cfg: int) -> nn.Module:
 
 
 def layer_params(name: str, **cfg: int) -> dict[str, int]:
-    return {layer: total for layer, (total, _) in params_by_layer(meta_model(name, **cfg)).items()}
+    return {layer: count.total for layer, count in params_by_layer(meta_model(name, **cfg)).items()}
 
 
 def test_registry_lists_the_zoo_in_order() -> None:

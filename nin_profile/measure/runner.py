@@ -12,7 +12,13 @@ from dataclasses import asdict
 from typing import Any
 
 from nin_profile.measure.worker import Request
-from nin_profile.results import MeasuredMemory, MemoryBreakdown, PhaseMeasurement, Timing
+from nin_profile.results import (
+    Ceilings,
+    MeasuredMemory,
+    MemoryBreakdown,
+    PhaseMeasurement,
+    Timing,
+)
 from nin_profile.units import fmt_bytes
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -99,6 +105,8 @@ def to_measurement(
         timing=timing,
         predicted=predicted,
         layer_deltas=raw.get("layer_deltas", {}),
+        layer_ms=raw.get("layer_ms", {}),
+        ceilings=Ceilings(**raw["ceilings"]) if raw.get("ceilings") else None,
         notes=(*notes, *raw.get("notes", ())),
         error=_error_text(error, request, name, total) if error else None,
     )

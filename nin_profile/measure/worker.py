@@ -157,6 +157,23 @@ class Device:
             progress("timing", i + 1, iterations)
         return times
 
+    def mark(self) -> Any:
+        """A point in the device's timeline: a recorded CUDA event, or the monotonic clock."""
+        if self.kind != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def wait(self) -> None:
+        if self.kind == "cuda":
+            torch.cuda.synchronize()
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        if self.kind == "cuda":
+            return float(start.elapsed_time(end))
+        return (end - start) * 1e3
+
     @property
     def clock(self) -> str:
         return "CUDA events" if self.kind == "cuda" else "time.perf_counter"
@@ -242,7 +259,56 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
         memory = device.memory_during(lambda: model(x), held)
         progress("memory", 1, 1)
         times = device.milliseconds(lambda: model(x), req.iterations, _deadline(req))
-    return {"memory": memory, "timing": timing(times, req.batch, device.clock), "layer_deltas": {}}
+        per_layer = layer_times(model, lambda: model(x), device) if req.per_layer and times else {}
+    return {
+        "memory": memory,
+        "timing": timing(times, req.batch, device.clock),
+        "layer_deltas": {},
+        "layer_ms": per_layer,
+        "ceilings": measure_ceilings(device) if times else None,
+    }
+
+
+def layer_times(
+    model: nn.Module, forward: Callable[[], object], device: Device, repeats: int = 3
+) -> dict[str, float]:
+    """Median forward time of each leaf module over `repeats` passes, in ms."""
+    marks: list[tuple[str, Any, Any]] = []
+    starts: list[Any] = []
+
+    def enter(frame: Frame, args: object) -> None:
+        starts.append(device.mark())
+
+    def leave(frame: Frame, output: object) -> None:
+        start = starts.pop()
+        if not any(True for _ in frame.module.children()):
+            marks.append((frame.name, start, device.mark()))
+
+    with LayerStack(model, on_enter=enter, on_exit=leave):
+        for _ in range(repeats):
+            forward()
+    device.wait()
+    samples: dict[str, list[float]] = {}
+    for name, start, end in marks:
+        samples.setdefault(name, []).append(device.elapsed_ms(start, end))
+    progress("layers", 1, 1)
+    return {name: statistics.median(ms) for name, ms in samples.items()}
+
+
+def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, float]:
+    """The device's two roofs: a large fp32 matrix product (FLOP/s) and a large copy (bytes
+    read plus written per second), each the best of `repeats` after a warm-up, on random data."""
+    n, nbytes = (8192, 2**30) if device.kind == "cuda" else (2048, 2**27)
+    a, b = torch.randn(n, n, device=device.kind), torch.randn(n, n, device=device.kind)
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device.kind)
+    dst = torch.empty_like(src)
+    matmul_ms = min(device.milliseconds(lambda: a @ b, repeats + 1)[1:])
+    copy_ms = min(device.milliseconds(lambda: dst.copy_(src), repeats + 1)[1:])
+    progress("ceilings", 1, 1)
+    return {
+        "flops_per_s": 2 * n**3 / (matmul_ms / 1e3),
+        "bytes_per_s": 2 * nbytes / (copy_ms / 1e3),
+    }
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -1,0 +1,194 @@
+"""The report: rendered from a fixed profile (a real CPU run at batch 2, tests/golden), checked
+against golden files, against the profile's own numbers, and for charts' series and labels.
+
+Regenerate the golden report with `pytest tests/test_report.py --update-golden` after a
+deliberate change, and read the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from matplotlib.patches import Rectangle
+
+from nin_profile.cli import main
+from nin_profile.render.charts import (
+    all_charts,
+    layer_costs,
+    memory_breakdown,
+    models_overview,
+    roofline,
+)
+from nin_profile.render.markdown import render_report
+from nin_profile.render.names import chart_plan
+from nin_profile.results import MemoryCategory, ModelProfile, Profile, Timing
+from nin_profile.units import MiB, fmt_mib, fmt_scaled
+
+GOLDEN = Path(__file__).parent / "golden"
+PROFILE = GOLDEN / "profile_cpu.json"
+REPORT = GOLDEN / "report.md"
+
+
+@pytest.fixture(scope="module")
+def profile() -> Profile:
+    return Profile.from_dict(json.loads(PROFILE.read_text()))
+
+
+def model(profile: Profile, name: str) -> ModelProfile:
+    return next(m for m in profile.models if m.name == name)
+
+
+def test_the_report_matches_the_golden_file(profile: Profile, update_golden: bool) -> None:
+    text = render_report(profile)
+    if update_golden:
+        REPORT.write_text(text)
+    assert text == REPORT.read_text()
+
+
+def test_the_fixture_round_trips_through_json(profile: Profile) -> None:
+    assert Profile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+
+
+def summary_rows(text: str) -> dict[str, list[str]]:
+    section = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[2:]}  # past the rule
+
+
+def test_every_summary_figure_agrees_with_the_profile(profile: Profile) -> None:
+    rows = summary_rows(render_report(profile))
+    assert set(rows) == {m.name for m in profile.models}
+    for m in profile.models:
+        row = rows[m.name]
+        assert row[1] == f"{m.params:,}"
+        assert row[2] == fmt_scaled(m.macs_forward, 1e9)
+        assert row[3] == fmt_scaled(m.flops_forward, 1e9)
+        assert row[4] == fmt_scaled(m.flops_train_step, 1e9)
+        assert row[5] == fmt_mib(m.activation_bytes_saved)
+        train = m.measured["train"]
+        assert train.memory and train.predicted
+        assert row[6] == fmt_mib(train.predicted.peak)
+        assert row[7] == fmt_mib(train.memory.peak_allocated)
+
+
+def test_ratios_in_the_text_are_computed(profile: Profile) -> None:
+    text = render_report(profile)
+    nin, alexnet, vgg = (model(profile, n) for n in ("nin", "alexnet", "vgg11"))
+    assert f"{alexnet.params / nin.params:.1f}× fewer than AlexNet" in text
+    assert f"{vgg.params / nin.params:.1f}× fewer than VGG-11" in text
+    first_dense = next(layer for layer in alexnet.layers if layer.type == "Linear")
+    assert (
+        f"AlexNet's first dense layer ({first_dense.name}) holds {first_dense.params / 1e6:.1f} M"
+        in text
+    )
+
+
+def test_sentences_follow_the_numbers_when_they_change(profile: Profile) -> None:
+    nin = model(profile, "nin")
+    alexnet = model(profile, "alexnet")
+    bigger = replace(nin, params=2 * alexnet.params)
+    text = render_report(replace(profile, models=(bigger, *profile.models[1:])))
+    assert f"NiN has {2 * alexnet.params:,} parameters: 2.0× more than AlexNet" in text
+    slow = Timing(
+        ms_per_iter=1e6, ms_spread=0.0, examples_per_s=1.0, tflops=None, iterations=1, clock="test"
+    )
+    slower = replace(
+        nin, measured={**nin.measured, "train": replace(nin.measured["train"], timing=slow)}
+    )
+    text = render_report(replace(profile, models=(slower, *profile.models[1:])))
+    assert "the chapter's remark that NiN can take longer holds here" in text
+
+
+def test_a_failed_measurement_is_shown_not_hidden(profile: Profile) -> None:
+    nin = model(profile, "nin")
+    failed = replace(
+        nin.measured["train"],
+        memory=None,
+        timing=None,
+        error="out of memory at batch 2 on CPU (2 threads)",
+    )
+    text = render_report(
+        replace(
+            profile,
+            models=(replace(nin, measured={**nin.measured, "train": failed}), *profile.models[1:]),
+        )
+    )
+    assert "nin train: out of memory at batch 2 on CPU (2 threads)" in text
+    assert summary_rows(text)["nin"][7] == "failed"
+
+
+def test_every_linked_chart_is_rendered(profile: Profile) -> None:
+    text = render_report(profile)
+    linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
+    assert linked == {spec.file for spec in chart_plan(profile)}
+    assert "sweep.png" in linked
+    assert set(all_charts(profile)) == linked
+
+
+def test_without_charts_the_report_links_none(profile: Profile) -> None:
+    assert "![" not in render_report(profile, charts=False)
+
+
+def test_models_overview_shows_each_model_on_log_axes(profile: Profile) -> None:
+    fig = models_overview(profile)
+    params_ax, _, memory_ax = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == [
+        "Parameters",
+        "Computation per batch",
+        "Peak memory per batch",
+    ]
+    assert all(ax.get_yscale() == "log" and "log scale" in ax.get_ylabel() for ax in fig.axes)
+    heights = [bar.get_height() for bar in params_ax.patches if isinstance(bar, Rectangle)]
+    assert heights == pytest.approx([m.params / 1e6 for m in profile.models])
+    labels = memory_ax.get_legend_handles_labels()[1]
+    assert "training peak (estimated)" in labels and "train peak allocated (measured)" in labels
+
+
+def test_memory_bars_stack_to_the_estimated_peak(profile: Profile) -> None:
+    fig = memory_breakdown(profile, "train")
+    (ax,) = fig.axes
+    stacks: dict[float, float] = {}
+    for bar in ax.patches:
+        assert isinstance(bar, Rectangle)
+        stacks[round(bar.get_x(), 6)] = stacks.get(round(bar.get_x(), 6), 0.0) + bar.get_height()
+    peaks = [m.train.peak / MiB for m in profile.models]
+    assert [stacks[x] for x in sorted(stacks)] == pytest.approx(peaks)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "activations (estimated)" in labels and "peak allocated (measured)" in labels
+    assert "MiB" in ax.get_ylabel()
+    assert MemoryCategory.OPTIMIZER.value + " (estimated)" not in labels  # SGD keeps no state
+
+
+def test_layer_chart_has_a_bar_per_layer(profile: Profile) -> None:
+    nin = model(profile, "nin")
+    fig = layer_costs(profile, nin)
+    params_ax = fig.axes[0]
+    assert len(params_ax.patches) == len([layer for layer in nin.layers if layer.name != "loss"])
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)
+    assert params_ax.get_yticklabels()[0].get_text() == "0.0 Conv2d"
+
+
+def test_roofline_uses_the_measured_roofs_when_layers_were_timed(profile: Profile) -> None:
+    (ax,) = roofline(profile).axes
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(label.startswith("roofs:") and label.endswith("(measured)") for label in labels)
+    assert "nin: 1×1 convolutions" in labels
+    assert "achieved GFLOP/s" in ax.get_ylabel()
+    static = replace(profile, models=tuple(replace(m, measured={}) for m in profile.models))
+    (ax,) = roofline(static).axes
+    assert "forward GFLOPs" in ax.get_ylabel()
+
+
+def test_render_rebuilds_a_report_from_a_saved_profile(tmp_path: Path, profile: Profile) -> None:
+    saved = tmp_path / "run"
+    saved.mkdir()
+    shutil.copy(PROFILE, saved / "profile.json")
+    assert main(["--render", str(saved / "profile.json")]) == 0
+    assert (saved / "report.md").read_text() == render_report(profile)
+    assert {p.name for p in saved.iterdir()} >= {spec.file for spec in chart_plan(profile)}
+    assert Profile.from_dict(json.loads((saved / "profile.json").read_text())) == profile
