@@ -43,7 +43,7 @@ def fvcore_total(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(FlopCountAnalysis(model, x).unsupported_ops_warnings(False).total())
 
 
-def fresh_cli_seconds(repeats: int) -> list[float]:
+def fresh_cli_seconds(repeats: int, *extra: str) -> list[float]:
     """Wall time of `python -m nin_profile --static` on the three models, each in a new process."""
     times = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,6 +56,7 @@ def fresh_cli_seconds(repeats: int) -> list[float]:
             ",".join(MODELS),
             "--out",
             f"{tmp}/out",
+            *extra,
         ]
         for _ in range(repeats):
             start = time.perf_counter()
@@ -77,8 +78,11 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
         f"median (± half range) of {args.repeats} runs, seconds\n"
     )
-    cli = fresh_cli_seconds(args.repeats)
-    print(f"whole `--static` run of {', '.join(MODELS)} in a fresh process: {fmt(cli)} s\n")
+    bare, charted = fresh_cli_seconds(args.repeats, "--no-charts"), fresh_cli_seconds(args.repeats)
+    print(
+        f"whole `--static` run of {', '.join(MODELS)} in a fresh process: "
+        f"{fmt(bare)} s with --no-charts, {fmt(charted)} s with the PNG charts\n"
+    )
     print(
         f"{'model':<8} {'nin_profile':>18} {'torchinfo':>18} {'fvcore':>18} "
         f"{'torchinfo/ours':>15} {'fvcore/ours':>12}"

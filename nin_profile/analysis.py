@@ -21,6 +21,7 @@ from nin_profile.layer_stack import (
     LayerStack,
     ParamCount,
     forward_on_meta,
+    is_leaf,
     layer_names,
     naming_failures,
     params_by_layer,
@@ -94,7 +95,7 @@ class _ForwardRecorder:
         outputs = tensors_in(output)
         tag_graph(outputs, frame.name)
         start, input_bytes = self._starts.pop()
-        if any(True for _ in frame.module.children()):
+        if not is_leaf(frame.module):
             return
         record = self.records.setdefault(
             frame.name, _LayerRecord(type(frame.module).__name__, frame.module.extra_repr())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -128,6 +128,33 @@ class LayerStack:
         if frame is None:
             return LayerFailed(ROOT, "model", (), reason)
         return LayerFailed(frame.name, type(frame.module).__name__, frame.input_shape, reason)
+
+
+def is_leaf(module: nn.Module) -> bool:
+    return not any(True for _ in module.children())
+
+
+T = TypeVar("T")
+
+
+def leaf_spans(
+    model: nn.Module, read: Callable[[], T], run: Callable[[], object]
+) -> list[tuple[str, T, T]]:
+    """Run `run`; for each leaf module's forward, in order, `read()` just before and just after."""
+    spans: list[tuple[str, T, T]] = []
+    starts: list[T] = []
+
+    def enter(frame: Frame, args: object) -> None:
+        starts.append(read())
+
+    def leave(frame: Frame, output: object) -> None:
+        start = starts.pop()
+        if is_leaf(frame.module):
+            spans.append((frame.name, start, read()))
+
+    with LayerStack(model, on_enter=enter, on_exit=leave):
+        run()
+    return spans
 
 
 @contextmanager

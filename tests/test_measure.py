@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.layer_stack import leaf_spans
 from nin_profile.measure.nvml import Nvml
 from nin_profile.measure.plan import Plan, largest_fitting, parse_bytes, plan_cpu
 from nin_profile.measure.runner import run_worker, to_measurement
@@ -183,3 +187,13 @@ def test_without_nvml_a_reading_is_a_note_not_a_crash() -> None:
         pytest.skip("NVML is available here")
     assert reading.process_bytes is None
     assert reading.note is not None and reading.note.startswith("NVML unavailable")
+
+
+def test_leaf_spans_bracket_each_leaf_forward_in_order() -> None:
+    # per-layer allocator deltas and per-layer times on the GPU are both built on these spans
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))
+    ticks = itertools.count()
+    spans = leaf_spans(model, lambda: next(ticks), lambda: model(torch.randn(1, 2)))
+    assert [name for name, _, _ in spans] == ["0", "1.0", "1.1"]  # containers are not leaves
+    assert all(before < after for _, before, after in spans)
+    assert spans[0][2] < spans[1][1]  # in the order the layers ran

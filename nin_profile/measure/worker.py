@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nin_profile.layer_stack import Frame, LayerStack
+from nin_profile.layer_stack import leaf_spans
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.measure.nvml import Nvml
 from nin_profile.models import get_model
@@ -185,18 +185,8 @@ class Device:
 def layer_deltas(model: nn.Module, forward: Callable[[], object], device: Device) -> dict[str, int]:
     """Bytes the allocator holds more after each leaf module's forward than before it."""
     deltas: dict[str, int] = {}
-    starts: list[int] = []
-
-    def enter(frame: Frame, args: object) -> None:
-        starts.append(device.allocated())
-
-    def leave(frame: Frame, output: object) -> None:
-        start = starts.pop()
-        if not any(True for _ in frame.module.children()):
-            deltas[frame.name] = deltas.get(frame.name, 0) + device.allocated() - start
-
-    with LayerStack(model, on_enter=enter, on_exit=leave):
-        forward()
+    for name, before, after in leaf_spans(model, device.allocated, forward):
+        deltas[name] = deltas.get(name, 0) + after - before
     return deltas
 
 
@@ -273,23 +263,10 @@ def layer_times(
     model: nn.Module, forward: Callable[[], object], device: Device, repeats: int = 3
 ) -> dict[str, float]:
     """Median forward time of each leaf module over `repeats` passes, in ms."""
-    marks: list[tuple[str, Any, Any]] = []
-    starts: list[Any] = []
-
-    def enter(frame: Frame, args: object) -> None:
-        starts.append(device.mark())
-
-    def leave(frame: Frame, output: object) -> None:
-        start = starts.pop()
-        if not any(True for _ in frame.module.children()):
-            marks.append((frame.name, start, device.mark()))
-
-    with LayerStack(model, on_enter=enter, on_exit=leave):
-        for _ in range(repeats):
-            forward()
+    spans = leaf_spans(model, device.mark, lambda: [forward() for _ in range(repeats)])
     device.wait()
     samples: dict[str, list[float]] = {}
-    for name, start, end in marks:
+    for name, start, end in spans:
         samples.setdefault(name, []).append(device.elapsed_ms(start, end))
     progress("layers", 1, 1)
     return {name: statistics.median(ms) for name, ms in samples.items()}

@@ -307,49 +307,51 @@ def _roofs(ax: Axes, profile: Profile) -> None:
 
 
 def sweep(profile: Profile) -> Figure:
-    """Peak memory (estimated and measured) and time per iteration (measured) against batch."""
+    """Peak memory (estimated and measured) and time per iteration (measured) against batch.
+    One colour per model; solid lines for training, dashed for inference."""
     timed = any(p.timing for m in profile.models for p in m.sweep)
-    fig = Figure(figsize=(12.0 if timed else 7.0, 4.8), layout="constrained")
+    measured = any(p.memory for m in profile.models for p in m.sweep)
+    fig = Figure(figsize=(12.0 if timed else 7.5, 5.0), layout="constrained")
     axes: list[Axes] = list(fig.subplots(1, 2, squeeze=True)) if timed else [fig.subplots()]
     memory_ax = axes[0]
-    for m in profile.models:
+    for i, m in enumerate(profile.models):
+        color = f"C{i % 10}"
         for phase, style in (("train", "-"), ("inference", "--")):
             points = sorted((p for p in m.sweep if p.phase == phase), key=lambda p: p.batch)
             est = [(p.batch, p.predicted.peak / MiB) for p in points if p.predicted]
-            if not est:
-                continue
-            line = memory_ax.plot(*zip(*est, strict=True), style, label=f"{m.name} {phase} (est.)")[
-                0
-            ]
+            if est:
+                memory_ax.plot(
+                    *zip(*est, strict=True), style, color=color, label=f"{m.name} {phase} (est.)"
+                )
             meas = [(p.batch, p.memory.peak_allocated / MiB) for p in points if p.memory]
             if meas:
-                memory_ax.scatter(*zip(*meas, strict=True), color=line.get_color(), marker="D")
-            if timed:
-                times = [(p.batch, p.timing.ms_per_iter) for p in points if p.timing]
-                if times:
-                    axes[1].plot(
-                        *zip(*times, strict=True),
-                        style,
-                        marker="o",
-                        color=line.get_color(),
-                        label=f"{m.name} {phase}",
-                    )
+                memory_ax.scatter(*zip(*meas, strict=True), color=color, marker="D")
+            times = [(p.batch, p.timing.ms_per_iter) for p in points if p.timing]
+            if timed and times:
+                axes[1].plot(
+                    *zip(*times, strict=True),
+                    style,
+                    marker="o",
+                    color=color,
+                    label=f"{m.name} {phase}",
+                )
+    legend = "lines: estimated, ◆: measured" if measured else "estimated"
     memory_ax.set(
-        title="Peak memory against batch size (lines: estimated, ◆: measured)",
+        title=f"Peak memory against batch size ({legend})",
         xlabel="batch size (log scale)",
         ylabel="MiB (log scale)",
     )
-    for ax in axes if timed else [memory_ax]:
-        _log(ax, "x")
-        _log(ax, "y")
-        ax.legend(fontsize="x-small")
     if timed:
         axes[1].set(
             title="Time per iteration (measured)",
             xlabel="batch size (log scale)",
             ylabel="ms per iteration (log scale)",
         )
-    fig.suptitle(f"Batch sweep ({profile.environment.device_name})")
+    for ax in axes:
+        _log(ax, "x")
+        _log(ax, "y")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(f"Batch sweep ({_figures_label(profile)})")
     return fig
 
 
