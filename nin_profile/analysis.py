@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nin_profile._lazy_dynamo import without_dynamo_import
-from nin_profile.errors import LayerFailed
+from nin_profile.errors import LayerFailed, ProfileError
 from nin_profile.layer_stack import (
     Frame,
     LayerStack,
@@ -134,6 +134,11 @@ def analyse(
     model: nn.Module, cfg: AnalysisConfig, name: str, description: str = ""
 ) -> ModelProfile:
     """Trace one steady-state training step and one inference pass of `model` (meta parameters)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ProfileError(
+            f"{name} has no trainable parameters: there is no training step to "
+            "profile (give a model with at least one parameter that requires grad)"
+        )
     with _restoring_mode(model), without_dynamo_import():
         trace = _trace_training(model, cfg)
         inference = _trace_inference(model, cfg)

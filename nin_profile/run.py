@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nin_profile.analysis import AnalysisConfig, analyse_model, smallest_image_size
+from nin_profile.analysis import AnalysisConfig, analyse_model, fits, smallest_image_size
 from nin_profile.environment import collect_environment
 from nin_profile.errors import LayerFailed, ProfileError
 from nin_profile.measure.plan import Plan, cpu_flops_per_second, largest_fitting, plan_cpu
@@ -24,6 +24,7 @@ from nin_profile.results import (
     Profile,
     RunConfig,
 )
+from nin_profile.tracing import LOSS
 from nin_profile.units import fmt_bytes
 
 PHASES = ("train", "inference")
@@ -74,7 +75,14 @@ def analyse_or_explain(name: str, config: RunConfig, batch: int | None = None) -
     try:
         return analyse_model(name, analysis_config(config, batch))
     except LayerFailed as exc:
-        smallest = smallest_image_size(name, model_config(config))
+        if exc.layer == LOSS:
+            raise ProfileError(
+                f"{name}: the training loss cannot take the model's output ({exc.reason}); "
+                "nin_profile trains with cross-entropy, so the model must return "
+                "(batch, classes) logits"
+            ) from exc
+        cfg = model_config(config)
+        smallest = None if fits(name, cfg) else smallest_image_size(name, cfg)
         hint = f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
         raise ProfileError(f"{name} at --image-size {config.image_size}: {exc}{hint}") from exc
 

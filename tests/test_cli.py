@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,18 @@ import pytest
 from nin_profile.cli import main
 from nin_profile.files import write_output_folder
 
+TESTS = Path(__file__).parent
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own; tests/fake_models.py is importable there."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "nin_profile", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "nin_profile", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": path},
     )
 
 
@@ -114,6 +123,14 @@ BAD_INPUTS = [
     (["--models", "math:pi", "--static"], "'math:pi' gave a float, not a torch.nn.Module"),
     (["--models", "no_such_pkg:net", "--static"], "cannot import 'no_such_pkg'"),
     (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
+    (["--models", "torch.nn:Identity", "--static"], "has no trainable parameters"),
+    (
+        ["--models", "fake_models:FeatureMapsOut", "--static"],
+        "the model must return (batch, classes) logits",
+    ),
+    (["--max-batch", "--device", "cpu"], "--max-batch runs real training steps"),
+    (["--render", "no/such/profile.json"], "profile no/such/profile.json does not exist"),
+    (["--memory-budget", "6 parsecs"], "is not a size such as 6GiB"),
 ]
 
 
