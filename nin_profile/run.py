@@ -268,8 +268,16 @@ def _predicted_fit(run: Run, static: ModelProfile, phase: str, budget: int) -> B
     )
 
 
+class _SearchStopped(Exception):
+    """A probe of the batch search failed for a reason other than memory."""
+
+
 def _measured_fit(run: Run, static: ModelProfile, phase: str) -> BatchFit:
-    """The largest batch that runs, by bisection over real runs, each in its own process."""
+    """The largest batch that runs, by bisection over real runs, each in its own process.
+
+    The search starts at the batch the estimate (plus the measured CUDA context) predicts for
+    the device's memory, 2% steps first. Only an out-of-memory error counts as "does not fit";
+    any other failure stops the search and is reported."""
     probes: list[int] = []
     total: list[int] = []
 
@@ -279,11 +287,18 @@ def _measured_fit(run: Run, static: ModelProfile, phase: str) -> BatchFit:
         request = run.request(static.name, phase, Plan(batch, warmup=1, iterations=0), False)
         raw = run.run_worker(request, f"{static.name} · {phase} · largest batch · try {batch}")
         total[:] = [raw["total_memory"]] if raw.get("total_memory") else total
-        return "error" not in raw
+        error = raw.get("error")
+        if error and error["kind"] != "out_of_memory":
+            raise _SearchStopped(f"batch {batch}: {error['message']}")
+        return error is None
 
     memory = _device_memory(static)
     guess = _affine_guess(run, static, phase, memory) if memory else run.config.batch
-    fit, fail = largest_fitting(fits, guess, precision=0.01)
+    try:
+        fit, fail = largest_fitting(fits, guess, precision=0.01, first_step=0.02 if memory else 1.0)
+    except _SearchStopped as exc:
+        limit = total[0] if total else 0
+        return BatchFit(phase, None, limit, f"search stopped after {len(probes)} runs: {exc}")
     limit = total[0] if total else 0
     how = (
         f"measured: batch {fit} runs and {fail} does not ({len(probes)} runs, "

@@ -53,6 +53,28 @@ def test_each_measurement_runs_in_a_process_of_its_own() -> None:
     assert len({first["pid"], second["pid"], os.getpid()}) == 3
 
 
+def test_a_worker_started_ahead_serves_the_next_request_in_a_process_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    request = Request(model="nin", phase="inference", batch=1, device="cpu", warmup=1, iterations=1)
+    first = run_worker(request, start_next=True)
+    second = run_worker(request, start_next=True)  # served by the worker the first one started
+    assert "error" not in first and "error" not in second, (first, second)
+    assert len({first["pid"], second["pid"], os.getpid()}) == 3
+    # a worker started under another environment is not used: this one can import fake_models
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    fake = Request(
+        model="fake_models:OutOfMemoryAboveSix",
+        phase="inference",
+        batch=2,
+        device="cpu",
+        warmup=1,
+        iterations=1,
+    )
+    third = run_worker(fake, start_next=False)
+    assert "error" not in third, third
+
+
 def test_a_cpu_training_step_is_measured_beside_its_estimate() -> None:
     config = cpu_config(("nin",), batch=2, cpu_time_budget=0)
     nin = run_profile(config).models[0]
@@ -113,6 +135,17 @@ def test_the_largest_batch_is_found_by_bisection_over_real_runs(
     assert "batch 6 runs and 7 does not" in fit.how
 
 
+def test_a_failure_other_than_out_of_memory_stops_the_search(
+    fake_models_importable: None,
+) -> None:
+    name = "fake_models:KillsItself"
+    run = Run(cpu_config((name,), batch=2), lambda event: None)
+    static = analyse_model(name, AnalysisConfig(batch=2, device="cpu"))
+    fit = _measured_fit(run, static, "train")
+    assert fit.batch is None
+    assert fit.how.startswith("search stopped after 1 runs: batch 2: the process ended on signal 9")
+
+
 def test_memory_budget_prediction_is_the_largest_batch_under_the_budget() -> None:
     budget, context = 2 * 2**30, 300 * 2**20
     config = cpu_config(("nin",), batch=16, memory_budget=budget, cuda_context=context, static=True)
@@ -160,6 +193,23 @@ def test_largest_fitting_gallops_then_bisects() -> None:
     assert largest_fitting(lambda b: b <= 1234, guess=5000, precision=0.01) == (1230, 1240)
     assert largest_fitting(lambda b: False, guess=8) == (0, 1)
     assert largest_fitting(lambda b: True, guess=8, ceiling=100) == (100, None)
+
+
+def test_a_close_guess_brackets_the_largest_batch_in_few_runs() -> None:
+    tried: list[int] = []
+
+    def fits(b: int) -> bool:
+        tried.append(b)
+        return b <= 10_100
+
+    # a guess 1% low: 10_000 fits, +2% = 10_200 does not, 10_100 fits; bracket within 1%
+    assert largest_fitting(fits, guess=10_000, precision=0.01, first_step=0.02) == (10_100, 10_200)
+    assert tried == [10_000, 10_200, 10_100]
+    tried.clear()
+    # a guess 3% high: 10_400 fails, 10_400 / 1.02 = 10_196 fails, 10_196 / 1.04 = 9_803 fits;
+    # bisection: 9_999 fits, 10_097 fits, and 10_196 − 10_097 = 99 is within 1% of 10_097
+    assert largest_fitting(fits, guess=10_400, precision=0.01, first_step=0.02) == (10_097, 10_196)
+    assert tried == [10_400, 10_196, 9_803, 9_999, 10_097]
 
 
 @pytest.mark.parametrize(

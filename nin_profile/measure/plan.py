@@ -67,20 +67,28 @@ def plan_cpu(
 
 
 def largest_fitting(
-    fits: Callable[[int], bool], guess: int, ceiling: int = 2**24, precision: float = 0.0
+    fits: Callable[[int], bool],
+    guess: int,
+    ceiling: int = 2**24,
+    precision: float = 0.0,
+    first_step: float = 1.0,
 ) -> tuple[int, int | None]:
     """(largest batch known to fit, smallest known not to fit) for a monotone `fits`.
 
-    Gallops from `guess` by doubling or halving to bracket the boundary, then bisects until
-    the bracket is within `precision` of the answer (0: exact). (0, 1) when batch 1 fails.
+    Brackets the boundary by stepping from `guess`, the first step `first_step` × guess and
+    each further step in the same direction twice the last (up to doubling the batch), then
+    bisects until the bracket is within `precision` of the answer (0: exact). A good guess
+    wants a small first step: a prediction within 2% of the truth is bracketed in two runs.
+    (0, 1) when batch 1 fails.
     """
     guess = max(1, min(guess, ceiling))
+    step = first_step
     if fits(guess):
         fit, fail = guess, None
         while fail is None and fit < ceiling:
-            candidate = min(2 * fit, ceiling)
+            candidate = min(max(fit + 1, int(fit * (1 + step))), ceiling)
             if fits(candidate):
-                fit = candidate
+                fit, step = candidate, min(2 * step, 1.0)
             else:
                 fail = candidate
         if fail is None:
@@ -88,11 +96,11 @@ def largest_fitting(
     else:
         fit, fail = 0, guess
         while fit == 0 and fail > 1:
-            candidate = fail // 2
+            candidate = max(1, min(fail - 1, int(fail / (1 + step))))
             if fits(candidate):
                 fit = candidate
             else:
-                fail = candidate
+                fail, step = candidate, min(2 * step, 1.0)
         if fit == 0:
             return 0, 1
     while fail - fit > max(1, int(fit * precision)):

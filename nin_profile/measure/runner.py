@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,39 +30,114 @@ def _ignore(stage: str, done: int, total: int) -> None:
     pass
 
 
-def run_worker(
-    request: Request, on_progress: ProgressCallback = _ignore, timeout_s: float | None = None
-) -> dict[str, Any]:
-    """The worker's result, or an error result saying how the process ended without one."""
-    command = [sys.executable, "-m", "nin_profile.measure.worker", json.dumps(asdict(request))]
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
-        if timer:
-            timer.start()
-        result: dict[str, Any] | None = None
+class _Worker:
+    """A worker process and the file its stderr goes to. Started with `--stdin`, it imports
+    torch and the models, then waits for one request line: it touches no device before."""
+
+    def __init__(self) -> None:
+        self.env = dict(os.environ)
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in discard)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nin_profile.measure.worker", "--stdin"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+
+    def usable(self) -> bool:
+        """Still waiting, and started under the environment a new worker would get now."""
+        return self.proc.poll() is None and self.env == dict(os.environ)
+
+    def send(self, request: Request) -> None:
+        assert self.proc.stdin is not None
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                message = _parse(line)
-                if "progress" in message:
-                    p = message["progress"]
-                    on_progress(p["stage"], p["done"], p["total"])
-                elif "result" in message:
-                    result = message["result"]
-            returncode = proc.wait()
-        finally:
-            if timer:
-                timer.cancel()
+            self.proc.stdin.write(json.dumps(asdict(request)) + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died while starting: the result says how it ended
+
+    def discard(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+
+
+_spare: list[_Worker] = []  # at most one, started ahead of the next request
+
+
+def _discard_spare() -> None:
+    while _spare:
+        _spare.pop().discard()
+
+
+atexit.register(_discard_spare)
+
+
+def _take_worker() -> _Worker:
+    """The worker started ahead, if it can serve a request now; else a new one."""
+    spare = _spare.pop() if _spare else None
+    if spare is not None and spare.usable():
+        return spare
+    if spare is not None:
+        spare.discard()
+    return _Worker()
+
+
+def run_worker(
+    request: Request,
+    on_progress: ProgressCallback = _ignore,
+    timeout_s: float | None = None,
+    start_next: bool | None = None,
+) -> dict[str, Any]:
+    """The worker's result, or an error result saying how the process ended without one.
+
+    Each request gets a process of its own. With `start_next` (default: on CUDA, where the
+    host's cores are idle while the GPU works) the process for the next request is started as
+    soon as this one has its request, so that importing torch, seconds of a short measurement,
+    overlaps the measurement instead of preceding it; on the CPU it would compete for the cores
+    being timed.
+    """
+    worker = _take_worker()
+    worker.send(request)
+    if request.device == "cuda" if start_next is None else start_next:
+        _spare.append(_Worker())
+    try:
+        result, returncode = _collect(worker, on_progress, timeout_s)
         if result is not None:
             return result
-        stderr.seek(0)
-        return {
-            "error": {
-                "kind": "crashed",
-                "message": _crash_message(returncode, stderr.read(), timeout_s),
-            }
-        }
+        worker.stderr.seek(0)
+        message = _crash_message(returncode, worker.stderr.read(), timeout_s)
+        return {"error": {"kind": "crashed", "message": message}}
+    finally:
+        worker.discard()
+
+
+def _collect(
+    worker: _Worker, on_progress: ProgressCallback, timeout_s: float | None
+) -> tuple[dict[str, Any] | None, int]:
+    """Read the worker's messages until it exits (killed at `timeout_s`): (result, exit code)."""
+    proc = worker.proc
+    timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
+    if timer:
+        timer.start()
+    result: dict[str, Any] | None = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            message = _parse(line)
+            if "progress" in message:
+                p = message["progress"]
+                on_progress(p["stage"], p["done"], p["total"])
+            elif "result" in message:
+                result = message["result"]
+        return result, proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
 
 
 def _parse(line: str) -> dict[str, Any]:

@@ -8,12 +8,13 @@ any other exception becomes a result; only a crash (a signal, the OOM killer) le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class Request:
     iterations: int = 20
     per_layer: bool = True
     time_limit_s: float | None = None  # stop adding timed iterations after this (at least one)
+    memory_history: str | None = None  # CUDA: write the allocator's history of the step here
 
 
 def emit(message: dict[str, Any]) -> None:
@@ -57,12 +59,12 @@ def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-_STARTED = time.monotonic()
+_received = time.monotonic()  # when the request came; reset by main()
 
 
 def _deadline(req: Request) -> float | None:
-    """When the worker should stop starting timed iterations (counted from its own start)."""
-    return _STARTED + req.time_limit_s if req.time_limit_s else None
+    """When the worker should stop starting timed iterations (counted from its request)."""
+    return _received + req.time_limit_s if req.time_limit_s else None
 
 
 def _discard(value: object) -> None:
@@ -72,8 +74,9 @@ def _discard(value: object) -> None:
 class Device:
     """The device under measurement: its memory statistics, its clock, and NVML beside it."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, memory_history: str | None = None) -> None:
         self.kind = kind
+        self.memory_history = memory_history
         self.context: int | None = None
         self.nvml: Nvml | None = None
         self.notes: list[str] = []
@@ -117,8 +120,9 @@ class Device:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
-        work()
-        torch.cuda.synchronize()
+        with recording_history(self.memory_history):
+            work()
+            torch.cuda.synchronize()
         assert self.nvml is not None
         reading = self.nvml.read()  # reserved memory never shrinks by itself: this is its peak
         self._note(reading.note)
@@ -180,6 +184,22 @@ class Device:
 
     def allocated(self) -> int:
         return torch.cuda.memory_allocated()
+
+
+@contextlib.contextmanager
+def recording_history(path: str | None) -> Iterator[None]:
+    """Record every allocation and free of the caching allocator, with Python stacks, into a
+    snapshot at `path` (open it at https://pytorch.org/memory_viz); nothing when `path` is None.
+    Recording changes no allocation, only the time the step takes."""
+    if path is None:
+        yield
+        return
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    try:
+        yield
+        torch.cuda.memory._dump_snapshot(path)
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
 
 
 def layer_deltas(model: nn.Module, forward: Callable[[], object], device: Device) -> dict[str, int]:
@@ -295,7 +315,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def measure(req: Request) -> dict[str, Any]:
-    device = Device(req.device)
+    device = Device(req.device, req.memory_history)
     result: dict[str, Any] = {
         "device_name": device.name,
         "total_memory": device.total_memory,
@@ -317,7 +337,14 @@ def measure(req: Request) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    request = Request(**json.loads(argv[1]))
+    """`worker REQUEST_JSON`, or `worker --stdin`: import everything, then wait for the request
+    as one line on stdin (how the runner starts the next worker while this one measures)."""
+    global _received
+    text = sys.stdin.readline() if argv[1] == "--stdin" else argv[1]
+    if not text.strip():
+        return 0  # let go unused: the run ended before a request came
+    _received = time.monotonic()
+    request = Request(**json.loads(text))
     emit({"result": measure(request), "request": asdict(request)})
     return 0
 
