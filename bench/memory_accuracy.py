@@ -11,6 +11,9 @@ allocated, ≤ 5% on NVML's process figure.
 The NVML estimate is the estimated peak allocated plus the CUDA context, which is measured,
 not estimated: nothing on the CPU can know it. The columns after the errors say how large each
 term the estimate cannot see was at that point:
+  between   (CUDA) the measured peak between ops, without what kernels allocate and free inside
+            one op, and the estimate's error against it: what a trace of tensors can predict
+  scratch   peak allocated − peak between ops: kernel scratch at the peak (cuDNN workspace)
   context   NVML's figure for the process right after the CUDA context was made
   libs      NVML process − peak reserved − context: kernels and library state loaded later
   reserve   peak reserved − peak allocated: the caching allocator's unused blocks
@@ -50,10 +53,14 @@ class Row:
         libs = None
         if m.nvml_process is not None and m.peak_reserved is not None and m.cuda_context:
             libs = m.nvml_process - m.peak_reserved - m.cuda_context
+        between = m.peak_between_ops
         return {
             "est MiB": mib(self.estimated),
             "meas MiB": mib(m.peak_allocated),
             "err": error(self.estimated, m.peak_allocated),
+            "between MiB": mib(between),
+            "err between": error(self.estimated, between),
+            "scratch": mib(m.peak_allocated - between if between is not None else None),
             "NVML est": mib(nvml_est),
             "NVML meas": mib(m.nvml_process),
             "NVML err": error(nvml_est, m.nvml_process),

@@ -35,6 +35,7 @@ from nin_profile.results import (
     MemoryCategory,
     ModelProfile,
     NotCounted,
+    PeakSite,
     Phase,
 )
 from nin_profile.tracing import (
@@ -44,6 +45,7 @@ from nin_profile.tracing import (
     FusedDropout,
     StepTracer,
     tag_graph,
+    workspace_sizes,
 )
 from nin_profile.training import make_batch, make_optimizer, optimizer_state, training_step
 
@@ -198,6 +200,7 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig) -> _TrainingTrace:
             p.grad for p in model.parameters() if p.grad is not None
         )
         owners[MemoryCategory.ACTIVATIONS] = set(saved_by)
+        owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
     finally:
         log.close()
     return _TrainingTrace(tracer, log, recorder.records, saved_by, owners)
@@ -216,13 +219,22 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
         MemoryCategory.INPUT: log.keys_of([x]),
     }
     stack = LayerStack(model)
+    tracer = StepTracer(stack, log)
     try:
-        with naming_failures(stack), torch.no_grad(), StepTracer(stack, log):
+        with naming_failures(stack), torch.no_grad(), tracer:
             model(x)
+        owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
     finally:
         log.close()
     categorize = _categorizer(owners, default=MemoryCategory.ACTIVATIONS)
     return peak_breakdown(log.events, categorize)
+
+
+def _hold_workspaces(log: AllocationLog, rules: DeviceRules, tracer: StepTracer) -> set[int]:
+    """The matrix libraries' workspaces, held since an earlier step: allocated before the
+    first event of this one."""
+    sizes = workspace_sizes(rules, tracer.blas_users)
+    return log.held_from_start(sizes, PeakSite("setup", "(cuBLAS workspace)", ""))
 
 
 def _categorizer(

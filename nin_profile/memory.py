@@ -57,6 +57,17 @@ class AllocationLog:
             self._finalizers.append(weakref.finalize(storage, self._free, id(storage), key))
         return key
 
+    def held_from_start(self, sizes: Iterable[int], site: PeakSite) -> set[int]:
+        """Record allocations that exist before the first event and outlive the last (what the
+        previous steps left held, such as a library's workspace); their keys."""
+        keys = set()
+        for nbytes in sizes:
+            key = len(self.nbytes)
+            self.nbytes[key] = nbytes
+            self.events.insert(0, Event(key, round_up(nbytes, self.block_bytes), site))
+            keys.add(key)
+        return keys
+
     def keys_of(self, tensors: Iterable[torch.Tensor]) -> set[int]:
         return {k for t in tensors if (k := self.key_of(t)) is not None}
 

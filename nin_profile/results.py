@@ -23,7 +23,9 @@ class MemoryCategory(str, Enum):
 
     PARAMS: the model's parameters. BUFFERS: its buffers (batch-norm statistics).
     INPUT: the batch and its targets. OPTIMIZER: optimizer state kept between steps (momentum
-    buffers, Adam's moments). GRADS: the `.grad` of each trainable parameter.
+    buffers, Adam's moments). WORKSPACE: library workspaces held from one step to the next
+    (cuBLAS and cuBLASLt, through the CUDA caching allocator).
+    GRADS: the `.grad` of each trainable parameter.
     ACTIVATIONS: in training, storages autograd saved for backward; in inference, layer outputs.
     TRANSIENT: anything else alive at that moment: gradients flowing back, an op's temporaries.
     """
@@ -32,6 +34,7 @@ class MemoryCategory(str, Enum):
     BUFFERS = "buffers"
     INPUT = "input"
     OPTIMIZER = "optimizer"
+    WORKSPACE = "workspace"
     GRADS = "grads"
     ACTIVATIONS = "activations"
     TRANSIENT = "transient"
@@ -67,7 +70,7 @@ class MemoryBreakdown:
     def from_dict(cls, d: Mapping[str, Any]) -> MemoryBreakdown:
         return cls(
             peak=d["peak"],
-            by_category={c: d[c.value] for c in MemoryCategory if c.value in d},
+            by_category={c: d.get(c.value, 0) for c in MemoryCategory},  # 0: not in older files
             site=PeakSite(**d["peak_at"]),
         )
 
@@ -137,6 +140,10 @@ class MeasuredMemory:
     device, read after the phase (the allocator never returns memory by itself, so this is its
     peak). cuda_context: NVML's figure for the process right after the CUDA context was made,
     before any tensor. baseline_allocated: allocated when the measured step began.
+    peak_between_ops (CUDA): the highest allocated before or after any aten op of the step,
+    that is the peak without the scratch kernels allocate and free inside one op (cuDNN's
+    workspace): the figure a trace of tensors can predict. largest_scratch: the most one op
+    held inside itself above both its ends.
     """
 
     peak_allocated: int
@@ -145,6 +152,8 @@ class MeasuredMemory:
     nvml_device: int | None
     cuda_context: int | None
     baseline_allocated: int
+    peak_between_ops: int | None = None
+    largest_scratch: int | None = None
 
 
 @dataclass(frozen=True)

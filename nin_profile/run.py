@@ -284,7 +284,8 @@ def _measured_fit(run: Run, static: ModelProfile, phase: str) -> BatchFit:
     def fits(batch: int) -> bool:
         """One warm-up step (it makes the optimizer state) and the measured step: no timing."""
         probes.append(batch)
-        request = run.request(static.name, phase, Plan(batch, warmup=1, iterations=0), False)
+        plan = Plan(batch, warmup=1, iterations=0)
+        request = replace(run.request(static.name, phase, plan, False), scratch=False)
         raw = run.run_worker(request, f"{static.name} · {phase} · largest batch · try {batch}")
         total[:] = [raw["total_memory"]] if raw.get("total_memory") else total
         error = raw.get("error")

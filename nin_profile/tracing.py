@@ -66,18 +66,39 @@ class DeviceRules:
     fused_dropout: CUDA runs out-of-place train-mode dropout as `native_dropout`, saving a
     1-byte bool mask; elsewhere dropout multiplies by a float noise tensor and saves it.
     foreach_optimizer: torch.optim defaults to foreach kernels on CUDA, per-tensor loops on CPU.
+    blas_workspace, blaslt_workspace: what torch allocates, through the caching allocator, for
+    the cuBLAS handle of each thread that runs a matrix product, and for the cuBLASLt handle of
+    each thread that runs `addmm` (a linear layer with bias); held for the life of the process.
+    On CUDA, backward runs on autograd's device thread, forward on the caller's: a model with
+    linear layers holds one workspace per thread in training. The sizes are torch's on Hopper,
+    read off an H100 with torch 2.11 (bench/memory_snapshot.py: two 32 MiB blocks and one of
+    1 MiB held after a training step; one 32 MiB and one 1 MiB block after inference); torch
+    gives other GPUs smaller ones (`CUBLAS_WORKSPACE_CONFIG` sets them).
     """
 
     name: str
     block_bytes: int
     fused_dropout: bool
     foreach_optimizer: bool
+    blas_workspace: int = 0
+    blaslt_workspace: int = 0
 
 
 DEVICE_RULES = {
-    "cuda": DeviceRules("cuda", block_bytes=512, fused_dropout=True, foreach_optimizer=True),
+    "cuda": DeviceRules(
+        "cuda",
+        block_bytes=512,
+        fused_dropout=True,
+        foreach_optimizer=True,
+        blas_workspace=32 * 2**20,
+        blaslt_workspace=2**20,
+    ),
     "cpu": DeviceRules("cpu", block_bytes=1, fused_dropout=False, foreach_optimizer=False),
 }
+
+# Matrix products that run through cuBLAS on CUDA; `addmm` runs through cuBLASLt as well.
+_BLAS_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot"})
+_BLASLT_OPS = frozenset({"addmm"})
 
 
 def counts_arithmetic(func: torch._ops.OpOverload) -> bool:
@@ -136,6 +157,7 @@ class StepTracer(TorchDispatchMode):
         self.phase = Phase.FORWARD
         self.flops: Counter[tuple[str, Phase]] = Counter()
         self.not_counted: Counter[tuple[str, Phase]] = Counter()
+        self.blas_users: set[tuple[str, str]] = set()  # (thread, library) that ran a product
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
@@ -152,6 +174,7 @@ class StepTracer(TorchDispatchMode):
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
         out = func(*args, **kwargs)
+        self._note_blas(func.overloadpacket.__name__)
         formula = flop_registry.get(func.overloadpacket)
         if formula is not None:
             self.flops[layer, self.phase] += formula(*args, **kwargs, out_val=out)
@@ -160,3 +183,16 @@ class StepTracer(TorchDispatchMode):
         for tensor in tensors_in(out):
             self.log.key_of(tensor)
         return out
+
+    def _note_blas(self, op: str) -> None:
+        thread = "autograd" if self.phase is Phase.BACKWARD else "caller"
+        if op in _BLAS_OPS:
+            self.blas_users.add((thread, "cuBLAS"))
+        if op in _BLASLT_OPS:
+            self.blas_users.add((thread, "cuBLASLt"))
+
+
+def workspace_sizes(rules: DeviceRules, blas_users: set[tuple[str, str]]) -> list[int]:
+    """The library workspaces a step holds on `rules`' device: one per (thread, library) used."""
+    size = {"cuBLAS": rules.blas_workspace, "cuBLASLt": rules.blaslt_workspace}
+    return [size[library] for _, library in sorted(blas_users) if size[library]]

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nin_profile.layer_stack import leaf_spans
 from nin_profile.measure.cpu_memory import cpu_peak_during
@@ -43,6 +44,7 @@ class Request:
     per_layer: bool = True
     time_limit_s: float | None = None  # stop adding timed iterations after this (at least one)
     memory_history: str | None = None  # CUDA: write the allocator's history of the step here
+    scratch: bool = True  # CUDA: one more step to find the kernel scratch (KernelScratch)
 
 
 def emit(message: dict[str, Any]) -> None:
@@ -202,6 +204,61 @@ def recording_history(path: str | None) -> Iterator[None]:
         torch.cuda.memory._record_memory_history(enabled=None)
 
 
+class KernelScratch(TorchDispatchMode):
+    """Per aten op on CUDA: what the allocator held before, at its highest inside, and after.
+
+    What an op allocates and frees before it returns (cuDNN's convolution workspace, a
+    reduction's buffer) shows as its peak inside above both ends. The step's peak between ops
+    is the figure a trace of tensors alone can predict; the rest is kernel scratch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak_between_ops = 0
+        self.peak_inside_ops = 0
+        self.largest_scratch = 0
+        self.largest_scratch_op = ""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = func(*args, **(kwargs or {}))
+        inside, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+        held = max(before, after)
+        self.peak_between_ops = max(self.peak_between_ops, held)
+        self.peak_inside_ops = max(self.peak_inside_ops, inside)
+        if inside - held > self.largest_scratch:
+            where = "backward" if torch._C._current_autograd_node() is not None else "forward"
+            self.largest_scratch = inside - held
+            self.largest_scratch_op = f"{func.overloadpacket.__name__} ({where})"
+        return out
+
+
+def kernel_scratch(work: Callable[[], object]) -> KernelScratch:
+    """One more run of `work` (after the measured one: the mode resets the peak statistics)."""
+    torch.cuda.synchronize()
+    with KernelScratch() as scratch:
+        work()
+    torch.cuda.synchronize()
+    return scratch
+
+
+def with_scratch(memory: dict[str, Any], work: Callable[[], object], notes: list[str]) -> None:
+    """Add the kernel-scratch figures of `work` to a CUDA memory result, with a note naming the
+    op; a pass that fails leaves the figures out and says why (the measurement stands)."""
+    try:
+        scratch = kernel_scratch(work)
+    except Exception as exc:  # a diagnostic pass: its failure must not cost the measurement
+        notes.append(f"no kernel-scratch figures: {type(exc).__name__}: {exc}".splitlines()[0])
+        return
+    memory["peak_between_ops"] = scratch.peak_between_ops
+    memory["largest_scratch"] = scratch.largest_scratch
+    if scratch.largest_scratch:
+        notes.append(
+            f"largest scratch inside one op: {scratch.largest_scratch / 2**20:,.1f} MiB in "
+            f"{scratch.largest_scratch_op}"
+        )
+
+
 def layer_deltas(model: nn.Module, forward: Callable[[], object], device: Device) -> dict[str, int]:
     """Bytes the allocator holds more after each leaf module's forward than before it."""
     deltas: dict[str, int] = {}
@@ -246,6 +303,9 @@ def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str
     held = [*model.parameters(), *model.buffers(), *optimizer_state(optimizer), x, y]
     memory = device.memory_during(lambda: training_step(model, loss_fn, optimizer, x, y), held)
     progress("memory", 1, 1)
+    if req.scratch and device.kind == "cuda":
+        optimizer.zero_grad(set_to_none=True)
+        with_scratch(memory, lambda: training_step(model, loss_fn, optimizer, x, y), device.notes)
     deltas: dict[str, int] = {}
     if req.per_layer and device.kind == "cuda":
         optimizer.zero_grad(set_to_none=True)
@@ -268,6 +328,8 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
         held = [*model.parameters(), *model.buffers(), x]
         memory = device.memory_during(lambda: model(x), held)
         progress("memory", 1, 1)
+        if req.scratch and device.kind == "cuda":
+            with_scratch(memory, lambda: model(x), device.notes)
         times = device.milliseconds(lambda: model(x), req.iterations, _deadline(req))
         per_layer = layer_times(model, lambda: model(x), device) if req.per_layer and times else {}
     return {

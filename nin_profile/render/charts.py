@@ -21,6 +21,7 @@ CATEGORY_COLORS = {
     MemoryCategory.BUFFERS: "#8172b3",
     MemoryCategory.INPUT: "#937860",
     MemoryCategory.OPTIMIZER: "#dd8452",
+    MemoryCategory.WORKSPACE: "#8c8c8c",
     MemoryCategory.GRADS: "#55a868",
     MemoryCategory.ACTIVATIONS: "#c44e52",
     MemoryCategory.TRANSIENT: "#ccb974",

@@ -301,6 +301,7 @@ _SHOWN = (
     MemoryCategory.PARAMS,
     MemoryCategory.GRADS,
     MemoryCategory.OPTIMIZER,
+    MemoryCategory.WORKSPACE,
     MemoryCategory.INPUT,
     MemoryCategory.ACTIVATIONS,
     MemoryCategory.TRANSIENT,
@@ -310,11 +311,20 @@ _SHOWN = (
 def memory_section(profile: Profile, nin: ModelProfile, phase: str, charts: bool) -> str:
     letter, what = ("(c)", "training") if phase == "train" else ("(d)", "prediction")
     models = [nin, *_baselines(profile)]
-    shown = (
-        _SHOWN
-        if phase == "train"
-        else (MemoryCategory.PARAMS, MemoryCategory.INPUT, MemoryCategory.ACTIVATIONS)
-    )
+    shown = [
+        c
+        for c in (
+            _SHOWN
+            if phase == "train"
+            else (
+                MemoryCategory.PARAMS,
+                MemoryCategory.WORKSPACE,
+                MemoryCategory.INPUT,
+                MemoryCategory.ACTIVATIONS,
+            )
+        )
+        if c is not MemoryCategory.WORKSPACE or any(breakdown(m, phase)[c] for m in models)
+    ]
     headers = ["Model", *(f"{c.value} (MiB)" for c in shown), "peak est. (MiB)"]
     measured = any(measured_at(m, phase) for m in models)
     if measured:
@@ -399,6 +409,14 @@ def _measured_sentence(profile: Profile, nin: ModelProfile, phase: str) -> str:
         f"{fmt_bytes(mem.peak_allocated)}, {rel_error(pm.predicted.peak, mem.peak_allocated)} "
         f"from the estimate of {fmt_bytes(pm.predicted.peak)}"
     )
+    if mem.peak_between_ops is not None:
+        scratch = mem.peak_allocated - mem.peak_between_ops
+        text += (
+            f". Of that peak, {fmt_bytes(scratch)} is scratch a kernel allocates and frees "
+            "inside one op (cuDNN's convolution workspace), which no trace of tensors can see; "
+            f"between ops the peak is {fmt_bytes(mem.peak_between_ops)}, "
+            f"{rel_error(pm.predicted.peak, mem.peak_between_ops)} from the estimate"
+        )
     if mem.peak_reserved:
         text += f"; the caching allocator reserved {fmt_bytes(mem.peak_reserved)}"
     if mem.nvml_process:
