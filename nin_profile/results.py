@@ -170,11 +170,16 @@ class Timing:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """What the device sustains, measured once: a large fp32 matrix product (FLOP/s) and a
-    large copy (bytes read plus written per second). The roofline's two roofs."""
+    """What the device sustains, measured once: a large float32 matrix product (FLOP/s) and a
+    large copy (bytes read plus written per second). The roofline's two roofs.
+
+    matmul_precision: "tf32" where the product ran on TF32 tensor cores, as cuDNN runs float32
+    convolutions by default (`torch.backends.cudnn.allow_tf32`); "fp32" for full float32
+    arithmetic (and in profiles written before the field existed, whose products ran so)."""
 
     flops_per_s: float
     bytes_per_s: float
+    matmul_precision: str = "fp32"
 
     @property
     def ridge(self) -> float:

@@ -354,19 +354,28 @@ def layer_times(
     return {name: statistics.median(ms) for name, ms in samples.items()}
 
 
-def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, float]:
-    """The device's two roofs: a large fp32 matrix product (FLOP/s) and a large copy (bytes
-    read plus written per second), each the best of `repeats` after a warm-up, on random data."""
+def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
+    """The device's two roofs: a large float32 matrix product (FLOP/s) and a large copy (bytes
+    read plus written per second), each the best of `repeats` after a warm-up, on random data.
+    On CUDA the product runs in the precision cuDNN runs float32 convolutions in (TF32 unless
+    `torch.backends.cudnn.allow_tf32` is off): the roof the convolution layers work under."""
     n, nbytes = (8192, 2**30) if device.kind == "cuda" else (2048, 2**27)
+    tf32 = device.kind == "cuda" and torch.backends.cudnn.allow_tf32
     a, b = torch.randn(n, n, device=device.kind), torch.randn(n, n, device=device.kind)
     src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device.kind)
     dst = torch.empty_like(src)
-    matmul_ms = min(device.milliseconds(lambda: a @ b, repeats + 1)[1:])
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        matmul_ms = min(device.milliseconds(lambda: a @ b, repeats + 1)[1:])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     copy_ms = min(device.milliseconds(lambda: dst.copy_(src), repeats + 1)[1:])
     progress("ceilings", 1, 1)
     return {
         "flops_per_s": 2 * n**3 / (matmul_ms / 1e3),
         "bytes_per_s": 2 * nbytes / (copy_ms / 1e3),
+        "matmul_precision": "tf32" if tf32 else "fp32",
     }
 
 

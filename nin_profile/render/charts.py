@@ -302,7 +302,8 @@ def _roofs(ax: Axes, profile: Profile) -> None:
         [min(ceilings.flops_per_s, ceilings.bytes_per_s * x) / 1e9 for x in xs],
         color="black",
         linestyle="--",
-        label=f"roofs: {ceilings.flops_per_s / 1e12:.2f} TFLOP/s matmul, "
+        label=f"roofs: {ceilings.flops_per_s / 1e12:.2f} TFLOP/s {ceilings.matmul_precision} "
+        "matmul, "
         f"{ceilings.bytes_per_s / 1e9:.0f} GB/s copy (measured)",
     )
 

@@ -12,6 +12,7 @@ from statistics import median
 from nin_profile.columns import TEXT, TITLES, VALUES, Column, cell_text
 from nin_profile.render.names import chart_file, is_pointwise
 from nin_profile.results import (
+    Ceilings,
     LayerStats,
     MemoryBreakdown,
     MemoryCategory,
@@ -119,7 +120,8 @@ def title_block(profile: Profile) -> str:
     notes = [*profile.notes, *_measurement_notes(profile)]
     if notes:
         lines += [
-            "What was shortened, skipped, failed or assumed in this run:",
+            "Notes on this run (what was shortened, skipped, failed or assumed, and what the "
+            "measurement saw beside the figures):",
             "\n".join(f"- {n}" for n in notes),
         ]
     return "\n\n".join(lines)
@@ -604,15 +606,35 @@ def speed_section(profile: Profile, charts: bool) -> str:
     )
     if ceilings:
         parts.append(
-            f"On {profile.environment.device_name} a large fp32 matrix product ran at "
-            f"{ceilings.flops_per_s / 1e12:.2f} TFLOP/s and a large copy at "
+            f"On {profile.environment.device_name} a large {ceilings.matmul_precision} matrix "
+            f"product ran at {ceilings.flops_per_s / 1e12:.2f} TFLOP/s and a large copy at "
             f"{ceilings.bytes_per_s / 1e9:.0f} GB/s (measured): a layer below "
             f"{ceilings.ridge:.0f} FLOP/B cannot keep the arithmetic units busy and is "
-            "bound by memory bandwidth."
+            "bound by memory bandwidth." + _above_roof_sentence(profile, ceilings)
         )
     parts.append(_time_share_sentence(nin))
     parts.append(chart(profile, "roofline", "arithmetic intensity of each layer", charts))
     return "\n\n".join(p for p in parts if p)
+
+
+def _above_roof_sentence(profile: Profile, ceilings: Ceilings) -> str:
+    """Say so when timed layers ran faster than the measured arithmetic roof."""
+    above = [
+        layer
+        for m in profile.models
+        if (pm := m.measured.get("inference")) and pm.batch == profile.config.batch
+        for layer in m.layers
+        if pm.layer_ms.get(layer.name)
+        and layer.flops_forward / (pm.layer_ms[layer.name] / 1e3) > ceilings.flops_per_s
+    ]
+    if not above or ceilings.matmul_precision != "fp32" or profile.config.device != "cuda":
+        return ""
+    return (
+        f" {len(above)} timed layers ran above that roof: cuDNN runs float32 convolutions on "
+        "TF32 tensor cores unless `torch.backends.cudnn.allow_tf32` is off, and this roof was "
+        "measured with full float32 arithmetic; a run of this version measures the roof in "
+        "TF32 where the convolutions use it."
+    )
 
 
 def _intensity_row(m: ModelProfile) -> list[str]:
