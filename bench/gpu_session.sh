@@ -32,6 +32,25 @@ report)
     stage end
   } 2>&1 | tee "$OUT/report.log"
   ;;
+short)
+  # When little device time is left (a measurement costs 5-8 s, most of it cuDNN's start in
+  # the fresh process): the main job, then the sweep of the default models, then --max-batch
+  # for NiN, each under its own limit so that one running long costs only itself.
+  {
+    stage main
+    timeout 150 python3 -m nin_profile --batch 128 --device cuda --out "$OUT/main" 2>&1 | grep -v '^USDT' | tail -25
+    stage sweep
+    timeout 270 python3 -m nin_profile --models nin,alexnet,vgg11 --batch 128 --device cuda \
+      --sweep-batch 1,32,128,256 --warmup 2 --iterations 10 --out "$OUT/sweep" 2>&1 | grep -v '^USDT' | tail -8
+    stage max-batch
+    timeout 110 python3 -m nin_profile --models nin --batch 128 --device cuda --max-batch \
+      --iterations 10 --out "$OUT/maxbatch" 2>&1 | grep -v '^USDT' | tail -8
+    stage repeatability
+    timeout 35 python3 bench/repeatability.py --models alexnet --phases train 2>/dev/null
+    for d in main sweep maxbatch; do (cd "$OUT" && [ -d $d ] && tar czf $d.tgz $d && rm -rf $d); done
+    stage end
+  } 2>&1 | tee "$OUT/short.log"
+  ;;
 bench)
   {
     stage accuracy

@@ -2,6 +2,11 @@
 
     python bench/memory_accuracy.py [--device cuda|cpu] [--batches 1,32,128,256]
                                     [--models nin,alexnet,vgg11] [--csv FILE]
+    python bench/memory_accuracy.py --from-profile DIR/profile.json [--csv FILE]
+
+The second form measures nothing: it reads a run's sweep (`python -m nin_profile
+--sweep-batch ...`), where each point is the estimate and a measurement in a worker process
+of its own, as here.
 
 For each model × {train, inference} × batch: the estimate (static analysis on meta tensors,
 for this device's rules) and the measurement (a worker process per point), with the relative
@@ -17,22 +22,24 @@ term the estimate cannot see was at that point:
   context   NVML's figure for the process right after the CUDA context was made
   libs      NVML process − peak reserved − context: kernels and library state loaded later
   reserve   peak reserved − peak allocated: the caching allocator's unused blocks
-  base      measured − estimated memory when the step began (cuBLAS workspace and the like)
+  base      measured − estimated memory when the step began (the allocator's rounding)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
-from nin_profile.results import MemoryBreakdown, MemoryCategory, PhaseMeasurement
+from nin_profile.results import MemoryBreakdown, MemoryCategory, PhaseMeasurement, Profile
 from nin_profile.units import MiB
 
 
@@ -82,8 +89,14 @@ def error(estimated: int | None, measured: int | None) -> str:
 
 
 def estimated_baseline(breakdown: MemoryBreakdown, phase: str) -> int:
-    """What the estimate holds when the step begins: parameters, buffers, input, optimizer."""
-    held = [MemoryCategory.PARAMS, MemoryCategory.BUFFERS, MemoryCategory.INPUT]
+    """What the estimate holds when the step begins: parameters, buffers, library workspaces,
+    input, optimizer state."""
+    held = [
+        MemoryCategory.PARAMS,
+        MemoryCategory.BUFFERS,
+        MemoryCategory.WORKSPACE,
+        MemoryCategory.INPUT,
+    ]
     if phase == "train":
         held.append(MemoryCategory.OPTIMIZER)
     return sum(breakdown[c] for c in held)
@@ -106,6 +119,25 @@ def measure_point(model: str, phase: str, batch: int, device: str, optimizer: st
     return Row(model, phase, batch, breakdown.peak, measured, estimated_baseline(breakdown, phase))
 
 
+def rows_from_profile(path: str) -> tuple[list[Row], str]:
+    """The table's rows from a saved run's sweep, and the torch version that measured it."""
+    profile = Profile.from_dict(json.loads(Path(path).read_text()))
+    rows = [
+        Row(
+            m.name,
+            pm.phase,
+            pm.batch,
+            pm.predicted.peak,
+            pm,
+            estimated_baseline(pm.predicted, pm.phase),
+        )
+        for m in profile.models
+        for pm in sorted(m.sweep, key=lambda pm: (pm.phase != "train", pm.batch))
+        if pm.predicted is not None and (pm.memory is not None or pm.error)
+    ]
+    return rows, profile.environment.torch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -113,17 +145,22 @@ def main() -> None:
     parser.add_argument("--batches", default="1,32,128,256")
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--csv", help="also write the table to this CSV file")
+    parser.add_argument("--from-profile", help="read the points from this run's sweep instead")
     args = parser.parse_args()
-    rows = []
-    for model in args.models.split(","):
-        for phase in ("train", "inference"):
-            for batch in map(int, args.batches.split(",")):
-                print(f"measuring {model} {phase} batch {batch} …", file=sys.stderr, flush=True)
-                rows.append(measure_point(model, phase, batch, args.device, args.optimizer))
+    rows: list[Row] = []
+    version = str(torch.__version__)
+    if args.from_profile:
+        rows, version = rows_from_profile(args.from_profile)
+    else:
+        for model in args.models.split(","):
+            for phase in ("train", "inference"):
+                for batch in map(int, args.batches.split(",")):
+                    print(f"measuring {model} {phase} batch {batch} …", file=sys.stderr, flush=True)
+                    rows.append(measure_point(model, phase, batch, args.device, args.optimizer))
     name = rows[0].measured.device_name if rows else args.device
     print(
-        f"\nPredicted vs measured peak memory on {name}, torch {torch.__version__}, "
-        f"optimizer {args.optimizer}; err = (est − meas) / meas\n"
+        f"\nPredicted vs measured peak memory on {name}, torch {version}; "
+        "err = (est − meas) / meas\n"
     )
     columns = [
         "model",
