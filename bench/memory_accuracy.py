@@ -115,22 +115,30 @@ def measure_point(model: str, phase: str, batch: int, device: str, optimizer: st
         iterations=3,
         per_layer=False,
     )
-    measured = to_measurement(run_worker(request, timeout_s=600), request, predicted=breakdown)
-    return Row(model, phase, batch, breakdown.peak, measured, estimated_baseline(breakdown, phase))
+    return row(
+        model, to_measurement(run_worker(request, timeout_s=600), request, predicted=breakdown)
+    )
+
+
+def row(model: str, measured: PhaseMeasurement) -> Row:
+    """One point of the table: a measurement with the estimate at its batch beside it."""
+    assert measured.predicted is not None
+    estimate = measured.predicted
+    return Row(
+        model,
+        measured.phase,
+        measured.batch,
+        estimate.peak,
+        measured,
+        estimated_baseline(estimate, measured.phase),
+    )
 
 
 def rows_from_profile(path: str) -> tuple[list[Row], str]:
     """The table's rows from a saved run's sweep, and the torch version that measured it."""
     profile = Profile.from_dict(json.loads(Path(path).read_text()))
     rows = [
-        Row(
-            m.name,
-            pm.phase,
-            pm.batch,
-            pm.predicted.peak,
-            pm,
-            estimated_baseline(pm.predicted, pm.phase),
-        )
+        row(m.name, pm)
         for m in profile.models
         for pm in sorted(m.sweep, key=lambda pm: (pm.phase != "train", pm.batch))
         if pm.predicted is not None and (pm.memory is not None or pm.error)

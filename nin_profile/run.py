@@ -297,17 +297,15 @@ def _measured_fit(run: Run, static: ModelProfile, phase: str) -> BatchFit:
     guess = _affine_guess(run, static, phase, memory) if memory else run.config.batch
     try:
         fit, fail = largest_fitting(fits, guess, precision=0.01, first_step=0.02 if memory else 1.0)
+        how = (
+            f"measured: batch {fit} runs and {fail} does not ({len(probes)} runs, "
+            "each in a fresh process; within 1%)"
+            if fail
+            else f"measured: every batch tried up to {fit} runs"
+        )
     except _SearchStopped as exc:
-        limit = total[0] if total else 0
-        return BatchFit(phase, None, limit, f"search stopped after {len(probes)} runs: {exc}")
-    limit = total[0] if total else 0
-    how = (
-        f"measured: batch {fit} runs and {fail} does not ({len(probes)} runs, "
-        "each in a fresh process; within 1%)"
-        if fail
-        else f"measured: every batch tried up to {fit} runs"
-    )
-    return BatchFit(phase, fit or None, limit, how)
+        fit, how = 0, f"search stopped after {len(probes)} runs: {exc}"
+    return BatchFit(phase, fit or None, total[0] if total else 0, how)
 
 
 def _device_memory(profile: ModelProfile) -> int | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from run_configs import small_run
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
-from nin_profile.results import PhaseMeasurement, RunConfig
+from nin_profile.results import PhaseMeasurement
 from nin_profile.run import run_profile
 
 pytestmark = pytest.mark.cuda
@@ -66,17 +67,7 @@ def test_after_an_out_of_memory_the_run_goes_on_with_the_next_model() -> None:
     batch = int(1.2 * total / per_example)  # vgg11 needs 20% more than the card, in training
     if estimated_peak("nin", "train", batch) > total // 2:
         pytest.skip("this GPU is too small for NiN at the batch that overflows VGG-11")
-    config = RunConfig(
-        models=("vgg11", "nin"),
-        batch=batch,
-        device="cuda",
-        image_size=224,
-        channels=1,
-        classes=10,
-        optimizer="sgd",
-        warmup=1,
-        iterations=2,
-    )
+    config = small_run(("vgg11", "nin"), batch, "cuda")
     vgg11, nin = run_profile(config).models
     assert (vgg11.measured["train"].error or "").startswith(f"out of memory at batch {batch}")
     assert nin.measured["train"].error is None and nin.measured["train"].memory is not None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from run_configs import small_run
 from torch import nn
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
@@ -17,7 +17,6 @@ from nin_profile.measure.nvml import Nvml
 from nin_profile.measure.plan import Plan, largest_fitting, parse_bytes, plan_cpu
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
-from nin_profile.results import RunConfig
 from nin_profile.run import Run, _measured_fit, _predicted_fit, run_profile
 
 TESTS = Path(__file__).parent
@@ -29,21 +28,6 @@ def fake_models_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.syspath_prepend(str(TESTS))
-
-
-def cpu_config(models: tuple[str, ...], batch: int = 4, **kw: Any) -> RunConfig:
-    return RunConfig(
-        models=models,
-        batch=batch,
-        device="cpu",
-        image_size=224,
-        channels=1,
-        classes=10,
-        optimizer="sgd",
-        warmup=1,
-        iterations=2,
-        **kw,
-    )
 
 
 def test_each_measurement_runs_in_a_process_of_its_own() -> None:
@@ -76,7 +60,7 @@ def test_a_worker_started_ahead_serves_the_next_request_in_a_process_of_its_own(
 
 
 def test_a_cpu_training_step_is_measured_beside_its_estimate() -> None:
-    config = cpu_config(("nin",), batch=2, cpu_time_budget=0)
+    config = small_run(("nin",), batch=2, cpu_time_budget=0)
     nin = run_profile(config).models[0]
     train = nin.measured["train"]
     assert train.error is None and train.memory and train.timing and train.predicted
@@ -93,7 +77,7 @@ def test_a_cpu_training_step_is_measured_beside_its_estimate() -> None:
 def test_a_real_out_of_memory_error_becomes_a_result_and_the_run_goes_on(
     fake_models_importable: None,
 ) -> None:
-    config = cpu_config(("fake_models:OutOfMemoryAboveSix", "nin"), batch=8, cpu_time_budget=0)
+    config = small_run(("fake_models:OutOfMemoryAboveSix", "nin"), batch=8, cpu_time_budget=0)
     oom, nin = run_profile(config).models
     for phase in ("train", "inference"):
         error = oom.measured[phase].error or ""
@@ -127,7 +111,7 @@ def test_the_largest_batch_is_found_by_bisection_over_real_runs(
     fake_models_importable: None,
 ) -> None:
     name = "fake_models:OutOfMemoryAboveSix"
-    config = cpu_config((name,), batch=2)
+    config = small_run((name,), batch=2)
     run = Run(config, lambda event: None)
     static = analyse_model(name, AnalysisConfig(batch=2, device="cpu"))
     fit = _measured_fit(run, static, "train")
@@ -139,7 +123,7 @@ def test_a_failure_other_than_out_of_memory_stops_the_search(
     fake_models_importable: None,
 ) -> None:
     name = "fake_models:KillsItself"
-    run = Run(cpu_config((name,), batch=2), lambda event: None)
+    run = Run(small_run((name,), batch=2), lambda event: None)
     static = analyse_model(name, AnalysisConfig(batch=2, device="cpu"))
     fit = _measured_fit(run, static, "train")
     assert fit.batch is None
@@ -148,8 +132,9 @@ def test_a_failure_other_than_out_of_memory_stops_the_search(
 
 def test_memory_budget_prediction_is_the_largest_batch_under_the_budget() -> None:
     budget, context = 2 * 2**30, 300 * 2**20
-    config = cpu_config(("nin",), batch=16, memory_budget=budget, cuda_context=context, static=True)
-    config = RunConfig(**{**config.__dict__, "device": "cuda"})
+    config = small_run(
+        ("nin",), 16, "cuda", memory_budget=budget, cuda_context=context, static=True
+    )
     run = Run(config, lambda event: None)
     static = analyse_model("nin", AnalysisConfig(batch=16, device="cuda"))
     fit = _predicted_fit(run, static, "train", budget)
@@ -163,7 +148,7 @@ def test_memory_budget_prediction_is_the_largest_batch_under_the_budget() -> Non
 
 
 def test_a_static_sweep_estimates_every_batch() -> None:
-    profile = run_profile(cpu_config(("alexnet",), static=True, sweep_batches=(1, 8)))
+    profile = run_profile(small_run(("alexnet",), static=True, sweep_batches=(1, 8)))
     points = {(p.phase, p.batch): p for p in profile.models[0].sweep}
     assert set(points) == {(ph, b) for ph in ("train", "inference") for b in (1, 8)}
     assert all(p.memory is None and p.predicted is not None for p in points.values())

@@ -214,7 +214,6 @@ class KernelScratch(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.peak_between_ops = 0
-        self.peak_inside_ops = 0
         self.largest_scratch = 0
         self.largest_scratch_op = ""
 
@@ -225,7 +224,6 @@ class KernelScratch(TorchDispatchMode):
         inside, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
         held = max(before, after)
         self.peak_between_ops = max(self.peak_between_ops, held)
-        self.peak_inside_ops = max(self.peak_inside_ops, inside)
         if inside - held > self.largest_scratch:
             where = "backward" if torch._C._current_autograd_node() is not None else "forward"
             self.largest_scratch = inside - held

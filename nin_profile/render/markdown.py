@@ -308,23 +308,20 @@ _SHOWN = (
     MemoryCategory.ACTIVATIONS,
     MemoryCategory.TRANSIENT,
 )
+_SHOWN_INFERENCE = (
+    MemoryCategory.PARAMS,
+    MemoryCategory.WORKSPACE,
+    MemoryCategory.INPUT,
+    MemoryCategory.ACTIVATIONS,
+)
 
 
 def memory_section(profile: Profile, nin: ModelProfile, phase: str, charts: bool) -> str:
     letter, what = ("(c)", "training") if phase == "train" else ("(d)", "prediction")
     models = [nin, *_baselines(profile)]
-    shown = [
+    shown = [  # the workspace column only where some model holds one
         c
-        for c in (
-            _SHOWN
-            if phase == "train"
-            else (
-                MemoryCategory.PARAMS,
-                MemoryCategory.WORKSPACE,
-                MemoryCategory.INPUT,
-                MemoryCategory.ACTIVATIONS,
-            )
-        )
+        for c in (_SHOWN if phase == "train" else _SHOWN_INFERENCE)
         if c is not MemoryCategory.WORKSPACE or any(breakdown(m, phase)[c] for m in models)
     ]
     headers = ["Model", *(f"{c.value} (MiB)" for c in shown), "peak est. (MiB)"]
@@ -618,7 +615,9 @@ def speed_section(profile: Profile, charts: bool) -> str:
 
 
 def _above_roof_sentence(profile: Profile, ceilings: Ceilings) -> str:
-    """Say so when timed layers ran faster than the measured arithmetic roof."""
+    """Say so when timed layers ran faster than a CUDA roof measured in full float32."""
+    if ceilings.matmul_precision != "fp32" or profile.config.device != "cuda":
+        return ""
     above = [
         layer
         for m in profile.models
@@ -627,7 +626,7 @@ def _above_roof_sentence(profile: Profile, ceilings: Ceilings) -> str:
         if pm.layer_ms.get(layer.name)
         and layer.flops_forward / (pm.layer_ms[layer.name] / 1e3) > ceilings.flops_per_s
     ]
-    if not above or ceilings.matmul_precision != "fp32" or profile.config.device != "cuda":
+    if not above:
         return ""
     return (
         f" {len(above)} timed layers ran above that roof: cuDNN runs float32 convolutions on "
