@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from nin_profile._lazy_dynamo import without_dynamo_import
+from nin_profile._lazy_imports import without_heavy_imports
 from nin_profile.errors import LayerFailed, ProfileError
 from nin_profile.layer_stack import (
     Frame,
@@ -125,7 +125,7 @@ class _TrainingTrace:
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
     """Build a registered (or import-path) model on the meta device and analyse it."""
-    with torch.device("meta"), without_dynamo_import():
+    with torch.device("meta"), without_heavy_imports():
         model = get_model(
             name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
         )
@@ -141,7 +141,7 @@ def analyse(
             f"{name} has no trainable parameters: there is no training step to "
             "profile (give a model with at least one parameter that requires grad)"
         )
-    with _restoring_mode(model), without_dynamo_import():
+    with _restoring_mode(model), without_heavy_imports():
         trace = _trace_training(model, cfg)
         inference = _trace_inference(model, cfg)
     train = peak_breakdown(trace.log.events, _categorizer(trace.owners))
@@ -317,7 +317,7 @@ def _model_profile(
 def fits(name: str, cfg: ModelConfig) -> bool:
     """Whether the model builds and runs a batch of one `cfg.image_size` image."""
     try:
-        with torch.device("meta"), without_dynamo_import():
+        with torch.device("meta"), without_heavy_imports():
             model = get_model(
                 name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
             )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from nin_profile._lazy_dynamo import without_dynamo_import
+from nin_profile._lazy_imports import without_heavy_imports
 from nin_profile.errors import LayerFailed
 
 ROOT = "(root)"
@@ -169,7 +169,7 @@ def naming_failures(stack: LayerStack) -> Iterator[LayerStack]:
 
 def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
     """Run `model` (with meta parameters) on a meta input, naming the layer that cannot run."""
-    with naming_failures(LayerStack(model)), torch.no_grad(), without_dynamo_import():
+    with naming_failures(LayerStack(model)), torch.no_grad(), without_heavy_imports():
         out = model(torch.empty(input_shape, device="meta"))
     assert isinstance(out, torch.Tensor)
     return out

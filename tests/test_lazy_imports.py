@@ -1,0 +1,69 @@
+"""The stand-ins of nin_profile/_lazy_imports.py: same numbers as with torch's real modules, the
+real modules left unimported, and anything the stand-ins do not answer taken from the real ones.
+
+Each test runs in a fresh interpreter: in this one, other tests may have imported the modules.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+HEAVY = ("torch._dynamo", "torch.fx.experimental.symbolic_shapes", "sympy")
+
+
+def run_fresh(code: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_analysis_is_the_same_with_the_real_modules_and_leaves_them_unimported() -> None:
+    run_fresh(
+        f"""
+        import sys
+        from nin_profile.analysis import AnalysisConfig, analyse_model
+
+        cfg = AnalysisConfig(batch=4, device="cuda", optimizer="adam")
+        with_stand_ins = {{name: analyse_model(name, cfg) for name in ("nin", "alexnet")}}
+        imported = [name for name in {HEAVY!r} if name in sys.modules]
+        assert not imported, imported
+
+        import sympy, torch._dynamo, torch.fx.experimental.symbolic_shapes  # the real ones
+        with_real = {{name: analyse_model(name, cfg) for name in ("nin", "alexnet")}}
+        assert with_stand_ins == with_real
+        """
+    )
+
+
+def test_stand_ins_hand_over_to_the_real_modules_and_leave_no_trace() -> None:
+    run_fresh(
+        """
+        import sys
+        import torch
+        from nin_profile._lazy_imports import without_heavy_imports
+
+        with without_heavy_imports():
+            import sympy
+            from torch.fx.experimental import symbolic_shapes as shapes
+
+            assert not isinstance(1, sympy.Basic)
+            assert shapes.sym_eq((1, 2), [1, 2]) is True
+            assert shapes.guard_or_false(False) is False
+            assert shapes.is_nested_int(3) is False
+            # A name a stand-in does not answer imports the real module and comes from it.
+            shape_env = shapes.ShapeEnv
+            real = sys.modules["torch.fx.experimental.symbolic_shapes"]
+            assert real is not shapes and shape_env is real.ShapeEnv
+            x = sympy.Symbol("x")  # sympy imported for real from here on
+            assert isinstance(x, sympy.Basic)
+            assert "sympy" in sys.modules and sys.modules["sympy"] is not sympy
+
+        with without_heavy_imports():
+            import torch._dynamo
+
+        assert "torch._dynamo" not in sys.modules and "_dynamo" not in vars(torch)
+        """
+    )
