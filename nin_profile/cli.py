@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from nin_profile.errors import DeviceUnavailable, ProfileError, UnknownModel
-from nin_profile.models import ModelConfig, list_models
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the package's modules are imported where they are used: `--help` needs none
+    from nin_profile.models import ModelConfig
     from nin_profile.run import ProgressEvent
 
 DEFAULT_MODELS = ("nin", "nin_single_1x1", "nin_gradual_head", "alexnet", "vgg11", "vgg11_narrow")
@@ -179,6 +179,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check_params(args.check_params)
     if args.render:
         return _render(args.render, args.out or args.render.parent, charts=not args.no_charts)
+    from nin_profile.models import ModelConfig
+
     names = _model_names(args.models)
     model_cfg = ModelConfig(
         channels=args.channels, classes=args.classes, image_size=args.image_size
@@ -190,7 +192,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _render(path: Path, out: Path, charts: bool) -> int:
     from nin_profile.files import read_json, write_output_folder
-    from nin_profile.report import report_files
+    from nin_profile.report import chart_renderer, report_files
     from nin_profile.results import Profile
 
     data = read_json(path, "profile")
@@ -201,13 +203,16 @@ def _render(path: Path, out: Path, charts: bool) -> int:
             f"{path} is not a nin_profile profile.json ({type(exc).__name__}: "
             f"{exc}); make one with python -m nin_profile --out DIR"
         ) from exc
-    files = report_files(profile, charts=charts)
+    with chart_renderer(charts) as render_charts:
+        files = report_files(profile, render_charts(profile, None))
     write_output_folder(out, files)
     print(f"rendered {path} into {out}/: {', '.join(files)}")
     return 0
 
 
 def _list_models() -> int:
+    from nin_profile.models import list_models
+
     specs = list_models()
     width = max(len(s.name) for s in specs)
     for spec in specs:
@@ -223,6 +228,8 @@ def _model_names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ProfileError("--models is empty; give at least one model name (see --list-models)")
+    from nin_profile.models import list_models
+
     known = [s.name for s in list_models()]
     for name in names:
         if ":" not in name and name not in known:
@@ -285,9 +292,9 @@ def _profile(args: argparse.Namespace, names: list[str]) -> int:
 
     from nin_profile.files import write_output_folder
     from nin_profile.render.terminal import notes_lines, summary_table
-    from nin_profile.report import report_files
+    from nin_profile.report import chart_renderer, report_files
     from nin_profile.results import RunConfig
-    from nin_profile.run import run_profile
+    from nin_profile.run import ProgressEvent, run_profile
 
     config = RunConfig(
         models=tuple(names),
@@ -306,9 +313,13 @@ def _profile(args: argparse.Namespace, names: list[str]) -> int:
         warmup=args.warmup,
         iterations=args.iterations,
     )
-    with _progress() as on_progress:
+    with _progress() as on_progress, chart_renderer(not args.no_charts) as render_charts:
         profile = run_profile(config, on_progress)
-        files = report_files(profile, charts=not args.no_charts)
+
+        def on_chart(done: int, total: int) -> None:
+            on_progress(ProgressEvent("report", "charts rendered", done, total))
+
+        files = report_files(profile, render_charts(profile, on_chart))
         write_output_folder(args.out or DEFAULT_OUT, files)
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no reason to squeeze into 80 columns

@@ -31,7 +31,7 @@ def collect_environment(device: str, measured: bool) -> Environment:
         name = f"none: static analysis on meta tensors, memory predicted for {device}"
     return Environment(
         python=platform.python_version(),
-        torch=torch.__version__,
+        torch=str(torch.__version__),  # a TorchVersion would make unpickling import torch
         platform=f"{platform.system()} {platform.machine()}",
         device_name=name,
         cuda=torch.version.cuda,

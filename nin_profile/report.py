@@ -1,35 +1,145 @@
-"""Profile → the files of an output folder (names → contents); writing them is files.py's job."""
+"""Profile → the files of an output folder (names → contents); writing them is files.py's job.
+
+Charts are rendered by matplotlib, which spends a few tenths of a second on each (most of it
+laying out text): more than the whole analysis of a model. Where there is more than one core a
+`ChartPool` renders them in worker processes, started before the analysis so that their import
+of matplotlib runs beside it.
+"""
 
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 
 from nin_profile.files import PROFILE_JSON, to_json
 from nin_profile.render.csv import layers_csv
 from nin_profile.render.markdown import render_report
+from nin_profile.render.names import chart_plan
 from nin_profile.results import Profile
 
 DPI = 100
+MAX_CHART_WORKERS = 8  # a report of the six default models has 11 charts
+
+ChartDone = Callable[[int, int], None]
+"""Told (charts done, charts in all) as each chart is rendered."""
+ChartRenderer = Callable[[Profile, ChartDone | None], dict[str, bytes] | None]
 
 
-def chart_pngs(profile: Profile) -> dict[str, bytes]:
-    """Every chart of the report as PNG bytes (matplotlib is imported only here)."""
-    from nin_profile.render.charts import all_charts
+def chart_png(profile: Profile, file: str) -> bytes:
+    """One chart of the report as PNG bytes (matplotlib is imported only here)."""
+    from nin_profile.render.charts import chart
 
+    buffer = io.BytesIO()
+    chart(profile, file).savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def chart_files(profile: Profile) -> list[str]:
+    return [spec.file for spec in chart_plan(profile)]
+
+
+def chart_pngs(profile: Profile, on_chart: ChartDone | None = None) -> dict[str, bytes]:
+    """Every chart of the report as PNG bytes, rendered one after another in this process."""
+    files = chart_files(profile)
     pngs = {}
-    for name, figure in all_charts(profile).items():
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI)
-        pngs[name] = buffer.getvalue()
+    for done, file in enumerate(files, 1):
+        pngs[file] = chart_png(profile, file)
+        if on_chart:
+            on_chart(done, len(files))
     return pngs
 
 
-def report_files(profile: Profile, charts: bool = True) -> dict[str, str | bytes]:
+def report_files(
+    profile: Profile, pngs: Mapping[str, bytes] | None = None
+) -> dict[str, str | bytes]:
+    """profile.json, layers.csv, report.md and, given `pngs` (see `chart_pngs`), the charts it
+    links; without them the report links no chart."""
     files: dict[str, str | bytes] = {
         PROFILE_JSON: to_json(profile.to_dict()),
         "layers.csv": layers_csv(profile),
-        "report.md": render_report(profile, charts=charts),
+        "report.md": render_report(profile, charts=pngs is not None),
     }
-    if charts:
-        files.update(chart_pngs(profile))
+    if pngs is not None:
+        files.update({file: pngs[file] for file in chart_files(profile)})
     return files
+
+
+def _slowest_first(profile: Profile) -> list[str]:
+    """Chart files, those with most text to lay out first (a layer chart has a row per layer),
+    so that no worker starts a long chart when the others are about to finish."""
+    rows = {m.name: len(m.layers) for m in profile.models}
+    plan = sorted(chart_plan(profile), key=lambda spec: -rows.get(spec.model or "", 0))
+    return [spec.file for spec in plan]
+
+
+def _start_worker() -> None:
+    """Import matplotlib now; leave Ctrl-C to the main process, which stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import nin_profile.render.charts  # noqa: F401
+
+
+def _ready() -> None:
+    """A task that makes the pool start one more worker now."""
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class ChartPool:
+    """Worker processes (spawned: nothing of torch's state is copied) that import matplotlib as
+    soon as they start and then render charts in parallel. Use as a context manager."""
+
+    def __init__(self, workers: int) -> None:
+        self._executor = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+        )
+        for _ in range(workers):  # started now, not at the first chart
+            self._executor.submit(_ready)
+
+    def __enter__(self) -> ChartPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def render(self, profile: Profile, on_chart: ChartDone | None = None) -> dict[str, bytes]:
+        """Every chart of the report as PNG bytes, as `chart_pngs` makes them."""
+        files = chart_files(profile)
+        try:
+            futures: dict[Future[bytes], str] = {
+                self._executor.submit(chart_png, profile, file): file
+                for file in _slowest_first(profile)
+            }
+            pngs = {}
+            for done, future in enumerate(as_completed(futures), 1):
+                pngs[futures[future]] = future.result()
+                if on_chart:
+                    on_chart(done, len(files))
+        except BrokenProcessPool:  # a worker died (killed, out of memory): render here instead
+            return chart_pngs(profile, on_chart)
+        return {file: pngs[file] for file in files}
+
+
+def _no_charts(profile: Profile, on_chart: ChartDone | None) -> None:
+    return None
+
+
+@contextmanager
+def chart_renderer(charts: bool = True) -> Iterator[ChartRenderer]:
+    """`chart_pngs`, or the `render` of a ChartPool with a worker per core where there are more;
+    without `charts`, a renderer that makes none (and starts no process)."""
+    workers = min(usable_cores(), MAX_CHART_WORKERS)
+    if not charts or workers < 2:
+        yield chart_pngs if charts else _no_charts
+        return
+    with ChartPool(workers) as pool:
+        yield pool.render

@@ -8,13 +8,19 @@ deliberate change, and read the diff.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from matplotlib.patches import Rectangle
+from run_configs import small_run
 
 from nin_profile.cli import main
 from nin_profile.render.charts import (
@@ -26,7 +32,9 @@ from nin_profile.render.charts import (
 )
 from nin_profile.render.markdown import render_report
 from nin_profile.render.names import chart_plan
+from nin_profile.report import ChartPool, chart_pngs
 from nin_profile.results import MemoryCategory, ModelProfile, Profile, Timing
+from nin_profile.run import run_profile
 from nin_profile.units import MiB, fmt_mib, fmt_scaled
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -192,3 +200,30 @@ def test_render_rebuilds_a_report_from_a_saved_profile(tmp_path: Path, profile: 
     assert (saved / "report.md").read_text() == render_report(profile)
     assert {p.name for p in saved.iterdir()} >= {spec.file for spec in chart_plan(profile)}
     assert Profile.from_dict(json.loads((saved / "profile.json").read_text())) == profile
+
+
+def test_worker_processes_render_the_same_charts(profile: Profile) -> None:
+    with ChartPool(2) as pool:
+        assert pool.render(profile) == chart_pngs(profile)
+
+
+def test_charts_are_rendered_here_when_a_worker_dies(profile: Profile) -> None:
+    with ChartPool(2) as pool:
+        for process in pool._executor._processes.values():  # a test may reach inside
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGKILL)
+        assert pool.render(profile) == chart_pngs(profile)
+        assert pool._executor._broken  # so these came from the fallback
+
+
+def test_a_profile_unpickles_without_importing_torch(tmp_path: Path) -> None:
+    """Chart workers are sent the profile pickled: a torch object in it (such as torch's
+    TorchVersion) would make each of them import torch, seconds of a two-core run."""
+    path = tmp_path / "profile.pickle"
+    path.write_bytes(pickle.dumps(run_profile(small_run(("nin",), static=True))))
+    code = (
+        f"import pickle, sys; pickle.loads(open({str(path)!r}, 'rb').read()); "
+        "assert 'torch' not in sys.modules, 'unpickling imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -369,3 +369,11 @@ _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
 def all_charts(profile: Profile) -> dict[str, Figure]:
     """File name → Figure for every chart the report links."""
     return {spec.file: _MAKERS[spec.kind](profile, spec) for spec in chart_plan(profile)}
+
+
+def chart(profile: Profile, file: str) -> Figure:
+    """The one chart of the report saved as `file`."""
+    spec = next((spec for spec in chart_plan(profile) if spec.file == file), None)
+    if spec is None:
+        raise KeyError(f"the report of this profile has no chart {file!r}")
+    return _MAKERS[spec.kind](profile, spec)
