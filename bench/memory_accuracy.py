@@ -2,19 +2,23 @@
 
     python bench/memory_accuracy.py [--device cuda|cpu] [--batches 1,32,128,256]
                                     [--models nin,alexnet,vgg11] [--csv FILE]
-    python bench/memory_accuracy.py --from-profile DIR/profile.json [--csv FILE]
+    python bench/memory_accuracy.py --from-profile DIR/profile.json [--re-estimate] [--csv FILE]
 
 The second form measures nothing: it reads a run's sweep (`python -m nin_profile
 --sweep-batch ...`), where each point is the estimate and a measurement in a worker process
-of its own, as here.
+of its own, as here. With --re-estimate, the estimates are made again here, by this
+nin_profile, for each point's configuration (an estimate needs no GPU): today's estimate
+against the recorded measurement.
 
 For each model × {train, inference} × batch: the estimate (static analysis on meta tensors,
 for this device's rules) and the measurement (a worker process per point), with the relative
 error of the estimate: (estimated − measured) / measured. Targets: |error| ≤ 2% on peak
 allocated, ≤ 5% on NVML's process figure.
 
-The NVML estimate is the estimated peak allocated plus the CUDA context, which is measured,
-not estimated: nothing on the CPU can know it. The columns after the errors say how large each
+On CUDA the estimate includes what the caching allocator reserves (`res`: allocator.py
+replays its rules over the traced step). The NVML estimate is the estimated reserve (else the
+estimated peak allocated) plus the CUDA context, which is measured, not estimated: nothing on
+the CPU can know it. The columns after the errors say how large each
 term the estimate cannot see was at that point:
   between   (CUDA) the measured peak between ops, without what kernels allocate and free inside
             one op, and the estimate's error against it: what a trace of tensors can predict
@@ -51,12 +55,14 @@ class Row:
     estimated: int
     measured: PhaseMeasurement
     estimated_baseline: int
+    estimated_reserved: int | None
 
     def cells(self) -> dict[str, str]:
         m = self.measured.memory
         if m is None:
             return {"error": self.measured.error or "no figure"}
-        nvml_est = self.estimated + m.cuda_context if m.cuda_context is not None else None
+        held = self.estimated_reserved or self.estimated
+        nvml_est = held + m.cuda_context if m.cuda_context is not None else None
         libs = None
         if m.nvml_process is not None and m.peak_reserved is not None and m.cuda_context:
             libs = m.nvml_process - m.peak_reserved - m.cuda_context
@@ -68,6 +74,9 @@ class Row:
             "between MiB": mib(between),
             "err between": error(self.estimated, between),
             "scratch": mib(m.peak_allocated - between if between is not None else None),
+            "res est": mib(self.estimated_reserved),
+            "res meas": mib(m.peak_reserved),
+            "res err": error(self.estimated_reserved, m.peak_reserved),
             "NVML est": mib(nvml_est),
             "NVML meas": mib(m.nvml_process),
             "NVML err": error(nvml_est, m.nvml_process),
@@ -120,10 +129,11 @@ def measure_point(model: str, phase: str, batch: int, device: str, optimizer: st
     )
 
 
-def row(model: str, measured: PhaseMeasurement) -> Row:
-    """One point of the table: a measurement with the estimate at its batch beside it."""
-    assert measured.predicted is not None
-    estimate = measured.predicted
+def row(model: str, measured: PhaseMeasurement, estimate: MemoryBreakdown | None = None) -> Row:
+    """One point of the table: a measurement with the estimate at its batch beside it (the one
+    recorded with it unless `estimate` is given)."""
+    estimate = estimate or measured.predicted
+    assert estimate is not None
     return Row(
         model,
         measured.phase,
@@ -131,18 +141,32 @@ def row(model: str, measured: PhaseMeasurement) -> Row:
         estimate.peak,
         measured,
         estimated_baseline(estimate, measured.phase),
+        estimate.reserved,
     )
 
 
-def rows_from_profile(path: str) -> tuple[list[Row], str]:
+def rows_from_profile(path: str, re_estimate: bool) -> tuple[list[Row], str]:
     """The table's rows from a saved run's sweep, and the torch version that measured it."""
     profile = Profile.from_dict(json.loads(Path(path).read_text()))
-    rows = [
-        row(m.name, pm)
-        for m in profile.models
-        for pm in sorted(m.sweep, key=lambda pm: (pm.phase != "train", pm.batch))
-        if pm.predicted is not None and (pm.memory is not None or pm.error)
-    ]
+    c = profile.config
+    rows = []
+    for m in profile.models:
+        for pm in sorted(m.sweep, key=lambda pm: (pm.phase != "train", pm.batch)):
+            if pm.predicted is None or (pm.memory is None and not pm.error):
+                continue
+            estimate = None
+            if re_estimate:
+                cfg = AnalysisConfig(
+                    batch=pm.batch,
+                    device=c.device,
+                    image_size=c.image_size,
+                    channels=c.channels,
+                    classes=c.classes,
+                    optimizer=c.optimizer,
+                )
+                static = analyse_model(m.name, cfg)
+                estimate = static.train if pm.phase == "train" else static.inference
+            rows.append(row(m.name, pm, estimate))
     return rows, profile.environment.torch
 
 
@@ -154,11 +178,16 @@ def main() -> None:
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--csv", help="also write the table to this CSV file")
     parser.add_argument("--from-profile", help="read the points from this run's sweep instead")
+    parser.add_argument(
+        "--re-estimate",
+        action="store_true",
+        help="with --from-profile: make the estimates again here instead of reading them",
+    )
     args = parser.parse_args()
     rows: list[Row] = []
     version = str(torch.__version__)
     if args.from_profile:
-        rows, version = rows_from_profile(args.from_profile)
+        rows, version = rows_from_profile(args.from_profile, args.re_estimate)
     else:
         for model in args.models.split(","):
             for phase in ("train", "inference"):

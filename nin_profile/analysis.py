@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nin_profile._lazy_imports import without_heavy_imports
+from nin_profile.allocator import steady_reserved
 from nin_profile.errors import LayerFailed, ProfileError
 from nin_profile.layer_stack import (
     Frame,
@@ -45,6 +46,7 @@ from nin_profile.tracing import (
     FusedDropout,
     StepTracer,
     tag_graph,
+    workspace_size,
     workspace_sizes,
 )
 from nin_profile.training import make_batch, make_optimizer, optimizer_state, training_step
@@ -145,6 +147,7 @@ def analyse(
         trace = _trace_training(model, cfg)
         inference = _trace_inference(model, cfg)
     train = peak_breakdown(trace.log.events, _categorizer(trace.owners))
+    train = replace(train, reserved=_reserved(trace.log, trace.owners, cfg.rules, trace.tracer))
     return _model_profile(model, name, description, trace, train, inference)
 
 
@@ -227,7 +230,45 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
     finally:
         log.close()
     categorize = _categorizer(owners, default=MemoryCategory.ACTIVATIONS)
-    return peak_breakdown(log.events, categorize)
+    return replace(
+        peak_breakdown(log.events, categorize), reserved=_reserved(log, owners, cfg.rules, tracer)
+    )
+
+
+HELD = (
+    MemoryCategory.PARAMS,
+    MemoryCategory.BUFFERS,
+    MemoryCategory.INPUT,
+    MemoryCategory.OPTIMIZER,
+)
+
+
+def _reserved(
+    log: AllocationLog,
+    owners: dict[MemoryCategory, set[int]],
+    rules: DeviceRules,
+    tracer: StepTracer,
+) -> int | None:
+    """CUDA's caching allocator replayed over the step as a measurement repeats it: what is
+    held across steps allocated first, then the step's own allocations and frees, with each
+    library workspace allocated where the first step first calls the library (after that
+    op's output): whether it is carved out of a cached block decides what later steps reuse."""
+    if rules.name != "cuda":
+        return None
+    held = set().union(*(owners.get(cat, set()) for cat in HELD))
+    workspaces = owners.get(MemoryCategory.WORKSPACE, set())
+    traced = [e for e in log.events if e.key not in workspaces]  # as the tracer counted them
+    first_step: dict[int, list[int]] = {}
+    step: list[tuple[int, int]] = []
+    positions = sorted(tracer.blas_first_use.items(), key=lambda item: item[1])
+    for index, event in enumerate([*traced, None]):
+        for (_, library), at in positions:
+            if at == index and (size := workspace_size(rules, library)):
+                first_step.setdefault(len(step), []).append(size)
+        if event is not None and event.key not in held:
+            step.append((event.key, event.delta))
+    first = [e.delta for e in traced if e.key in held and e.delta > 0]
+    return steady_reserved(first, step, first_step).peak_reserved
 
 
 def _hold_workspaces(log: AllocationLog, rules: DeviceRules, tracer: StepTracer) -> set[int]:

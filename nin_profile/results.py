@@ -51,11 +51,17 @@ class PeakSite:
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes alive at the peak of one phase, by category; the categories sum to `peak`."""
+    """Bytes alive at the peak of one phase, by category; the categories sum to `peak`.
+
+    reserved: on CUDA, what the caching allocator holds once the step repeats (simulated, see
+    allocator.py): the segments that `peak` lives in and that earlier steps left cached.
+    Without cuDNN's workspaces, which only the GPU knows. None for other devices.
+    """
 
     peak: int
     by_category: Mapping[MemoryCategory, int]
     site: PeakSite
+    reserved: int | None = None
 
     def __getitem__(self, category: MemoryCategory) -> int:
         return self.by_category.get(category, 0)
@@ -64,6 +70,7 @@ class MemoryBreakdown:
         out: dict[str, Any] = {c.value: self[c] for c in MemoryCategory}
         out["peak"] = self.peak
         out["peak_at"] = asdict(self.site)
+        out["reserved"] = self.reserved
         return out
 
     @classmethod
@@ -72,6 +79,7 @@ class MemoryBreakdown:
             peak=d["peak"],
             by_category={c: d.get(c.value, 0) for c in MemoryCategory},  # 0: not in older files
             site=PeakSite(**d["peak_at"]),
+            reserved=d.get("reserved"),  # not in older files
         )
 
 

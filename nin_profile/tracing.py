@@ -157,7 +157,13 @@ class StepTracer(TorchDispatchMode):
         self.phase = Phase.FORWARD
         self.flops: Counter[tuple[str, Phase]] = Counter()
         self.not_counted: Counter[tuple[str, Phase]] = Counter()
-        self.blas_users: set[tuple[str, str]] = set()  # (thread, library) that ran a product
+        # (thread, library) that ran a matrix product → how many allocations the log had
+        # recorded when it first did (its output's included): where its workspace is allocated
+        self.blas_first_use: dict[tuple[str, str], int] = {}
+
+    @property
+    def blas_users(self) -> set[tuple[str, str]]:
+        return set(self.blas_first_use)
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
@@ -174,7 +180,6 @@ class StepTracer(TorchDispatchMode):
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
         out = func(*args, **kwargs)
-        self._note_blas(func.overloadpacket.__name__)
         formula = flop_registry.get(func.overloadpacket)
         if formula is not None:
             self.flops[layer, self.phase] += formula(*args, **kwargs, out_val=out)
@@ -182,17 +187,23 @@ class StepTracer(TorchDispatchMode):
             self.not_counted[func.overloadpacket.__name__, self.phase] += 1
         for tensor in tensors_in(out):
             self.log.key_of(tensor)
+        self._note_blas(func.overloadpacket.__name__)
         return out
 
     def _note_blas(self, op: str) -> None:
         thread = "autograd" if self.phase is Phase.BACKWARD else "caller"
-        if op in _BLAS_OPS:
-            self.blas_users.add((thread, "cuBLAS"))
-        if op in _BLASLT_OPS:
-            self.blas_users.add((thread, "cuBLASLt"))
+        libraries = (("cuBLAS",) if op in _BLAS_OPS else ()) + (
+            ("cuBLASLt",) if op in _BLASLT_OPS else ()
+        )
+        for library in libraries:
+            self.blas_first_use.setdefault((thread, library), len(self.log.events))
+
+
+def workspace_size(rules: DeviceRules, library: str) -> int:
+    return {"cuBLAS": rules.blas_workspace, "cuBLASLt": rules.blaslt_workspace}[library]
 
 
 def workspace_sizes(rules: DeviceRules, blas_users: set[tuple[str, str]]) -> list[int]:
     """The library workspaces a step holds on `rules`' device: one per (thread, library) used."""
-    size = {"cuBLAS": rules.blas_workspace, "cuBLASLt": rules.blaslt_workspace}
-    return [size[library] for _, library in sorted(blas_users) if size[library]]
+    sizes = (workspace_size(rules, library) for _, library in sorted(blas_users))
+    return [size for size in sizes if size]

@@ -227,3 +227,27 @@ def test_a_profile_unpickles_without_importing_torch(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_estimated_reserve_is_shown_beside_the_measured_one(profile: Profile) -> None:
+    nin = model(profile, "nin")
+    train = nin.measured["train"]
+    assert train.memory is not None and train.predicted is not None
+    reserved = 40 * MiB
+    measured = replace(
+        train,
+        memory=replace(train.memory, peak_reserved=50 * MiB),
+        predicted=replace(train.predicted, reserved=reserved),
+    )
+    cuda_like = replace(
+        nin,
+        train=replace(nin.train, reserved=reserved),
+        measured={**nin.measured, "train": measured},
+    )
+    text = render_report(replace(profile, models=(cuda_like, *profile.models[1:])))
+    section = text.split("### (c)", 1)[1].split("\n### ", 1)[0]
+    assert "reserved est. (MiB)" in section
+    row = next(line for line in section.splitlines() if line.startswith("| nin |"))
+    # 40 MiB estimated against 50 MiB measured: (40 - 50) / 50 = -20.0%
+    assert "| 40.0 |" in row and "| 50.0 | -20.0% |" in row
+    assert "-20.0% from the 40.0 MiB its simulation" in section

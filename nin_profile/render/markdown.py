@@ -66,8 +66,10 @@ def change(before: float, after: float) -> str:
     return f"{100 * (after - before) / before:+.1f}%" if before else "–"
 
 
-def rel_error(estimate: float, measured: float) -> str:
-    return f"{100 * (estimate - measured) / measured:+.1f}%" if measured else "–"
+def rel_error(estimate: float | None, measured: float | None) -> str:
+    if estimate is None or not measured:
+        return "–"
+    return f"{100 * (estimate - measured) / measured:+.1f}%"
 
 
 def model_named(profile: Profile, name: str) -> ModelProfile | None:
@@ -325,12 +327,16 @@ def memory_section(profile: Profile, nin: ModelProfile, phase: str, charts: bool
         if c is not MemoryCategory.WORKSPACE or any(breakdown(m, phase)[c] for m in models)
     ]
     headers = ["Model", *(f"{c.value} (MiB)" for c in shown), "peak est. (MiB)"]
+    reserved = any(breakdown(m, phase).reserved is not None for m in models)
+    if reserved:
+        headers.append("reserved est. (MiB)")
     measured = any(measured_at(m, phase) for m in models)
     if measured:
         headers += [
             "peak allocated meas. (MiB)",
             "err",
-            "reserved (MiB)",
+            "reserved meas. (MiB)",
+            *(["err"] if reserved else []),
             "NVML process (MiB)",
             "CUDA context (MiB)",
         ]
@@ -338,8 +344,10 @@ def memory_section(profile: Profile, nin: ModelProfile, phase: str, charts: bool
     for m in models:
         b = breakdown(m, phase)
         row = [m.name, *(fmt_mib(b[c]) for c in shown), fmt_mib(b.peak)]
+        if reserved:
+            row.append(fmt_mib(b.reserved))
         if measured:
-            row += _measured_memory_cells(m, phase, b)
+            row += _measured_memory_cells(m, phase, b, reserved)
         rows.append(row)
     table = md_table(headers, rows, [False] + [True] * (len(headers) - 1))
     parts = [
@@ -356,16 +364,20 @@ def memory_section(profile: Profile, nin: ModelProfile, phase: str, charts: bool
     return "\n\n".join(p for p in parts if p)
 
 
-def _measured_memory_cells(m: ModelProfile, phase: str, estimate: MemoryBreakdown) -> list[str]:
+def _measured_memory_cells(
+    m: ModelProfile, phase: str, estimate: MemoryBreakdown, reserved: bool
+) -> list[str]:
     pm = measured_at(m, phase)
     if pm is None or pm.memory is None or pm.predicted is None:
-        return ["failed" if m.measured.get(phase) else "–", "–", "–", "–", "–"]
+        return ["failed" if m.measured.get(phase) else "–"] + ["–"] * (4 + reserved)
     mem = pm.memory
     at = "" if pm.predicted.peak == estimate.peak else f" @{pm.batch}"
+    reserved_error = [rel_error(pm.predicted.reserved, mem.peak_reserved)] if reserved else []
     return [
         fmt_mib(mem.peak_allocated) + at,
         rel_error(pm.predicted.peak, mem.peak_allocated),
         fmt_mib(mem.peak_reserved),
+        *reserved_error,
         fmt_mib(mem.nvml_process),
         fmt_mib(mem.cuda_context),
     ]
@@ -418,6 +430,12 @@ def _measured_sentence(profile: Profile, nin: ModelProfile, phase: str) -> str:
         )
     if mem.peak_reserved:
         text += f"; the caching allocator reserved {fmt_bytes(mem.peak_reserved)}"
+        if pm.predicted.reserved is not None:
+            text += (
+                f", {rel_error(pm.predicted.reserved, mem.peak_reserved)} from the "
+                f"{fmt_bytes(pm.predicted.reserved)} its simulation over the traced step "
+                "estimates without cuDNN's workspaces"
+            )
     if mem.nvml_process:
         text += f"; nvidia-smi shows {fmt_bytes(mem.nvml_process)} for the process"
         if mem.cuda_context:
@@ -884,6 +902,11 @@ METHOD = (
     "The peak replays every allocation and free in program order; for CUDA, sizes are rounded "
     "up to the caching allocator's 512-byte blocks. Memory a kernel allocates inside itself "
     "(cuDNN workspace, CPU im2col buffers) and the CUDA context are not in the estimate.",
+    "Reserved (estimated, CUDA only): the segments CUDA's caching allocator would hold once "
+    "the step repeats, from a simulation of its rules (rounding, segment sizes, best-fit reuse, "
+    "splitting and merging of cached blocks) over the traced allocations and frees of the "
+    "warm-up and measured steps. cuDNN's workspaces are not in it, so it is a lower bound "
+    "where convolutions need them (training, mostly).",
     "Saved for backward: storages autograd keeps for the backward pass, each counted once (a "
     "ReLU's output that the next conv also saves counts for the ReLU); parameters excluded, "
     "the input batch included.",

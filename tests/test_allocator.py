@@ -1,0 +1,116 @@
+"""The caching-allocator simulation: its rules worked by hand from CUDACachingAllocator.cpp, and
+the reserve it predicts against what an H100 reserved (torch.cuda.max_memory_reserved, committed
+in reports/nvidia-h100-80gb-hbm3-sweep/profile.json, measured with `python -m nin_profile
+--device cuda --sweep-batch 1,32,128,256 --warmup 2 --iterations 10 --models nin,alexnet,vgg11`).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from nin_profile.allocator import CachingAllocator, round_size, segment_size, steady_reserved
+from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.results import ModelProfile
+from nin_profile.units import MiB
+
+H100_SWEEP = Path(__file__).parents[1] / "reports/nvidia-h100-80gb-hbm3-sweep/profile.json"
+
+
+def test_sizes_by_hand() -> None:
+    assert round_size(1) == 512  # the smallest block
+    assert round_size(513) == 1024  # rounded up to a multiple of 512
+    assert segment_size(1 * MiB) == 2 * MiB  # small pool: 2 MiB segments
+    assert segment_size(1 * MiB + 512) == 20 * MiB  # large pool, under 10 MiB: 20 MiB
+    assert segment_size(10 * MiB) == 10 * MiB  # 10 MiB and over: rounded up to 2 MiB
+    assert segment_size(11 * MiB) == 12 * MiB
+
+
+def test_a_freed_block_is_split_for_a_smaller_request_and_merged_back() -> None:
+    alloc = CachingAllocator()
+    a = alloc.malloc(3 * MiB)  # a new 20 MiB segment; the 17 MiB behind it stays cached
+    b = alloc.malloc(5 * MiB)  # carved out of those 17 MiB: nothing new reserved
+    assert alloc.reserved == 20 * MiB and alloc.allocated == 8 * MiB
+    alloc.free(a)
+    alloc.free(b)  # a, b and the 12 MiB behind them merge into the whole segment again
+    alloc.malloc(19 * MiB)  # so 19 MiB fits in it
+    assert alloc.reserved == 20 * MiB
+
+
+def test_a_remainder_of_one_mib_or_less_is_not_split_off() -> None:
+    alloc = CachingAllocator()
+    block = alloc.malloc(12 * MiB + 1)  # rounds to 12 MiB + 512 B, in a new 14 MiB segment
+    assert block.size == 12 * MiB + 512  # the rest, 2 MiB - 512 B > 1 MiB, is split off
+    alloc.free(block)  # and merges back: one free 14 MiB block
+    block = alloc.malloc(13 * MiB)  # behind 13 MiB only 1 MiB would be left: not split
+    assert block.size == 14 * MiB and alloc.reserved == 14 * MiB
+
+
+def test_best_fit_takes_the_smallest_cached_block_that_fits() -> None:
+    alloc = CachingAllocator()
+    big, small = alloc.malloc(40 * MiB), alloc.malloc(12 * MiB)
+    alloc.free(big)
+    alloc.free(small)
+    assert alloc.malloc(11 * MiB).address == small.address  # not the 40 MiB block
+
+
+def test_a_step_that_frees_less_than_it_reuses_grows_until_steady() -> None:
+    # Step: allocate 30 MiB (key 0), then 30 MiB (key 1), free key 0; key 1 is left over (like
+    # a gradient) and freed as the next step starts. Step 1 reserves two 30 MiB segments; step 2
+    # reuses both; nothing more after.
+    step = [(0, 30 * MiB), (1, 30 * MiB), (0, -30 * MiB)]
+    assert steady_reserved([], step).peak_reserved == 60 * MiB
+
+
+def h100_points() -> list[tuple[str, str, int, int]]:
+    sweep = json.loads(H100_SWEEP.read_text())
+    return [
+        (m["name"], point["phase"], point["batch"], point["memory"]["peak_reserved"])
+        for m in sweep["models"]
+        for point in m["sweep"]
+    ]
+
+
+@cache
+def estimate(name: str, batch: int) -> ModelProfile:
+    return analyse_model(name, AnalysisConfig(batch=batch, device="cuda"))
+
+
+# The points where the simulation reserves what the H100 reserved, to the byte: cuDNN's
+# workspaces (allocated and freed inside a convolution; only the GPU knows their sizes, so the
+# simulation has none) fit there in blocks the step had cached anyway. These are the points
+# where it matched when it was written: losing one is a regression. At the other points the
+# workspaces made the allocator reserve more (as much as 35% more in training).
+EXACT = {
+    ("nin", "train", 1),
+    ("nin", "inference", 1),
+    ("nin", "inference", 32),
+    ("alexnet", "train", 1),
+    ("alexnet", "inference", 1),
+    ("alexnet", "inference", 32),
+    ("vgg11", "inference", 1),
+    ("vgg11", "inference", 32),
+    ("vgg11", "inference", 128),
+    ("vgg11", "inference", 256),
+}
+
+
+@pytest.mark.parametrize(("name", "phase", "batch", "measured"), h100_points())
+def test_estimated_reserve_against_the_h100(
+    name: str, phase: str, batch: int, measured: int
+) -> None:
+    profile = estimate(name, batch)
+    breakdown = profile.train if phase == "train" else profile.inference
+    assert breakdown.reserved is not None
+    if (name, phase, batch) in EXACT:
+        assert breakdown.reserved == measured
+    else:  # cuDNN's workspaces are missing: below the H100's reserve, above the live peak
+        assert breakdown.peak <= breakdown.reserved < measured
+
+
+def test_no_reserve_is_estimated_for_the_cpu() -> None:
+    profile = analyse_model("nin", AnalysisConfig(batch=2, device="cpu"))
+    assert profile.train.reserved is None and profile.inference.reserved is None
