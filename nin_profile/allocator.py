@@ -42,7 +42,12 @@ ROUND_LARGE = 2 * MiB
 
 
 class OutOfMemory(Exception):
-    """A request that no cached block, new segment or release of the cache could serve."""
+    """A request that no cached block, new segment or release of the cache could serve;
+    `needed`: what the allocator would have had to reserve to serve it."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(f"{needed} B needed")
+        self.needed = needed
 
 
 def round_size(nbytes: int) -> int:
@@ -149,7 +154,7 @@ class CachingAllocator:
         if self.capacity is not None and self.reserved + nbytes > self.capacity:
             self._release_cache()
             if self.reserved + nbytes > self.capacity:
-                raise OutOfMemory(f"{size} B requested with {self.reserved} B reserved")
+                raise OutOfMemory(self.reserved + nbytes)
         block = Block(self._next_address, nbytes, small)
         self._next_address += nbytes
         self.reserved += nbytes
@@ -167,6 +172,7 @@ def steady_reserved(
     held: Iterable[int],
     step: Sequence[tuple[int, int]],
     first_step: Mapping[int, Sequence[int]] | None = None,
+    capacity: int | None = None,
     max_steps: int = 8,
 ) -> CachingAllocator:
     """The allocator after the `held` allocations (parameters, inputs, optimizer state) and as
@@ -177,8 +183,9 @@ def steady_reserved(
     allocated (the gradients) is freed as the next step starts, as `zero_grad(set_to_none=True)`
     does. first_step: index in `step` → sizes allocated just before it in the first step only,
     and held from then on (a library's workspace, made the first time the library is called).
+    capacity: the bytes the allocator may reserve; it raises OutOfMemory where the GPU's would.
     """
-    allocator = CachingAllocator()
+    allocator = CachingAllocator(capacity)
     for nbytes in held:
         allocator.malloc(nbytes)
     once = first_step or {}

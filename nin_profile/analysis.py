@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nin_profile._lazy_imports import without_heavy_imports
-from nin_profile.allocator import steady_reserved
+from nin_profile.allocator import OutOfMemory, steady_reserved
 from nin_profile.errors import LayerFailed, ProfileError
 from nin_profile.layer_stack import (
     Frame,
@@ -60,6 +60,10 @@ class AnalysisConfig:
     classes: int = 10
     optimizer: str = "sgd"
     device: str = "cuda"  # the device whose memory is predicted; the trace itself runs on meta
+    # CUDA: the bytes the caching allocator may reserve (device memory less the context); with
+    # it, `reserved` is what the allocator holds within it, or what it would have needed
+    # (more than the limit) where it runs out
+    memory_limit: int | None = None
 
     @property
     def rules(self) -> DeviceRules:
@@ -147,7 +151,10 @@ def analyse(
         trace = _trace_training(model, cfg)
         inference = _trace_inference(model, cfg)
     train = peak_breakdown(trace.log.events, _categorizer(trace.owners))
-    train = replace(train, reserved=_reserved(trace.log, trace.owners, cfg.rules, trace.tracer))
+    train = replace(
+        train,
+        reserved=_reserved(trace.log, trace.owners, cfg.rules, trace.tracer, cfg.memory_limit),
+    )
     return _model_profile(model, name, description, trace, train, inference)
 
 
@@ -231,7 +238,8 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
         log.close()
     categorize = _categorizer(owners, default=MemoryCategory.ACTIVATIONS)
     return replace(
-        peak_breakdown(log.events, categorize), reserved=_reserved(log, owners, cfg.rules, tracer)
+        peak_breakdown(log.events, categorize),
+        reserved=_reserved(log, owners, cfg.rules, tracer, cfg.memory_limit),
     )
 
 
@@ -248,6 +256,7 @@ def _reserved(
     owners: dict[MemoryCategory, set[int]],
     rules: DeviceRules,
     tracer: StepTracer,
+    limit: int | None,
 ) -> int | None:
     """CUDA's caching allocator replayed over the step as a measurement repeats it: what is
     held across steps allocated first, then the step's own allocations and frees, with each
@@ -268,7 +277,10 @@ def _reserved(
         if event is not None and event.key not in held:
             step.append((event.key, event.delta))
     first = [e.delta for e in traced if e.key in held and e.delta > 0]
-    return steady_reserved(first, step, first_step).peak_reserved
+    try:
+        return steady_reserved(first, step, first_step, limit).peak_reserved
+    except OutOfMemory as exc:
+        return exc.needed
 
 
 def _hold_workspaces(log: AllocationLog, rules: DeviceRules, tracer: StepTracer) -> set[int]:

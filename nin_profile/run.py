@@ -59,7 +59,9 @@ def model_config(config: RunConfig) -> ModelConfig:
     )
 
 
-def analysis_config(config: RunConfig, batch: int | None = None) -> AnalysisConfig:
+def analysis_config(
+    config: RunConfig, batch: int | None = None, memory_limit: int | None = None
+) -> AnalysisConfig:
     return AnalysisConfig(
         batch=batch or config.batch,
         channels=config.channels,
@@ -67,13 +69,16 @@ def analysis_config(config: RunConfig, batch: int | None = None) -> AnalysisConf
         classes=config.classes,
         optimizer=config.optimizer,
         device=config.device,
+        memory_limit=memory_limit,
     )
 
 
-def analyse_or_explain(name: str, config: RunConfig, batch: int | None = None) -> ModelProfile:
+def analyse_or_explain(
+    name: str, config: RunConfig, batch: int | None = None, memory_limit: int | None = None
+) -> ModelProfile:
     """Analyse one model; a layer that cannot run becomes one line naming model, layer and fix."""
     try:
-        return analyse_model(name, analysis_config(config, batch))
+        return analyse_model(name, analysis_config(config, batch, memory_limit))
     except LayerFailed as exc:
         if exc.layer == LOSS:
             raise ProfileError(
@@ -241,7 +246,18 @@ def _context(run: Run) -> tuple[int, str]:
 
 
 def _predicted_peak_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[int], bool]:
+    """On CUDA: whether the simulated caching allocator serves the step within `limit` less
+    the context; elsewhere, whether the estimated peak and the context fit in `limit`."""
     context, _ = _context(run)
+    if run.config.device == "cuda":
+        within = limit - context
+
+        def served(batch: int) -> bool:
+            profile = analyse_or_explain(name, run.config, batch, memory_limit=within)
+            reserved = predicted(profile, phase).reserved
+            return reserved is not None and reserved <= within
+
+        return served
     return lambda b: (
         predicted(analyse_or_explain(name, run.config, b), phase).peak + context <= limit
     )
@@ -260,12 +276,11 @@ def _predicted_fit(run: Run, static: ModelProfile, phase: str, budget: int) -> B
     guess = _affine_guess(run, static, phase, budget)
     batch, _ = largest_fitting(_predicted_peak_fits(run, static.name, phase, budget), guess)
     context, source = _context(run)
-    return BatchFit(
-        phase,
-        batch or None,
-        budget,
-        f"predicted: estimated peak + CUDA context of {fmt_bytes(context)} ({source})",
-    )
+    if run.config.device == "cuda":
+        how = "predicted: CUDA's caching allocator simulated within the budget less a CUDA context"
+    else:
+        how = "predicted: estimated peak + CUDA context"
+    return BatchFit(phase, batch or None, budget, f"{how} of {fmt_bytes(context)} ({source})")
 
 
 class _SearchStopped(Exception):
