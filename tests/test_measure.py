@@ -131,7 +131,26 @@ def test_a_failure_other_than_out_of_memory_stops_the_search(
 
 
 def test_memory_budget_prediction_is_the_largest_batch_under_the_budget() -> None:
+    """Off CUDA: the largest batch whose estimated peak plus the context fits."""
     budget, context = 2 * 2**30, 300 * 2**20
+    config = small_run(("nin",), 16, "cpu", memory_budget=budget, cuda_context=context)
+    run = Run(config, lambda event: None)
+    static = analyse_model("nin", AnalysisConfig(batch=16, device="cpu"))
+    fit = _predicted_fit(run, static, "train", budget)
+    assert fit.batch is not None
+    peak = {
+        b: analyse_model("nin", AnalysisConfig(batch=b, device="cpu")).train.peak
+        for b in (fit.batch, fit.batch + 1)
+    }
+    assert peak[fit.batch] + context <= budget < peak[fit.batch + 1] + context
+    assert "300.0 MiB (given with --cuda-context)" in fit.how
+
+
+def test_cuda_memory_budget_is_the_largest_batch_the_simulated_allocator_serves() -> None:
+    """On CUDA: the largest batch whose step the caching allocator (simulated with the budget
+    less the context as its device memory) serves without running out."""
+    budget, context = 2 * 2**30, 300 * 2**20
+    limit = budget - context
     config = small_run(
         ("nin",), 16, "cuda", memory_budget=budget, cuda_context=context, static=True
     )
@@ -139,12 +158,15 @@ def test_memory_budget_prediction_is_the_largest_batch_under_the_budget() -> Non
     static = analyse_model("nin", AnalysisConfig(batch=16, device="cuda"))
     fit = _predicted_fit(run, static, "train", budget)
     assert fit.batch is not None
-    peak = {
-        b: analyse_model("nin", AnalysisConfig(batch=b, device="cuda")).train.peak
+    reserved = {
+        b: analyse_model(
+            "nin", AnalysisConfig(batch=b, device="cuda", memory_limit=limit)
+        ).train.reserved
+        or 0
         for b in (fit.batch, fit.batch + 1)
     }
-    assert peak[fit.batch] + context <= budget < peak[fit.batch + 1] + context
-    assert "300.0 MiB (given with --cuda-context)" in fit.how
+    assert reserved[fit.batch] <= limit < reserved[fit.batch + 1]
+    assert "caching allocator" in fit.how and "300.0 MiB (given with --cuda-context)" in fit.how
 
 
 def test_a_static_sweep_estimates_every_batch() -> None:
