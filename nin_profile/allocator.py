@@ -107,6 +107,7 @@ class CachingAllocator:
         self.capacity = capacity
         self.reserved = self.peak_reserved = 0
         self.allocated = self.peak_allocated = 0
+        self.segments: list[int] = []  # the size of each segment held, in cudaMalloc order
         self._free = {True: _FreeBlocks(), False: _FreeBlocks()}
         self._next_address = 0
 
@@ -157,6 +158,7 @@ class CachingAllocator:
                 raise OutOfMemory(self.reserved + nbytes)
         block = Block(self._next_address, nbytes, small)
         self._next_address += nbytes
+        self.segments.append(nbytes)
         self.reserved += nbytes
         self.peak_reserved = max(self.peak_reserved, self.reserved)
         return block
@@ -165,6 +167,7 @@ class CachingAllocator:
         for free in self._free.values():
             for block in free.whole_segments():
                 free.remove(block)
+                self.segments.remove(block.size)
                 self.reserved -= block.size
 
 
