@@ -38,10 +38,11 @@ from typing import Any
 import torch
 
 from nin_profile.allocator import round_size
-from nin_profile.analysis import HELD, AnalysisConfig, _trace_training
+from nin_profile.analysis import HELD_FROM_START, AnalysisConfig, _trace_training
 from nin_profile.layer_stack import LayerStack
 from nin_profile.memory import AllocationLog
 from nin_profile.models import get_model
+from nin_profile.results import MemoryCategory
 from nin_profile.tracing import DEVICE_RULES, StepTracer, workspace_size
 from nin_profile.training import make_batch
 from nin_profile.units import MiB
@@ -113,7 +114,8 @@ def traced_setup(model_name: str, phase: str, batch: int) -> tuple[list[int], li
         ).to("meta")
     if phase == "train":
         trace = _trace_training(model, cfg)
-        held_keys = set().union(*(trace.owners.get(cat, set()) for cat in HELD))
+        held_cats = (*HELD_FROM_START, MemoryCategory.OPTIMIZER)  # the state: held after step 1
+        held_keys = set().union(*(trace.owners.get(cat, set()) for cat in held_cats))
         held = [e.delta for e in trace.log.events if e.key in held_keys and e.delta > 0]
         return held, sorted(f"{t}:{lib}" for t, lib in trace.tracer.blas_users)
     model.eval()  # as analysis._trace_inference does

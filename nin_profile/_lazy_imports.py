@@ -46,14 +46,41 @@ _SHAPES = "torch.fx.experimental.symbolic_shapes"
 _SYMPY = "sympy"
 
 
+class _StandIn(types.ModuleType):
+    """A module in a real one's place; whatever it does not answer comes from the real one."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # `from m import x` asks for __path__: not a package
+            raise AttributeError(name)
+        return getattr(_real(self), name)
+
+
+# Stand-ins in place, with the package each is an attribute of (None: a top-level module).
+_IN_PLACE: dict[str, tuple[_StandIn, types.ModuleType | None]] = {}
+
+
+def _retire(name: str) -> None:
+    """Take the stand-in for `name` out of sys.modules and off its package, if it is there."""
+    stand_in, parent = _IN_PLACE.pop(name, (None, None))
+    if stand_in is None:
+        return
+    if sys.modules.get(name) is stand_in:
+        del sys.modules[name]
+    attr = name.rsplit(".", 1)[-1]
+    if parent is not None and vars(parent).get(attr) is stand_in:
+        delattr(parent, attr)
+
+
 def _real(stand_in: types.ModuleType) -> types.ModuleType:
-    """The real module, imported now if it was not: `stand_in` leaves sys.modules for it."""
-    if sys.modules.get(stand_in.__name__) is stand_in:
-        del sys.modules[stand_in.__name__]
+    """The real module, imported now if it was not. Every stand-in is retired first: the real
+    modules import one another (symbolic_shapes imports sympy), and one that bound a stand-in
+    at its import would keep it."""
+    for name in list(_IN_PLACE):
+        _retire(name)
     return importlib.import_module(stand_in.__name__)
 
 
-class _DynamoStandIn(types.ModuleType):
+class _DynamoStandIn(_StandIn):
     def __init__(self) -> None:
         super().__init__(_DYNAMO)
         self.disabled: list[Callable[..., Any]] = []
@@ -67,9 +94,6 @@ class _DynamoStandIn(types.ModuleType):
     def graph_break(self, *args: Any, **kwargs: Any) -> None:
         """A no-op outside torch.compile (torch.optim calls it around each step)."""
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_real(self), name)
-
 
 def _is_bool(a: object) -> bool:
     return type(a) is bool
@@ -79,16 +103,11 @@ def _is_int(a: object) -> bool:
     return type(a) is int or type(a) is bool
 
 
-class _ShapesStandIn(types.ModuleType):
+class _ShapesStandIn(_StandIn):
     """symbolic_shapes' answers for plain values; each method follows torch's own plain path."""
 
     def __init__(self) -> None:
         super().__init__(_SHAPES)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # `from m import x` asks for __path__: not a package
-            raise AttributeError(name)
-        return getattr(_real(self), name)
 
     def expect_true(self, a: Any, skip: int = 0) -> Any:
         return a if _is_bool(a) else _real(self).expect_true(a, skip + 1)
@@ -150,37 +169,30 @@ class _SympyBasicMeta(type):
         return basic is not None and issubclass(sub, basic)
 
 
-class _SympyStandIn(types.ModuleType):
+class _SympyStandIn(_StandIn):
     class Basic(metaclass=_SympyBasicMeta):
         """No object is a sympy expression while sympy has not been imported."""
 
     def __init__(self) -> None:
         super().__init__(_SYMPY)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(_real(self), name)
-
 
 @contextmanager
-def _standing_in(stand_in: types.ModuleType, parent: types.ModuleType | None) -> Iterator[None]:
+def _standing_in(stand_in: _StandIn, parent: types.ModuleType | None) -> Iterator[None]:
     """`stand_in` in sys.modules (and on its parent package), unless the real one is imported."""
     name = stand_in.__name__
     if name in sys.modules:  # imported already, or a stand-in is in place: nothing to do
         yield
         return
-    attr = name.rsplit(".", 1)[-1]
     sys.modules[name] = stand_in
     if parent is not None:
-        setattr(parent, attr, stand_in)
+        setattr(parent, name.rsplit(".", 1)[-1], stand_in)
+    _IN_PLACE[name] = (stand_in, parent)
     try:
         yield
     finally:
-        if sys.modules.get(name) is stand_in:
-            del sys.modules[name]
-        if parent is not None and vars(parent).get(attr) is stand_in:
-            delattr(parent, attr)
+        if _IN_PLACE.get(name, (None, None))[0] is stand_in:
+            _retire(name)
 
 
 @contextmanager

@@ -21,8 +21,8 @@ PYTORCH_CUDA_ALLOC_CONF, one stream):
   cached whole segment (`release_cached_blocks`) and try once more.
 
 Checked against the allocator itself: replaying the allocations and frees an H100 recorded
-(`torch.cuda.memory._record_memory_history`) gives the segments it held, to the byte (see
-tests/test_allocator.py).
+(`torch.cuda.memory._record_memory_history`) gives the segments it held, to the byte, at 11
+of 12 points (tests/test_allocator.py, which says why not at the twelfth).
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ ROUND_LARGE = 2 * MiB
 
 
 class OutOfMemory(Exception):
-    """A request that no cached block, new segment or release of the cache could serve;
-    `needed`: what the allocator would have had to reserve to serve it."""
+    """A request no cached block, new segment or release of the cache could serve."""
 
     def __init__(self, needed: int) -> None:
         super().__init__(f"{needed} B needed")
-        self.needed = needed
+        self.needed = needed  # what the allocator would have had to reserve to serve it
 
 
 def round_size(nbytes: int) -> int:
+    """A request's size as the allocator serves it."""
     return max(MIN_BLOCK, -(-nbytes // MIN_BLOCK) * MIN_BLOCK)
 
 
@@ -178,9 +178,10 @@ def steady_reserved(
     capacity: int | None = None,
     max_steps: int = 8,
 ) -> CachingAllocator:
-    """The allocator after the `held` allocations (parameters, inputs, optimizer state) and as
-    many repeats of `step` as it takes to stop growing (at least two, at most `max_steps`):
-    what a measurement reads after its warm-up.
+    """The allocator after the `held` allocations (parameters, inputs) and as many repeats of
+    `step` as it takes to stop growing (at least two, at most `max_steps`): what a measurement
+    reads after its warm-up, where the warm-up reaches that steady state (at every H100 point
+    measured so far, two steps did).
 
     step: (key, bytes) in order; bytes > 0 allocates `key`, < 0 frees it. Whatever a step leaves
     allocated (the gradients) is freed as the next step starts, as `zero_grad(set_to_none=True)`

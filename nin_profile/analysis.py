@@ -29,7 +29,7 @@ from nin_profile.layer_stack import (
     tensors_in,
 )
 from nin_profile.memory import AllocationLog, peak_breakdown
-from nin_profile.models import ModelConfig, describe_model, get_model
+from nin_profile.models import ModelConfig, describe_model, get_model, import_user_module
 from nin_profile.results import (
     LayerStats,
     MemoryBreakdown,
@@ -131,6 +131,7 @@ class _TrainingTrace:
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
     """Build a registered (or import-path) model on the meta device and analyse it."""
+    import_user_module(name)  # a user's module is imported as it is, without the stand-ins
     with torch.device("meta"), without_heavy_imports():
         model = get_model(
             name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
@@ -243,12 +244,7 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
     )
 
 
-HELD = (
-    MemoryCategory.PARAMS,
-    MemoryCategory.BUFFERS,
-    MemoryCategory.INPUT,
-    MemoryCategory.OPTIMIZER,
-)
+HELD_FROM_START = (MemoryCategory.PARAMS, MemoryCategory.BUFFERS, MemoryCategory.INPUT)
 
 
 def _reserved(
@@ -258,24 +254,40 @@ def _reserved(
     tracer: StepTracer,
     limit: int | None,
 ) -> int | None:
-    """CUDA's caching allocator replayed over the step as a measurement repeats it: what is
-    held across steps allocated first, then the step's own allocations and frees, with each
-    library workspace allocated where the first step first calls the library (after that
-    op's output): whether it is carved out of a cached block decides what later steps reuse."""
+    """CUDA's caching allocator replayed over the step as a measurement repeats it.
+
+    Parameters, buffers and the input are allocated before the first step. What the first
+    step creates and later steps keep is allocated where the first step creates it: each
+    library workspace where the library is first called (after that op's output), the
+    optimizer state (momentum, Adam's moments) as the optimizer step begins. Whether these are
+    carved out of blocks the step had cached decides what later steps can reuse."""
     if rules.name != "cuda":
         return None
-    held = set().union(*(owners.get(cat, set()) for cat in HELD))
+    held = set().union(*(owners.get(cat, set()) for cat in HELD_FROM_START))
+    state = owners.get(MemoryCategory.OPTIMIZER, set())
     workspaces = owners.get(MemoryCategory.WORKSPACE, set())
     traced = [e for e in log.events if e.key not in workspaces]  # as the tracer counted them
+    blas_at: dict[int, list[int]] = {}
+    for (_, library), at in sorted(tracer.blas_first_use.items(), key=lambda item: item[1]):
+        if size := workspace_size(rules, library):
+            blas_at.setdefault(at, []).append(size)
     first_step: dict[int, list[int]] = {}
+
+    def first_allocates(at: int, sizes: list[int]) -> None:
+        if sizes:
+            first_step.setdefault(at, []).extend(sizes)
+
     step: list[tuple[int, int]] = []
-    positions = sorted(tracer.blas_first_use.items(), key=lambda item: item[1])
-    for index, event in enumerate([*traced, None]):
-        for (_, library), at in positions:
-            if at == index and (size := workspace_size(rules, library)):
-                first_step.setdefault(len(step), []).append(size)
-        if event is not None and event.key not in held:
+    state_at = None
+    for index, event in enumerate(traced):
+        first_allocates(len(step), blas_at.get(index, []))
+        if state_at is None and event.site.phase == Phase.OPTIMIZER.value:
+            state_at = len(step)
+        if event.key not in held and event.key not in state:
             step.append((event.key, event.delta))
+    first_allocates(len(step), blas_at.get(len(traced), []))
+    state_sizes = [e.delta for e in traced if e.key in state and e.delta > 0]
+    first_allocates(len(step) if state_at is None else state_at, state_sizes)
     first = [e.delta for e in traced if e.key in held and e.delta > 0]
     try:
         return steady_reserved(first, step, first_step, limit).peak_reserved
@@ -370,6 +382,7 @@ def _model_profile(
 def fits(name: str, cfg: ModelConfig) -> bool:
     """Whether the model builds and runs a batch of one `cfg.image_size` image."""
     try:
+        import_user_module(name)
         with torch.device("meta"), without_heavy_imports():
             model = get_model(
                 name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size

@@ -245,7 +245,7 @@ def _context(run: Run) -> tuple[int, str]:
     return ASSUMED_CUDA_CONTEXT, "assumed, not measured; set it with --cuda-context"
 
 
-def _predicted_peak_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[int], bool]:
+def _predicted_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[int], bool]:
     """On CUDA: whether the simulated caching allocator serves the step within `limit` less
     the context; elsewhere, whether the estimated peak and the context fit in `limit`."""
     context, _ = _context(run)
@@ -274,7 +274,7 @@ def _affine_guess(run: Run, static: ModelProfile, phase: str, limit: int) -> int
 def _predicted_fit(run: Run, static: ModelProfile, phase: str, budget: int) -> BatchFit:
     run.on_progress(ProgressEvent(f"{static.name} · {phase} · {fmt_bytes(budget)}", "fit", 0, 1))
     guess = _affine_guess(run, static, phase, budget)
-    batch, _ = largest_fitting(_predicted_peak_fits(run, static.name, phase, budget), guess)
+    batch, _ = largest_fitting(_predicted_fits(run, static.name, phase, budget), guess)
     context, source = _context(run)
     if run.config.device == "cuda":
         how = "predicted: CUDA's caching allocator simulated within the budget less a CUDA context"

@@ -200,6 +200,7 @@ class StepTracer(TorchDispatchMode):
 
 
 def workspace_size(rules: DeviceRules, library: str) -> int:
+    """Bytes of one `library` workspace ("cuBLAS" or "cuBLASLt") on `rules`' device."""
     return {"cuBLAS": rules.blas_workspace, "cuBLASLt": rules.blaslt_workspace}[library]
 
 

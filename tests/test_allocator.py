@@ -59,12 +59,15 @@ def test_best_fit_takes_the_smallest_cached_block_that_fits() -> None:
     assert alloc.malloc(11 * MiB).address == small.address  # not the 40 MiB block
 
 
-def test_a_step_that_frees_less_than_it_reuses_grows_until_steady() -> None:
-    # Step: allocate 30 MiB (key 0), then 30 MiB (key 1), free key 0; key 1 is left over (like
-    # a gradient) and freed as the next step starts. Step 1 reserves two 30 MiB segments; step 2
-    # reuses both; nothing more after.
-    step = [(0, 30 * MiB), (1, 30 * MiB), (0, -30 * MiB)]
-    assert steady_reserved([], step).peak_reserved == 60 * MiB
+def test_the_step_repeats_until_the_reserve_stops_growing() -> None:
+    # A step allocates 8, 16 and 12 MiB and frees none of them until the next step starts.
+    # Step 1: 8 MiB gets a new 20 MiB segment (12 MiB left cached), 16 MiB a new 16 MiB one,
+    # 12 MiB the cached 12: 36 MiB. Step 2, all freed: 8 MiB best-fits the 16 MiB block, 16 MiB
+    # the 20 MiB one, and 12 MiB fits neither remainder (8, 4): a new 12 MiB segment, 48 MiB.
+    # Step 3 reuses the three segments: steady at 48 MiB.
+    step = [(0, 8 * MiB), (1, 16 * MiB), (2, 12 * MiB)]
+    assert steady_reserved([], step, max_steps=1).peak_reserved == 36 * MiB
+    assert steady_reserved([], step).peak_reserved == 48 * MiB
 
 
 def h100_points() -> list[tuple[str, str, int, int]]:
@@ -121,7 +124,7 @@ def test_no_reserve_is_estimated_for_the_cpu() -> None:
 H100_MAX_BATCH = Path(__file__).parents[1] / "reports/nvidia-h100-80gb-hbm3-max-batch/profile.json"
 
 
-def test_memory_budget_predicts_the_largest_batch_the_h100_ran() -> None:
+def test_memory_budget_is_near_the_largest_batch_the_h100_ran() -> None:
     """`--memory-budget` against `--max-batch` on the H100 (reports/...-max-batch, measured with
     `python -m nin_profile --device cuda --models nin --max-batch`): training ran batch 8,985
     and not 9,065; inference ran 34,274 and not 34,614. The budget is the H100's memory, the
@@ -138,9 +141,10 @@ def test_memory_budget_predicts_the_largest_batch_the_h100_ran() -> None:
     )
     fits = {fit.phase: fit.batch or 0 for fit in run_profile(config).models[0].fits}
     assert 34_274 <= fits["inference"] < 34_614  # within the measured bracket
-    # Training: cuDNN's workspaces are not simulated, so the prediction may be a little high:
-    # within 2% of the last batch that ran (it was 18% high when it fitted the peak alone).
-    assert fits["train"] >= 8_985 and abs(fits["train"] - 8_985) / 8_985 <= 0.02
+    # Training: neither cuDNN's workspaces nor the kernels CUDA loads as the step first runs
+    # are in the simulation, so it predicts a batch the H100 could not run: at most 2% over the
+    # last one that ran (it was 18% over when it fitted the estimated peak alone).
+    assert 8_985 <= fits["train"] <= 8_985 * 1.02
 
 
 # The rules against the allocator itself, without a GPU. tests/data/h100_allocator_histories.json

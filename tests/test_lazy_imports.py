@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 HEAVY = ("torch._dynamo", "torch.fx.experimental.symbolic_shapes", "sympy")
 
@@ -65,5 +66,46 @@ def test_stand_ins_hand_over_to_the_real_modules_and_leave_no_trace() -> None:
             import torch._dynamo
 
         assert "torch._dynamo" not in sys.modules and "_dynamo" not in vars(torch)
+        # No module kept a stand-in: the real symbolic_shapes, imported inside the first block,
+        # has the real sympy, not the stand-in that was in sys.modules when it was imported.
+        from nin_profile._lazy_imports import _StandIn
+
+        kept = [
+            (module_name, attr)
+            for module_name, module in list(sys.modules.items())
+            if module_name not in ("__main__", "__mp_main__")  # this script's own names
+            for attr, value in list(vars(module).items())
+            if isinstance(value, _StandIn)
+        ]
+        assert not kept, kept
+        assert sys.modules["torch.fx.experimental.symbolic_shapes"].sympy is sys.modules["sympy"]
+        """
+    )
+
+
+def test_a_user_model_module_is_imported_without_the_stand_ins(tmp_path: Path) -> None:
+    (tmp_path / "usermodel.py").write_text(
+        textwrap.dedent(
+            """
+            import sympy
+            import torch._dynamo as dyn
+            from torch import nn
+
+            def net():
+                return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+            """
+        )
+    )
+    run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from nin_profile.analysis import AnalysisConfig, analyse_model
+
+        analyse_model("usermodel:net", AnalysisConfig(batch=2, image_size=8, device="cuda"))
+        import usermodel
+        assert usermodel.dyn is sys.modules["torch._dynamo"], usermodel.dyn
+        assert usermodel.sympy is sys.modules["sympy"], usermodel.sympy
+        assert type(usermodel.dyn).__name__ == "module"
         """
     )
