@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -313,8 +313,13 @@ def _profile(args: argparse.Namespace, names: list[str]) -> int:
         warmup=args.warmup,
         iterations=args.iterations,
     )
-    with _progress() as on_progress, chart_renderer(not args.no_charts) as render_charts:
+    with _progress() as on_progress, ExitStack() as stack:
+        charts = chart_renderer(not args.no_charts)
+        # A static run starts the chart workers now, beside the analysis; a measured run only
+        # after it, so that they never share the CPU with a timed step.
+        render_charts = stack.enter_context(charts) if args.static else None
         profile = run_profile(config, on_progress)
+        render_charts = render_charts or stack.enter_context(charts)
 
         def on_chart(done: int, total: int) -> None:
             on_progress(ProgressEvent("report", "charts rendered", done, total))

@@ -12,6 +12,7 @@ import io
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -41,18 +42,23 @@ def chart_png(profile: Profile, file: str) -> bytes:
 
 
 def chart_files(profile: Profile) -> list[str]:
+    """The report's chart files, in the order it shows them."""
     return [spec.file for spec in chart_plan(profile)]
 
 
-def chart_pngs(profile: Profile, on_chart: ChartDone | None = None) -> dict[str, bytes]:
-    """Every chart of the report as PNG bytes, rendered one after another in this process."""
+def chart_pngs(
+    profile: Profile, on_chart: ChartDone | None = None, done: Mapping[str, bytes] | None = None
+) -> dict[str, bytes]:
+    """Every chart of the report as PNG bytes, rendered one after another in this process
+    (those in `done` taken as they are)."""
     files = chart_files(profile)
-    pngs = {}
-    for done, file in enumerate(files, 1):
-        pngs[file] = chart_png(profile, file)
-        if on_chart:
-            on_chart(done, len(files))
-    return pngs
+    pngs = dict(done or {})
+    for file in files:
+        if file not in pngs:
+            pngs[file] = chart_png(profile, file)
+            if on_chart:
+                on_chart(len(pngs), len(files))
+    return {file: pngs[file] for file in files}
 
 
 def report_files(
@@ -84,11 +90,26 @@ def _start_worker() -> None:
     import nin_profile.render.charts  # noqa: F401
 
 
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored while workers start (they inherit it until `_start_worker` runs); only
+    the main thread may change signal handlers, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _ready() -> None:
     """A task that makes the pool start one more worker now."""
 
 
 def usable_cores() -> int:
+    """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -102,8 +123,13 @@ class ChartPool:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
         )
-        for _ in range(workers):  # started now, not at the first chart
-            self._executor.submit(_ready)
+        try:
+            with _ctrl_c_ignored():
+                for _ in range(workers):  # started now, not at the first chart
+                    self._executor.submit(_ready)
+        except BaseException:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            raise
 
     def __enter__(self) -> ChartPool:
         return self
@@ -114,18 +140,18 @@ class ChartPool:
     def render(self, profile: Profile, on_chart: ChartDone | None = None) -> dict[str, bytes]:
         """Every chart of the report as PNG bytes, as `chart_pngs` makes them."""
         files = chart_files(profile)
+        pngs: dict[str, bytes] = {}
         try:
             futures: dict[Future[bytes], str] = {
                 self._executor.submit(chart_png, profile, file): file
                 for file in _slowest_first(profile)
             }
-            pngs = {}
-            for done, future in enumerate(as_completed(futures), 1):
+            for future in as_completed(futures):
                 pngs[futures[future]] = future.result()
                 if on_chart:
-                    on_chart(done, len(files))
-        except BrokenProcessPool:  # a worker died (killed, out of memory): render here instead
-            return chart_pngs(profile, on_chart)
+                    on_chart(len(pngs), len(files))
+        except BrokenProcessPool:  # a worker died (killed, out of memory): the rest here
+            return chart_pngs(profile, on_chart, done=pngs)
         return {file: pngs[file] for file in files}
 
 
@@ -141,5 +167,10 @@ def chart_renderer(charts: bool = True) -> Iterator[ChartRenderer]:
     if not charts or workers < 2:
         yield chart_pngs if charts else _no_charts
         return
-    with ChartPool(workers) as pool:
+    try:
+        pool = ChartPool(workers)
+    except OSError:  # no process could be started (a limit on processes or open files)
+        yield chart_pngs
+        return
+    with pool:
         yield pool.render

@@ -212,8 +212,12 @@ def test_charts_are_rendered_here_when_a_worker_dies(profile: Profile) -> None:
         for process in pool._executor._processes.values():  # a test may reach inside
             assert process.pid is not None
             os.kill(process.pid, signal.SIGKILL)
-        assert pool.render(profile) == chart_pngs(profile)
+        counts: list[tuple[int, int]] = []
+        pngs = pool.render(profile, lambda done, total: counts.append((done, total)))
         assert pool._executor._broken  # so these came from the fallback
+    assert pngs == chart_pngs(profile)
+    total = len(chart_plan(profile))
+    assert counts == [(done, total) for done in range(1, total + 1)]  # one count, no restart
 
 
 def test_a_profile_unpickles_without_importing_torch(tmp_path: Path) -> None:
