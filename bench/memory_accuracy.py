@@ -44,6 +44,7 @@ from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
 from nin_profile.results import MemoryBreakdown, MemoryCategory, PhaseMeasurement, Profile
+from nin_profile.run import analysis_config
 from nin_profile.units import MiB
 
 
@@ -148,7 +149,6 @@ def row(model: str, measured: PhaseMeasurement, estimate: MemoryBreakdown | None
 def rows_from_profile(path: str, re_estimate: bool) -> tuple[list[Row], str]:
     """The table's rows from a saved run's sweep, and the torch version that measured it."""
     profile = Profile.from_dict(json.loads(Path(path).read_text()))
-    c = profile.config
     rows = []
     for m in profile.models:
         for pm in sorted(m.sweep, key=lambda pm: (pm.phase != "train", pm.batch)):
@@ -156,15 +156,7 @@ def rows_from_profile(path: str, re_estimate: bool) -> tuple[list[Row], str]:
                 continue
             estimate = None
             if re_estimate:
-                cfg = AnalysisConfig(
-                    batch=pm.batch,
-                    device=c.device,
-                    image_size=c.image_size,
-                    channels=c.channels,
-                    classes=c.classes,
-                    optimizer=c.optimizer,
-                )
-                static = analyse_model(m.name, cfg)
+                static = analyse_model(m.name, analysis_config(profile.config, pm.batch))
                 estimate = static.train if pm.phase == "train" else static.inference
             rows.append(row(m.name, pm, estimate))
     return rows, profile.environment.torch
