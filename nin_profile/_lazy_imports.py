@@ -22,9 +22,10 @@ While a trace runs, a stand-in module takes the place of each: the dynamo one an
 `disable(fn)` with `fn` itself and `graph_break()` with nothing; the shapes one answers its
 functions for plain values exactly as torch's own code does for them (see each function); the
 sympy one has `Basic`.
-Anything else asked of a stand-in, and any symbolic argument, imports the real module and
-carries on: slower, never different numbers. Afterwards the stand-ins and every cache entry
-they caused are removed, so torch is left as it was.
+Anything else asked of a stand-in, and any symbolic argument, retires all three stand-ins and
+imports the real module: slower, never different numbers. Afterwards the stand-ins and every
+cache entry they caused are removed, so torch is left as it was. A user's model module is
+imported before the stand-ins go in (analysis.analyse_model), so it never binds one.
 """
 
 from __future__ import annotations
