@@ -25,7 +25,11 @@ sympy one has `Basic`.
 Anything else asked of a stand-in, and any symbolic argument, retires all three stand-ins and
 imports the real module: slower, never different numbers. Afterwards the stand-ins and every
 cache entry they caused are removed, so torch is left as it was. A user's model module is
-imported before the stand-ins go in (analysis.analyse_model), so it never binds one.
+imported before the stand-ins go in (the model is built outside the block). A module first
+imported during a trace may keep a reference to a stand-in: its functions give torch's answers
+(for symbolic values, from the real module), and the dynamo stand-in hands over to the real
+`disable` once the block has ended. One thread traces at a time: another thread importing
+these modules during a trace would get the stand-ins.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ _SYMPY = "sympy"
 
 class _StandIn(types.ModuleType):
     """A module in a real one's place; whatever it does not answer comes from the real one."""
+
+    def in_place(self) -> bool:
+        """Whether it still stands in (a reference kept past the block outlives that)."""
+        return _IN_PLACE.get(self.__name__, (None, None))[0] is self
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # `from m import x` asks for __path__: not a package
@@ -86,7 +94,10 @@ class _DynamoStandIn(_StandIn):
         super().__init__(_DYNAMO)
         self.disabled: list[Callable[..., Any]] = []
 
-    def disable(self, fn: Any = None, recursive: bool = True, **_: Any) -> Any:
+    def disable(self, fn: Any = None, recursive: bool = True, **kwargs: Any) -> Any:
+        """`fn` itself while standing in; the real `disable` for a reference kept past it."""
+        if not self.in_place():
+            return _real(self).disable(fn, recursive=recursive, **kwargs)
         if fn is None:
             return self.disable
         self.disabled.append(fn)
@@ -94,6 +105,8 @@ class _DynamoStandIn(_StandIn):
 
     def graph_break(self, *args: Any, **kwargs: Any) -> None:
         """A no-op outside torch.compile (torch.optim calls it around each step)."""
+        if not self.in_place():
+            _real(self).graph_break(*args, **kwargs)
 
 
 def _is_bool(a: object) -> bool:

@@ -29,7 +29,7 @@ from nin_profile.layer_stack import (
     tensors_in,
 )
 from nin_profile.memory import AllocationLog, peak_breakdown
-from nin_profile.models import ModelConfig, describe_model, get_model, import_user_module
+from nin_profile.models import ModelConfig, describe_model, get_model
 from nin_profile.results import (
     LayerStats,
     MemoryBreakdown,
@@ -131,8 +131,7 @@ class _TrainingTrace:
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
     """Build a registered (or import-path) model on the meta device and analyse it."""
-    import_user_module(name)  # a user's module is imported as it is, without the stand-ins
-    with torch.device("meta"), without_heavy_imports():
+    with torch.device("meta"):  # built, and a user's module imported, without the stand-ins
         model = get_model(
             name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
         )
@@ -382,8 +381,7 @@ def _model_profile(
 def fits(name: str, cfg: ModelConfig) -> bool:
     """Whether the model builds and runs a batch of one `cfg.image_size` image."""
     try:
-        import_user_module(name)
-        with torch.device("meta"), without_heavy_imports():
+        with torch.device("meta"):
             model = get_model(
                 name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
             )

@@ -83,19 +83,28 @@ def test_stand_ins_hand_over_to_the_real_modules_and_leave_no_trace() -> None:
     )
 
 
-def test_a_user_model_module_is_imported_without_the_stand_ins(tmp_path: Path) -> None:
-    (tmp_path / "usermodel.py").write_text(
-        textwrap.dedent(
-            """
-            import sympy
-            import torch._dynamo as dyn
+def test_user_modules_get_the_real_modules_or_stand_ins_that_hand_over(tmp_path: Path) -> None:
+    """A user's module, and what its builder imports, are imported outside the trace: they get
+    the real modules. A module first imported during the trace (here by the model's forward)
+    keeps the stand-in, whose `disable` is the real one once the trace has ended."""
+    files = {
+        "usermodel.py": """
             from torch import nn
 
+            class Net(nn.Sequential):
+                def forward(self, x):
+                    import during_forward  # first imported inside the trace
+                    return super().forward(x)
+
             def net():
-                return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
-            """
-        )
-    )
+                import while_building
+                return Net(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+            """,
+        "while_building.py": "from torch.fx.experimental import symbolic_shapes as shapes\n",
+        "during_forward.py": "import torch._dynamo as dyn\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
     run_fresh(
         f"""
         import sys
@@ -103,9 +112,15 @@ def test_a_user_model_module_is_imported_without_the_stand_ins(tmp_path: Path) -
         from nin_profile.analysis import AnalysisConfig, analyse_model
 
         analyse_model("usermodel:net", AnalysisConfig(batch=2, image_size=8, device="cuda"))
-        import usermodel
-        assert usermodel.dyn is sys.modules["torch._dynamo"], usermodel.dyn
-        assert usermodel.sympy is sys.modules["sympy"], usermodel.sympy
-        assert type(usermodel.dyn).__name__ == "module"
+        import during_forward, while_building
+
+        assert while_building.shapes is sys.modules["torch.fx.experimental.symbolic_shapes"]
+        assert type(while_building.shapes).__name__ == "module"  # the real one
+        assert type(during_forward.dyn).__name__ == "_DynamoStandIn"  # kept from the trace
+
+        def f():
+            return 1
+
+        assert during_forward.dyn.disable(f) is not f  # the real disable wraps it
         """
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 
 from torch import nn
 
@@ -77,26 +76,15 @@ def get_model(name: str, **cfg: int) -> nn.Module:
     return spec.build(config)
 
 
-def import_user_module(name: str) -> ModuleType | None:
-    """The Python module a `package.module:attr` model name points into, imported; None for a
-    registered name. (Importing it before a trace keeps the trace's stand-ins out of it.)"""
-    if ":" not in name:
-        return None
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr:
-        raise ImportPathError(f"import path {name!r} must look like package.module:callable")
-    try:
-        return importlib.import_module(module_name)
-    except Exception as exc:  # an import can fail in any way; report it in one line
-        raise ImportPathError(f"cannot import {module_name!r} from {name!r}: {exc}") from exc
-
-
 def load_import_path(path: str) -> nn.Module:
     """Import `package.module:attr`: the module it names, or that it builds when called bare."""
-    module = import_user_module(path)
     module_name, _, attr = path.partition(":")
-    if module is None:
+    if not module_name or not attr:
         raise ImportPathError(f"import path {path!r} must look like package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import can fail in any way; report it in one line
+        raise ImportPathError(f"cannot import {module_name!r} from {path!r}: {exc}") from exc
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
