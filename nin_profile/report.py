@@ -2,8 +2,8 @@
 
 Charts are rendered by matplotlib, which spends a few tenths of a second on each (most of it
 laying out text): more than the whole analysis of a model. Where there is more than one core a
-`ChartPool` renders them in worker processes, started before the analysis so that their import
-of matplotlib runs beside it.
+`ChartPool` renders them in worker processes; a static run starts them before the analysis, so
+that their import of matplotlib runs beside it.
 """
 
 from __future__ import annotations
@@ -91,17 +91,20 @@ def _start_worker() -> None:
 
 
 @contextmanager
-def _ctrl_c_ignored() -> Iterator[None]:
-    """SIGINT ignored while workers start (they inherit it until `_start_worker` runs); only
-    the main thread may change signal handlers, so elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+def _ctrl_c_held() -> Iterator[None]:
+    """SIGINT blocked while workers start: they inherit the mask until `_start_worker` ignores
+    it, and a Ctrl-C pressed meanwhile reaches this process when the block ends. Where signals
+    cannot be masked (not the main thread, no pthread_sigmask) this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _ready() -> None:
@@ -124,7 +127,7 @@ class ChartPool:
             initializer=_start_worker,
         )
         try:
-            with _ctrl_c_ignored():
+            with _ctrl_c_held():
                 for _ in range(workers):  # started now, not at the first chart
                     self._executor.submit(_ready)
         except BaseException:
@@ -169,7 +172,7 @@ def chart_renderer(charts: bool = True) -> Iterator[ChartRenderer]:
         return
     try:
         pool = ChartPool(workers)
-    except OSError:  # no process could be started (a limit on processes or open files)
+    except (OSError, ImportError):  # no process could start (limits; no sem_open)
         yield chart_pngs
         return
     with pool:
