@@ -60,14 +60,22 @@ def test_best_fit_takes_the_smallest_cached_block_that_fits() -> None:
 
 
 def test_the_step_repeats_until_the_reserve_stops_growing() -> None:
-    # A step allocates 8, 16 and 12 MiB and frees none of them until the next step starts.
-    # Step 1: 8 MiB gets a new 20 MiB segment (12 MiB left cached), 16 MiB a new 16 MiB one,
-    # 12 MiB the cached 12: 36 MiB. Step 2, all freed: 8 MiB best-fits the 16 MiB block, 16 MiB
-    # the 20 MiB one, and 12 MiB fits neither remainder (8, 4): a new 12 MiB segment, 48 MiB.
-    # Step 3 reuses the three segments: steady at 48 MiB.
-    step = [(0, 8 * MiB), (1, 16 * MiB), (2, 12 * MiB)]
-    assert steady_reserved([], step, max_steps=1).peak_reserved == 36 * MiB
-    assert steady_reserved([], step).peak_reserved == 48 * MiB
+    # Allocate 6 (a), 12 (b), 12 (c) MiB, free b, allocate 14 (d), free c; a and d are left
+    # over, freed as the next step starts. Segments: A, B, ... in cudaMalloc order.
+    # Step 1: a takes a new 20 MiB A (14 left), b 12 of those 14, c a new 12 MiB B; b's free
+    # merges back to 14 in A, which d takes: 32 MiB. Step 2 (A: 20, B: 12 free): a best-fits B,
+    # b takes 12 of A, c fits neither rest (6, 8): new 12 MiB C, 44 MiB; d takes 14 of A again.
+    # Step 3 (B: 12, C: 12, A: 20 free): a takes B, b C, c 12 of A; d fits no rest (6, 8, 12):
+    # new 14 MiB D, 58 MiB. Step 4 reuses them all (c takes D, d A): steady at 58 MiB.
+    mib = [6, 12, 12, -12, 14, -12]
+    keys = [0, 1, 2, 1, 3, 2]
+    step = [(key, n * MiB) for key, n in zip(keys, mib, strict=True)]
+    assert [steady_reserved([], step, max_steps=m).peak_reserved // MiB for m in (1, 2, 3)] == [
+        32,
+        44,
+        58,
+    ]
+    assert steady_reserved([], step).peak_reserved == 58 * MiB
 
 
 def h100_points() -> list[tuple[str, str, int, int]]:
