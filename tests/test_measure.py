@@ -22,6 +22,11 @@ from nin_profile.run import Run, _measured_fit, _predicted_fit, run_profile
 TESTS = Path(__file__).parent
 
 
+def one_step(model: str, phase: str, batch: int) -> Request:
+    """A worker request on the CPU: one warm-up step, one measured."""
+    return Request(model=model, phase=phase, batch=batch, device="cpu", warmup=1, iterations=1)
+
+
 @pytest.fixture
 def fake_models_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Worker processes inherit the environment: let them import tests/fake_models.py."""
@@ -31,7 +36,7 @@ def fake_models_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_each_measurement_runs_in_a_process_of_its_own() -> None:
-    request = Request(model="nin", phase="inference", batch=1, device="cpu", warmup=1, iterations=1)
+    request = one_step("nin", "inference", 1)
     first, second = run_worker(request), run_worker(request)
     assert "error" not in first, first
     assert len({first["pid"], second["pid"], os.getpid()}) == 3
@@ -40,21 +45,14 @@ def test_each_measurement_runs_in_a_process_of_its_own() -> None:
 def test_a_worker_started_ahead_serves_the_next_request_in_a_process_of_its_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    request = Request(model="nin", phase="inference", batch=1, device="cpu", warmup=1, iterations=1)
+    request = one_step("nin", "inference", 1)
     first = run_worker(request, start_next=True)
     second = run_worker(request, start_next=True)  # served by the worker the first one started
     assert "error" not in first and "error" not in second, (first, second)
     assert len({first["pid"], second["pid"], os.getpid()}) == 3
     # a worker started under another environment is not used: this one can import fake_models
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
-    fake = Request(
-        model="fake_models:OutOfMemoryAboveSix",
-        phase="inference",
-        batch=2,
-        device="cpu",
-        warmup=1,
-        iterations=1,
-    )
+    fake = one_step("fake_models:OutOfMemoryAboveSix", "inference", 2)
     third = run_worker(fake, start_next=False)
     assert "error" not in third, third
 
@@ -87,14 +85,7 @@ def test_a_real_out_of_memory_error_becomes_a_result_and_the_run_goes_on(
 
 
 def test_a_crashed_worker_is_reported_with_its_signal(fake_models_importable: None) -> None:
-    request = Request(
-        model="fake_models:KillsItself",
-        phase="train",
-        batch=2,
-        device="cpu",
-        warmup=1,
-        iterations=1,
-    )
+    request = one_step("fake_models:KillsItself", "train", 2)
     raw = run_worker(request)
     measurement = to_measurement(raw, request)
     assert measurement.error is not None
