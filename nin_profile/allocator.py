@@ -105,11 +105,16 @@ class CachingAllocator:
 
     def __init__(self, capacity: int | None = None) -> None:
         self.capacity = capacity
-        self.reserved = self.peak_reserved = 0
+        self.peak_reserved = 0
         self.allocated = self.peak_allocated = 0
         self.segments: list[int] = []  # the size of each segment held, in cudaMalloc order
         self._free = {True: _FreeBlocks(), False: _FreeBlocks()}
         self._next_address = 0
+
+    @property
+    def reserved(self) -> int:
+        """Bytes of every segment held."""
+        return sum(self.segments)
 
     def malloc(self, nbytes: int) -> Block:
         size = round_size(nbytes)
@@ -159,7 +164,6 @@ class CachingAllocator:
         block = Block(self._next_address, nbytes, small)
         self._next_address += nbytes
         self.segments.append(nbytes)
-        self.reserved += nbytes
         self.peak_reserved = max(self.peak_reserved, self.reserved)
         return block
 
@@ -168,7 +172,6 @@ class CachingAllocator:
             for block in free.whole_segments():
                 free.remove(block)
                 self.segments.remove(block.size)
-                self.reserved -= block.size
 
 
 def steady_reserved(
