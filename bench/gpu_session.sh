@@ -4,6 +4,10 @@
 #   run(command="MODELS=nin,alexnet,vgg11 bash bench/gpu_session.sh sweep", carry=[".whl"])
 #   run(command="MODELS=nin bash bench/gpu_session.sh max-batch", carry=[".whl"])
 #   run(command="bash bench/gpu_session.sh bench", carry=[".whl"])      repeatability, snapshots
+#   run(command="MODELS=nin,nin_single_1x1,nin_gradual_head bash bench/gpu_session.sh round2",
+#       carry=[".whl"])   issue 15's second call: that sweep, then `optimizers`
+#   run(command="bash bench/gpu_session.sh optimizers", carry=[".whl"])  NiN and VGG-11 at batch
+#       128 with momentum and with Adam: the optimizer state's place in the reserve
 # .whl holds wheels of what the GPU image lacks (fvcore, iopath, yacs, termcolor, torchinfo;
 # `pip wheel --no-deps` here). Results go to $OUT (default ./gpu-out), reports as .tgz.
 # Measured on an H100 (2026-11-23): a measurement costs 5-9 s, mostly the fresh process's CUDA
@@ -30,6 +34,12 @@ profile() {  # profile NAME ARGS...: one report under $OUT/NAME.tgz
     | grep -v '^USDT' | tail -30
   if [ -d "$OUT/$name" ]; then (cd "$OUT" && tar czf "$name.tgz" "$name" && rm -rf "$name"); fi
 }
+optimizers() {
+  for opt in momentum adam; do
+    stage "optimizer $opt"
+    profile "$opt" --models nin,vgg11 --batch 128 --optimizer "$opt" --warmup 2 --iterations 10
+  done
+}
 {
   stage "${1:-report}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -42,6 +52,11 @@ profile() {  # profile NAME ARGS...: one report under $OUT/NAME.tgz
       | grep -E "PASS|FAIL|SKIP|Error|assert|^E " | head -60
     ;;
   sweep) profile sweep --models "$MODELS" --batch 128 --sweep-batch 1,32,128,256 --warmup 2 --iterations 10 ;;
+  optimizers) optimizers ;;
+  round2)
+    profile sweep --models "$MODELS" --batch 128 --sweep-batch 1,32,128,256 --warmup 2 --iterations 10
+    optimizers
+    ;;
   max-batch) profile max-batch --models "$MODELS" --batch 128 --max-batch --iterations 10 ;;
   bench)
     timeout 150 python3 bench/repeatability.py --device cuda 2>/dev/null

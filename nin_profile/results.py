@@ -395,6 +395,8 @@ class Environment:
     platform: str
     device_name: str
     cuda: str | None = None
+    cudnn: str | None = None  # "9.19.0" from torch.backends.cudnn.version() 91900
+    driver: str | None = None  # the NVIDIA driver, as nvidia-smi shows it (NVML)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

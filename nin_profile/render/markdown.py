@@ -13,6 +13,7 @@ from nin_profile.columns import TEXT, TITLES, VALUES, Column, cell_text
 from nin_profile.render.names import chart_file, is_pointwise
 from nin_profile.results import (
     Ceilings,
+    Environment,
     LayerStats,
     MemoryBreakdown,
     MemoryCategory,
@@ -111,12 +112,22 @@ def per_example_ms(pm: PhaseMeasurement | None) -> float | None:
 # ---- header and summary ----------------------------------------------------------------------
 
 
+def _cuda_stack(env: Environment) -> str:
+    """" (CUDA 13.0, cuDNN 9.19.0, driver 580.159.04)" where the profile recorded them."""
+    parts = [
+        f"{label} {value}"
+        for label, value in (("CUDA", env.cuda), ("cuDNN", env.cudnn), ("driver", env.driver))
+        if value
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def title_block(profile: Profile) -> str:
     env = profile.environment
     lines = [
         "# Network in Network: parameters, computation and memory",
         f"Models: {', '.join(m.name for m in profile.models)}. Torch {env.torch}, Python "
-        f"{env.python}, {env.platform}. Device: {env.device_name}.",
+        f"{env.python}, {env.platform}. Device: {env.device_name}{_cuda_stack(env)}.",
         run_header(profile),
     ]
     notes = [*profile.notes, *_measurement_notes(profile)]
