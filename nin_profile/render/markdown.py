@@ -113,7 +113,7 @@ def per_example_ms(pm: PhaseMeasurement | None) -> float | None:
 
 
 def _cuda_stack(env: Environment) -> str:
-    """" (CUDA 13.0, cuDNN 9.19.0, driver 580.159.04)" where the profile recorded them."""
+    """The CUDA stack the profile recorded, e.g. " (CUDA 13.0, cuDNN 9.19.0, driver 580.159.04)"."""
     parts = [
         f"{label} {value}"
         for label, value in (("CUDA", env.cuda), ("cuDNN", env.cudnn), ("driver", env.driver))
