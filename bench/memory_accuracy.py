@@ -5,7 +5,7 @@
     python bench/memory_accuracy.py --from-profile DIR/profile.json [--re-estimate] [--csv FILE]
 
 The second form measures nothing: it reads a run's sweep (`python -m nin_profile
---sweep-batch ...`), where each point is the estimate and a measurement in a worker process
+--sweep-batch ...`), or its measurements at --batch where it has no sweep, where each point is the estimate and a measurement in a worker process
 of its own, as here. With --re-estimate, the estimates are made again here, by this
 nin_profile, for each point's configuration (an estimate needs no GPU): today's estimate
 against the recorded measurement.
@@ -147,11 +147,13 @@ def row(model: str, measured: PhaseMeasurement, estimate: MemoryBreakdown | None
 
 
 def rows_from_profile(path: str, re_estimate: bool) -> tuple[list[Row], str]:
-    """The table's rows from a saved run's sweep, and the torch version that measured it."""
+    """The table's rows from a saved run's sweep (its measurements at --batch where it has no
+    sweep), and a line naming what measured them."""
     profile = Profile.from_dict(json.loads(Path(path).read_text()))
     rows = []
     for m in profile.models:
-        for pm in sorted(m.sweep, key=lambda pm: (pm.phase != "train", pm.batch)):
+        points = m.sweep or tuple(m.measured.values())
+        for pm in sorted(points, key=lambda pm: (pm.phase != "train", pm.batch)):
             if pm.predicted is None or (pm.memory is None and not pm.error):
                 continue
             estimate = None
@@ -159,7 +161,8 @@ def rows_from_profile(path: str, re_estimate: bool) -> tuple[list[Row], str]:
                 static = analyse_model(m.name, analysis_config(profile.config, pm.batch))
                 estimate = static.train if pm.phase == "train" else static.inference
             rows.append(row(m.name, pm, estimate))
-    return rows, profile.environment.torch
+    env = profile.environment
+    return rows, f"torch {env.torch}, optimizer {profile.config.optimizer}"
 
 
 def main() -> None:
@@ -177,9 +180,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows: list[Row] = []
-    version = str(torch.__version__)
+    setting = f"torch {torch.__version__}, optimizer {args.optimizer}"
     if args.from_profile:
-        rows, version = rows_from_profile(args.from_profile, args.re_estimate)
+        rows, setting = rows_from_profile(args.from_profile, args.re_estimate)
     else:
         for model in args.models.split(","):
             for phase in ("train", "inference"):
@@ -188,7 +191,7 @@ def main() -> None:
                     rows.append(measure_point(model, phase, batch, args.device, args.optimizer))
     name = rows[0].measured.device_name if rows else args.device
     print(
-        f"\nPredicted vs measured peak memory on {name}, torch {version}; "
+        f"\nPredicted vs measured peak memory on {name}, {setting}; "
         "err = (est − meas) / meas\n"
     )
     columns = [

@@ -16,7 +16,7 @@ from nin_profile.layer_stack import leaf_spans
 from nin_profile.measure.nvml import Nvml
 from nin_profile.measure.plan import Plan, largest_fitting, parse_bytes, plan_cpu
 from nin_profile.measure.runner import run_worker, to_measurement
-from nin_profile.measure.worker import Request
+from nin_profile.measure.worker import Request, is_out_of_memory
 from nin_profile.run import Run, _measured_fit, _predicted_fit, run_profile
 
 TESTS = Path(__file__).parent
@@ -119,6 +119,32 @@ def test_a_failure_other_than_out_of_memory_stops_the_search(
     fit = _measured_fit(run, static, "train")
     assert fit.batch is None
     assert fit.how.startswith("search stopped after 1 runs: batch 2: the process ended on signal 9")
+
+
+@pytest.mark.parametrize(
+    ("exc", "out_of_memory"),
+    [
+        # What the H100 raised at AlexNet's training batch 17,625, with the card full: the
+        # backward thread's first cuBLAS handle could not be allocated.
+        (
+            RuntimeError(
+                "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+            ),
+            True,
+        ),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (
+            RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling `cublasGemmEx`"),
+            False,
+        ),
+        (ValueError("CUBLAS_STATUS_ALLOC_FAILED"), False),  # not raised by a library call
+    ],
+)
+def test_a_library_that_cannot_allocate_counts_as_out_of_memory(
+    exc: BaseException, out_of_memory: bool
+) -> None:
+    assert is_out_of_memory(exc) is out_of_memory
 
 
 def test_memory_budget_prediction_is_the_largest_batch_under_the_budget() -> None:

@@ -377,10 +377,23 @@ def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
     }
 
 
+# How a library that allocates outside the caching allocator says the device is full. Seen on an
+# H100 at AlexNet's training batch 17,625: "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling
+# `cublasCreate(handle)`" (the backward thread's first cuBLAS handle, with the card full).
+_LIBRARY_ALLOC_FAILED = (
+    "can't allocate memory",  # the CPU allocator
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUFFT_ALLOC_FAILED",
+    "CUDA error: out of memory",  # cudaErrorMemoryAllocation outside the caching allocator
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _LIBRARY_ALLOC_FAILED)
 
 
 def measure(req: Request) -> dict[str, Any]:
