@@ -1,25 +1,21 @@
 """The caching-allocator simulation: its rules worked by hand from CUDACachingAllocator.cpp, and
-the reserve it predicts against what an H100 reserved (torch.cuda.max_memory_reserved, committed
-in reports/nvidia-h100-80gb-hbm3-sweep/profile.json, measured with `python -m nin_profile
---device cuda --sweep-batch 1,32,128,256 --warmup 2 --iterations 10 --models nin,alexnet,vgg11`).
+the reserve it predicts against what an H100 reserved (torch.cuda.max_memory_reserved, at every
+point of the committed reports/nvidia-h100-80gb-hbm3*/profile.json: tests/h100.py).
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 
 import pytest
+from h100 import H100Point, h100_points
 from run_configs import small_run
 
 from nin_profile.allocator import CachingAllocator, round_size, segment_size, steady_reserved
 from nin_profile.analysis import AnalysisConfig, analyse_model
-from nin_profile.results import ModelProfile
 from nin_profile.run import run_profile
 from nin_profile.units import MiB
-
-H100_SWEEP = Path(__file__).parents[1] / "reports/nvidia-h100-80gb-hbm3-sweep/profile.json"
 
 
 def test_sizes_by_hand() -> None:
@@ -78,50 +74,47 @@ def test_the_step_repeats_until_the_reserve_stops_growing() -> None:
     assert steady_reserved([], step).peak_reserved == 58 * MiB
 
 
-def h100_points() -> list[tuple[str, str, int, int]]:
-    sweep = json.loads(H100_SWEEP.read_text())
-    return [
-        (m["name"], point["phase"], point["batch"], point["memory"]["peak_reserved"])
-        for m in sweep["models"]
-        for point in m["sweep"]
-    ]
-
-
-@cache
-def estimate(name: str, batch: int) -> ModelProfile:
-    return analyse_model(name, AnalysisConfig(batch=batch, device="cuda"))
-
-
 # The points where the simulation reserves what the H100 reserved, to the byte: cuDNN's
 # workspaces (allocated and freed inside a convolution; only the GPU knows their sizes, so the
 # simulation has none) fit there in blocks the step had cached anyway. These are the points
 # where it matched when it was written: losing one is a regression. At the other points the
-# workspaces made the allocator reserve more (as much as 35% more in training).
+# workspaces made the allocator reserve more (as much as 35% more in training). Points are
+# model-phase-batch-optimizer, from every committed H100 report (tests/h100.py).
 EXACT = {
-    ("nin", "train", 1),
-    ("nin", "inference", 1),
-    ("nin", "inference", 32),
-    ("alexnet", "train", 1),
-    ("alexnet", "inference", 1),
-    ("alexnet", "inference", 32),
-    ("vgg11", "inference", 1),
-    ("vgg11", "inference", 32),
-    ("vgg11", "inference", 128),
-    ("vgg11", "inference", 256),
+    "nin-train-1-sgd",
+    "nin-inference-1-sgd",
+    "nin-inference-32-sgd",
+    "nin_single_1x1-train-1-sgd",
+    "nin_single_1x1-inference-1-sgd",
+    "nin_single_1x1-inference-32-sgd",
+    "nin_gradual_head-inference-1-sgd",
+    "nin_gradual_head-inference-32-sgd",
+    "alexnet-train-1-sgd",
+    "alexnet-inference-1-sgd",
+    "alexnet-inference-32-sgd",
+    "vgg11-inference-1-sgd",
+    "vgg11-inference-32-sgd",
+    "vgg11-inference-128-sgd",
+    "vgg11-inference-256-sgd",
+    "vgg11-inference-128-momentum",  # inference keeps no optimizer state: as with SGD
+    "vgg11-inference-128-adam",
+    "vgg11_narrow-inference-128-sgd",
 }
 
 
-@pytest.mark.parametrize(("name", "phase", "batch", "measured"), h100_points())
-def test_estimated_reserve_against_the_h100(
-    name: str, phase: str, batch: int, measured: int
-) -> None:
-    profile = estimate(name, batch)
-    breakdown = profile.train if phase == "train" else profile.inference
+@pytest.mark.parametrize("point", h100_points(), ids=lambda p: f"{p.report}:{p.id}")
+def test_estimated_reserve_against_the_h100(point: H100Point) -> None:
+    breakdown = point.estimate()
     assert breakdown.reserved is not None
-    if (name, phase, batch) in EXACT:
-        assert breakdown.reserved == measured
+    if point.id in EXACT:
+        assert breakdown.reserved == point.memory.peak_reserved
     else:  # cuDNN's workspaces are missing: below the H100's reserve, above the live peak
-        assert breakdown.peak <= breakdown.reserved < measured
+        assert point.memory.peak_reserved is not None
+        assert breakdown.peak <= breakdown.reserved < point.memory.peak_reserved
+
+
+def test_every_exact_point_is_measured() -> None:
+    assert EXACT.issubset(p.id for p in h100_points())
 
 
 def test_no_reserve_is_estimated_for_the_cpu() -> None:
