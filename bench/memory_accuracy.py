@@ -5,10 +5,10 @@
     python bench/memory_accuracy.py --from-profile DIR/profile.json [--re-estimate] [--csv FILE]
 
 The second form measures nothing: it reads a run's sweep (`python -m nin_profile
---sweep-batch ...`), or its measurements at --batch where it has no sweep, where each point is the estimate and a measurement in a worker process
-of its own, as here. With --re-estimate, the estimates are made again here, by this
-nin_profile, for each point's configuration (an estimate needs no GPU): today's estimate
-against the recorded measurement.
+--sweep-batch ...`), or its measurements at --batch where it has no sweep; each point there is
+the estimate and a measurement in a worker process of its own, as here. With --re-estimate,
+the estimates are made again here, by this nin_profile, for each point's configuration (an
+estimate needs no GPU): today's estimate against the recorded measurement.
 
 For each model × {train, inference} × batch: the estimate (static analysis on meta tensors,
 for this device's rules) and the measurement (a worker process per point), with the relative
@@ -190,10 +190,7 @@ def main() -> None:
                     print(f"measuring {model} {phase} batch {batch} …", file=sys.stderr, flush=True)
                     rows.append(measure_point(model, phase, batch, args.device, args.optimizer))
     name = rows[0].measured.device_name if rows else args.device
-    print(
-        f"\nPredicted vs measured peak memory on {name}, {setting}; "
-        "err = (est − meas) / meas\n"
-    )
+    print(f"\nPredicted vs measured peak memory on {name}, {setting}; err = (est − meas) / meas\n")
     columns = [
         "model",
         "phase",
