@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 report: $(BIN)/.installed  ## the main job: profile the default models, write reports/latest/
 	$(BIN)/python -m nin_profile $(ARGS)
 
-static: $(BIN)/.installed  ## estimates only, no device used
+static: $(BIN)/.installed  ## estimates only, no device used, into reports/latest-static/
 	$(BIN)/python -m nin_profile --static $(ARGS)
 
 lint: $(BIN)/.installed
@@ -35,4 +35,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/static_speed.py
 
 clean:
-	rm -rf $(VENV) reports/latest .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) reports/latest reports/latest-static .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # the package's modules are imported where they are used: `--
 
 DEFAULT_MODELS = ("nin", "nin_single_1x1", "nin_gradual_head", "alexnet", "vgg11", "vgg11_narrow")
 DEFAULT_OUT = Path("reports/latest")
+DEFAULT_STATIC_OUT = Path("reports/latest-static")  # a static run never replaces a measured one
+MODEL_DEFAULTS = {"channels": 1, "classes": 10, "image_size": 224}
 PROG = "nin-profile"
 
 
@@ -67,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--models",
-        default=",".join(DEFAULT_MODELS),
+        default=None,
         help="comma-separated model names (see --list-models) or import paths "
-        "package.module:callable (default: %(default)s)",
+        f"package.module:callable (default: {','.join(DEFAULT_MODELS)})",
     )
     p.add_argument("--batch", type=positive_int, default=128, help="batch size (default: 128)")
     p.add_argument(
@@ -78,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to measure, and whose memory to predict; auto = cuda if present",
     )
-    p.add_argument("--image-size", type=positive_int, default=224, help="square image side (224)")
-    p.add_argument("--channels", type=positive_int, default=1, help="input channels (1)")
-    p.add_argument("--classes", type=positive_int, default=10, help="number of classes (10)")
+    p.add_argument("--image-size", type=positive_int, help="square image side (224)")
+    p.add_argument("--channels", type=positive_int, help="input channels (1)")
+    p.add_argument("--classes", type=positive_int, help="number of classes (10)")
     p.add_argument(
         "--optimizer",
         choices=("sgd", "momentum", "adam"),
@@ -97,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="output folder for profile.json, layers.csv, report.md and the charts "
-        "(default: reports/latest; with --render, the profile's own folder)",
+        f"(default: {DEFAULT_OUT}, with --static {DEFAULT_STATIC_OUT}; with --render, the "
+        "profile's own folder)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="let a static run (or the rendering of a static profile) replace a measured report",
     )
     p.add_argument(
         "--sweep-batch",
@@ -114,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-budget",
         type=size,
         metavar="SIZE",
-        help="predict the largest batch for a card of SIZE (e.g. 6GiB), no GPU needed",
+        help="predict the largest batch that fits SIZE (e.g. 6GiB), no GPU needed: for "
+        "--device cuda, a card of SIZE (CUDA's caching allocator simulated, less the CUDA "
+        "context); for cpu, the estimated peak within SIZE",
     )
     p.add_argument(
         "--cuda-context",
@@ -176,22 +186,26 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.list_models:
         return _list_models()
     if args.check_params:
-        return _check_params(args.check_params)
+        return _check_params(args.check_params, args)
     if args.render:
-        return _render(args.render, args.out or args.render.parent, charts=not args.no_charts)
+        return _render(args.render, args.out or args.render.parent, not args.no_charts, args.force)
     from nin_profile.models import ModelConfig
 
-    names = _model_names(args.models)
-    model_cfg = ModelConfig(
-        channels=args.channels, classes=args.classes, image_size=args.image_size
-    )
+    names = _model_names(args.models or ",".join(DEFAULT_MODELS))
+    model_cfg = ModelConfig(**{k: _given(args, k) or v for k, v in MODEL_DEFAULTS.items()})
     if args.write_params:
         return _write_params(args.write_params, names, model_cfg)
-    return _profile(args, names)
+    return _profile(args, names, model_cfg)
 
 
-def _render(path: Path, out: Path, charts: bool) -> int:
-    from nin_profile.files import read_json, write_output_folder
+def _given(args: argparse.Namespace, name: str) -> int | None:
+    """A model option as the user gave it, None where it was left to its default."""
+    value = getattr(args, name)
+    return int(value) if value is not None else None
+
+
+def _render(path: Path, out: Path, charts: bool, force: bool) -> int:
+    from nin_profile.files import check_output_folder, read_json, write_output_folder
     from nin_profile.report import chart_renderer, report_files
     from nin_profile.results import Profile
 
@@ -203,9 +217,11 @@ def _render(path: Path, out: Path, charts: bool) -> int:
             f"{path} is not a nin_profile profile.json ({type(exc).__name__}: "
             f"{exc}); make one with python -m nin_profile --out DIR"
         ) from exc
+    replaces_measured = force or not profile.config.static
+    check_output_folder(out, replaces_measured)
     with chart_renderer(charts) as render_charts:
         files = report_files(profile, render_charts(profile, None))
-    write_output_folder(out, files)
+    write_output_folder(out, files, replaces_measured)
     print(f"rendered {path} into {out}/: {', '.join(files)}")
     return 0
 
@@ -237,7 +253,10 @@ def _model_names(text: str) -> list[str]:
     return names
 
 
-def _check_params(path: Path) -> int:
+def _check_params(path: Path, args: argparse.Namespace) -> int:
+    """Compare with the counts in `path`, for the models and the configuration it records:
+    --models picks some of its models; a model option that differs from the file's is refused
+    (the counts depend on it)."""
     from nin_profile.files import read_json
     from nin_profile.golden import params_drift
 
@@ -247,6 +266,25 @@ def _check_params(path: Path) -> int:
             f"{path} is not a parameter-count file (no 'models'); "
             f"write one with --write-params {path}"
         )
+    recorded = {**MODEL_DEFAULTS, **expected.get("config", {})}
+    for option in MODEL_DEFAULTS:
+        given = _given(args, option)
+        if given is not None and given != recorded[option]:
+            flag = "--" + option.replace("_", "-")
+            raise ProfileError(
+                f"{path} was written with {flag} {recorded[option]}, not {given}; --check-params "
+                f"checks the configuration the file records (write another with {flag} {given} "
+                "--write-params FILE)"
+            )
+    if args.models:
+        wanted = [n.strip() for n in args.models.split(",") if n.strip()]
+        missing = [n for n in wanted if n not in expected["models"]]
+        if missing:
+            raise ProfileError(
+                f"{path} has no counts for {', '.join(missing)}; it has "
+                f"{', '.join(expected['models'])}"
+            )
+        expected = {**expected, "models": {n: expected["models"][n] for n in wanted}}
     drift = params_drift(expected)
     for line in drift:
         print(line)
@@ -260,6 +298,9 @@ def _check_params(path: Path) -> int:
 def _write_params(path: Path, names: list[str], cfg: ModelConfig) -> int:
     from nin_profile.files import write_json
     from nin_profile.golden import params_document
+
+    if path.is_dir():
+        raise ProfileError(f"--write-params {path} is a folder; give a file name")
 
     write_json(path, params_document(names, cfg))
     print(f"wrote parameter counts of {', '.join(names)} to {path}")
@@ -283,11 +324,15 @@ def _check_device(args: argparse.Namespace, device: str) -> None:
         )
 
 
-def _profile(args: argparse.Namespace, names: list[str]) -> int:
+def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig) -> int:
     from nin_profile.environment import resolve_device
+    from nin_profile.files import check_output_folder
 
     device = resolve_device(args.device)
     _check_device(args, device)
+    out = args.out or (DEFAULT_STATIC_OUT if args.static else DEFAULT_OUT)
+    replaces_measured = args.force or not args.static
+    check_output_folder(out, replaces_measured)
     from rich.console import Console
 
     from nin_profile.files import write_output_folder
@@ -300,9 +345,9 @@ def _profile(args: argparse.Namespace, names: list[str]) -> int:
         models=tuple(names),
         batch=args.batch,
         device=device,
-        image_size=args.image_size,
-        channels=args.channels,
-        classes=args.classes,
+        image_size=model_cfg.image_size,
+        channels=model_cfg.channels,
+        classes=model_cfg.classes,
         optimizer=args.optimizer,
         static=args.static,
         sweep_batches=args.sweep_batch or (),
@@ -325,14 +370,20 @@ def _profile(args: argparse.Namespace, names: list[str]) -> int:
             on_progress(ProgressEvent("report", "charts rendered", done, total))
 
         files = report_files(profile, render_charts(profile, on_chart))
-        write_output_folder(args.out or DEFAULT_OUT, files)
+        write_output_folder(out, files, replaces_measured)
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no reason to squeeze into 80 columns
         console = Console(width=160)
     console.print(summary_table(profile))
     for line in notes_lines(profile):
         console.print(line, highlight=False)
-    console.print(f"wrote {args.out or DEFAULT_OUT}/: {', '.join(files)}")
+    if args.memory_budget and args.device == "auto" and device != "cuda":
+        console.print(
+            f"--memory-budget: predicted for the {device.upper()} (--device auto found no CUDA "
+            "here); for a GPU card, add --static --device cuda",
+            highlight=False,
+        )
+    console.print(f"wrote {out}/: {', '.join(files)}")
     return 0
 
 
@@ -348,7 +399,11 @@ def _progress() -> Iterator[Callable[[ProgressEvent], None]]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    console = Console(stderr=True)
+    # Off a terminal (a log, a pipe, a test) a live bar only leaves a blank line behind.
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as (
+        progress
+    ):
         task = progress.add_task("starting", total=None)
 
         def show(event: ProgressEvent) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,18 @@ from nin_profile.errors import ProfileError
 PROFILE_JSON = "profile.json"
 
 
-def write_output_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> None:
+def write_output_folder(
+    out_dir: Path, files: Mapping[str, bytes | str], replaces_measured: bool = True
+) -> None:
     """Write every file into a staging folder, then swap it in for `out_dir` in one rename.
 
     An interrupted run leaves the previous folder untouched. A folder that holds something
-    other than a previous nin_profile output is never replaced.
+    other than a previous nin_profile output is never replaced, nor a measured profile by a
+    static one unless `replaces_measured`. Folders get the user's umask.
     """
     out_dir = out_dir.resolve()
-    _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    check_output_folder(out_dir, replaces_measured)
+    staging = _staging_folder(out_dir)
     try:
         for name, content in files.items():
             path = staging / name
@@ -39,7 +40,11 @@ def write_output_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> None
         raise
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_output_folder(out_dir: Path, replaces_measured: bool = True) -> None:
+    """Refuse, before any work, an output folder this run could not or must not replace: a
+    file, a folder of someone else's files, one where nothing can be written, or (unless
+    `replaces_measured`) a measured report that a static run would overwrite."""
+    out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise ProfileError(f"--out {out_dir} is a file; give a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / PROFILE_JSON).exists():
@@ -47,6 +52,48 @@ def _check_replaceable(out_dir: Path) -> None:
             f"--out {out_dir} holds files that are not a nin_profile output (no {PROFILE_JSON}); "
             "give a new or empty folder"
         )
+    if not replaces_measured and _is_measured(out_dir / PROFILE_JSON):
+        raise ProfileError(
+            f"--out {out_dir} holds a measured report that this static run would replace; "
+            "give another folder, or --force to replace it"
+        )
+    _check_writable(out_dir)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Make and remove a folder in the nearest existing parent: nothing is left behind."""
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    probe = parent / f".{out_dir.name}.probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise ProfileError(f"--out {out_dir}: cannot write in {parent} ({exc.strerror})") from exc
+
+
+def _is_measured(profile_json: Path) -> bool:
+    try:
+        return not json.loads(profile_json.read_text(encoding="utf-8"))["config"]["static"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _staging_folder(out_dir: Path) -> Path:
+    """A new empty folder beside `out_dir`, made with the user's umask (mkdtemp's are 0700)."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(100):
+            staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}-{attempt}"
+            try:
+                staging.mkdir()
+                return staging
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise ProfileError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
+    raise ProfileError(f"--out {out_dir}: no free name for a staging folder beside it")
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:

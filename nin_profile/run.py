@@ -247,9 +247,9 @@ def _context(run: Run) -> tuple[int, str]:
 
 def _predicted_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[int], bool]:
     """On CUDA: whether the simulated caching allocator serves the step within `limit` less
-    the context; elsewhere, whether the estimated peak and the context fit in `limit`."""
-    context, _ = _context(run)
+    the context; on the CPU, whether the estimated peak fits in `limit` (no CUDA context)."""
     if run.config.device == "cuda":
+        context, _ = _context(run)
         within = limit - context
 
         def served(batch: int) -> bool:
@@ -258,16 +258,14 @@ def _predicted_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[in
             return reserved is not None and reserved <= within
 
         return served
-    return lambda b: (
-        predicted(analyse_or_explain(name, run.config, b), phase).peak + context <= limit
-    )
+    return lambda b: predicted(analyse_or_explain(name, run.config, b), phase).peak <= limit
 
 
 def _affine_guess(run: Run, static: ModelProfile, phase: str, limit: int) -> int:
     """The batch where the predicted peak, nearly affine in batch, would reach `limit`."""
     at_one = predicted(analyse_or_explain(static.name, run.config, 1), phase).peak
     per_example = (predicted(static, phase).peak - at_one) / max(1, run.config.batch - 1)
-    context, _ = _context(run)
+    context = _context(run)[0] if run.config.device == "cuda" else 0
     return max(1, int((limit - context - at_one) / max(per_example, 1.0)) + 1)
 
 
@@ -275,12 +273,15 @@ def _predicted_fit(run: Run, static: ModelProfile, phase: str, budget: int) -> B
     run.on_progress(ProgressEvent(f"{static.name} · {phase} · {fmt_bytes(budget)}", "fit", 0, 1))
     guess = _affine_guess(run, static, phase, budget)
     batch, _ = largest_fitting(_predicted_fits(run, static.name, phase, budget), guess)
-    context, source = _context(run)
     if run.config.device == "cuda":
-        how = "predicted: CUDA's caching allocator simulated within the budget less a CUDA context"
+        context, source = _context(run)
+        how = (
+            "predicted for a CUDA device: its caching allocator simulated within the budget "
+            f"less a CUDA context of {fmt_bytes(context)} ({source})"
+        )
     else:
-        how = "predicted: estimated peak + CUDA context"
-    return BatchFit(phase, batch or None, budget, f"{how} of {fmt_bytes(context)} ({source})")
+        how = f"predicted for the {run.config.device.upper()}: the estimated peak within the budget"
+    return BatchFit(phase, batch or None, budget, how)
 
 
 class _SearchStopped(Exception):

@@ -131,6 +131,8 @@ BAD_INPUTS = [
     (["--max-batch", "--device", "cpu"], "--max-batch runs real training steps"),
     (["--render", "no/such/profile.json"], "profile no/such/profile.json does not exist"),
     (["--memory-budget", "6 parsecs"], "is not a size such as 6GiB"),
+    (["--memory-budget", "6"], "give a unit: 6GiB, 6MiB, 6GB or 6B"),
+    (["--static", "--out", "/proc/nin-profile-out"], "cannot write in /proc"),
 ]
 
 
@@ -144,8 +146,8 @@ def test_bad_input_gets_one_line_and_exit_code_2(args: list[str], message: str) 
             pytest.skip("CUDA is available here")
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # and no blank line before it
     assert "Traceback" not in result.stderr
     assert message in lines[0]
 
@@ -197,3 +199,57 @@ def test_check_params_on_a_missing_file_is_one_line(
 ) -> None:
     assert main(["--check-params", str(tmp_path / "nope.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_out_naming_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    """The default job would measure for minutes before writing: the folder is checked first
+    (the refusal comes before any model is built, so no progress reaches stderr)."""
+    target = tmp_path / "report.md"
+    target.write_text("mine")
+    result = run_cli("--models", "vgg11", "--device", "cpu", "--out", str(target))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"nin-profile: error: --out {target} is a file; give a folder"
+    ]
+    assert target.read_text() == "mine"
+
+
+def test_a_static_run_never_replaces_a_measured_report_unless_forced(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    measured = json.loads((TESTS / "golden/profile_cpu.json").read_text())
+    assert measured["config"]["static"] is False
+    write_output_folder(out, {"profile.json": json.dumps(measured), "report.md": "measured"})
+    static = ["--static", "--models", "nin", "--batch", "1", "--no-charts", "--out", str(out)]
+    refused = run_cli(*static)
+    assert refused.returncode == 2 and "holds a measured report" in refused.stderr
+    assert (out / "report.md").read_text() == "measured"
+    assert main([*static, "--force"]) == 0
+    assert json.loads((out / "profile.json").read_text())["config"]["static"] is True
+
+
+def test_output_folders_get_the_users_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_output_folder(tmp_path / "a" / "out", {"report.md": "x"})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+
+
+def test_check_params_honours_models_and_refuses_another_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    golden = tmp_path / "params.json"
+    assert main(["--models", "nin,alexnet", "--write-params", str(golden)]) == 0
+    doc = json.loads(golden.read_text())
+    doc["models"]["alexnet"]["params"] += 1  # drift in alexnet only
+    golden.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["--check-params", str(golden), "--models", "nin"]) == 0
+    assert "(1 models)" in capsys.readouterr().out
+    assert main(["--check-params", str(golden), "--models", "vgg11"]) == 2
+    assert "has no counts for vgg11" in capsys.readouterr().err
+    assert main(["--check-params", str(golden), "--classes", "100"]) == 2
+    assert "was written with --classes 10, not 100" in capsys.readouterr().err
+    assert main(["--check-params", str(golden), "--classes", "10", "--models", "nin"]) == 0

@@ -113,7 +113,8 @@ def largest_fitting(
 
 
 def parse_bytes(text: str) -> int:
-    """'6GiB', '6000MiB', '512 KiB', '6e9', '6GB' (decimal) → bytes."""
+    """'6GiB', '6000MiB', '512 KiB', '6e9B', '6GB' (decimal) → bytes; a bare number is refused
+    (6 bytes or 6 GiB? the user must say)."""
     units = {
         "kib": 2**10,
         "mib": 2**20,
@@ -124,11 +125,14 @@ def parse_bytes(text: str) -> int:
         "gb": 10**9,
         "tb": 10**12,
         "b": 1,
-        "": 1,
     }
     cleaned = text.strip().lower().replace(" ", "")
     number = cleaned.rstrip("kmgtib")
     unit = cleaned[len(number) :]
+    if not unit and _is_number(number):
+        raise ValueError(f"give a unit: {number}GiB, {number}MiB, {number}GB or {number}B")
+    if not unit:
+        raise ValueError(f"{text!r} is not a size such as 6GiB or 512MiB")
     if unit not in units:
         raise ValueError(f"unknown unit in {text!r}; use B, KiB, MiB, GiB (or kB, MB, GB)")
     try:
@@ -138,3 +142,11 @@ def parse_bytes(text: str) -> int:
     if value <= 0:
         raise ValueError(f"a size must be positive, got {text!r}")
     return int(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
