@@ -12,12 +12,20 @@ from typing import Any
 from nin_profile.analysis import AnalysisConfig, analyse_model, fits, smallest_image_size
 from nin_profile.environment import collect_environment
 from nin_profile.errors import LayerFailed, ProfileError
-from nin_profile.measure.plan import Plan, cpu_flops_per_second, largest_fitting, plan_cpu
-from nin_profile.measure.runner import run_worker, to_measurement
-from nin_profile.measure.worker import Request
+from nin_profile.measure.plan import (
+    CPU_PLANNING_FLOPS_PER_THREAD,
+    MIN_ROUNDS,
+    Plan,
+    largest_fitting,
+    plan_cpu,
+    plan_cpu_run,
+)
+from nin_profile.measure.runner import run_worker, timing_of, to_measurement
+from nin_profile.measure.worker import Request, TimingRequest
 from nin_profile.models import ModelConfig
 from nin_profile.results import (
     BatchFit,
+    Ceilings,
     MemoryBreakdown,
     ModelProfile,
     PhaseMeasurement,
@@ -28,10 +36,6 @@ from nin_profile.tracing import LOSS
 from nin_profile.units import fmt_bytes
 
 PHASES = ("train", "inference")
-# The CPU speed is calibrated on a small NiN step; the default models' steps ran 1× to 2× slower
-# than that on the project's 2-core machine (large batches are memory-bound), so plans assume
-# half of it.
-CPU_RATE_MARGIN = 2.0
 # Used by --memory-budget only when the context was neither measured nor given (--cuda-context).
 ASSUMED_CUDA_CONTEXT = 512 * 2**20
 
@@ -108,8 +112,8 @@ class Run:
         self.config = config
         self.on_progress = on_progress
         self.notes: list[str] = []
-        self.cpu_rate: float | None = None
         self.measured_context: int | None = None
+        self._estimates: dict[tuple[str, int], ModelProfile] = {}
 
     def analyse(self, name: str, batch: int | None = None) -> ModelProfile:
         self.on_progress(
@@ -118,6 +122,22 @@ class Run:
             )
         )
         return analyse_or_explain(name, self.config, batch)
+
+    def analyse_at(self, static: ModelProfile, batch: int) -> ModelProfile:
+        """The estimate at `batch` (the run's own where that is the batch), made once."""
+        if batch == self.config.batch:
+            return static
+        key = (static.name, batch)
+        if key not in self._estimates:
+            self._estimates[key] = self.analyse(static.name, batch)
+        return self._estimates[key]
+
+    @property
+    def cpu_rate(self) -> float:
+        """The FLOP/s CPU plans assume (CPU_PLANNING_FLOPS_PER_THREAD a thread)."""
+        import torch
+
+        return CPU_PLANNING_FLOPS_PER_THREAD * torch.get_num_threads()
 
     def request(self, name: str, phase: str, plan: Plan, per_layer: bool = True) -> Request:
         c = self.config
@@ -136,15 +156,17 @@ class Run:
             per_layer=per_layer,
         )
 
-    def run_worker(self, request: Request, task: str) -> dict[str, Any]:
+    def run_worker(self, request: Request | TimingRequest, task: str) -> dict[str, Any]:
         return run_worker(
             request,
             lambda stage, done, total: self.on_progress(ProgressEvent(task, stage, done, total)),
         )
 
-    def measure(self, name: str, phase: str, plan: Plan, static: ModelProfile) -> PhaseMeasurement:
+    def measure(
+        self, name: str, phase: str, plan: Plan, static: ModelProfile, per_layer: bool = True
+    ) -> PhaseMeasurement:
         """Measure one phase in a worker process; `static` is the estimate at `plan.batch`."""
-        request = self.request(name, phase, plan)
+        request = self.request(name, phase, plan, per_layer)
         raw = self.run_worker(request, f"{name} · {phase} · batch {plan.batch}")
         result = to_measurement(
             raw,
@@ -158,26 +180,33 @@ class Run:
         return result
 
     def plan(self, static: ModelProfile, phase: str, batch: int, share: int) -> Plan:
+        """One measurement in its own process (a sweep point; any measurement on CUDA)."""
         c = self.config
         if c.device != "cpu" or c.cpu_time_budget <= 0:
             return Plan(batch, c.warmup, c.iterations)
-        if self.cpu_rate is None:
-            self.on_progress(ProgressEvent("CPU speed", "calibration", 0, 1))
-            self.cpu_rate = cpu_flops_per_second()
-        per_example = step_flops(static, phase) / c.batch  # counted FLOPs are linear in batch
-        rate = self.cpu_rate / CPU_RATE_MARGIN
         share_s = c.cpu_time_budget / share
-        return plan_cpu(batch, lambda b: int(per_example * b), rate, share_s, c.iterations)
+        flops = per_batch_flops(static, phase, c.batch)
+        return plan_cpu(batch, flops, self.cpu_rate, share_s, c.iterations)
+
+
+def per_batch_flops(static: ModelProfile, phase: str, batch: int) -> Callable[[int], int]:
+    """Counted FLOPs of one iteration at any batch, from the estimate at `batch` (they are
+    linear in the batch)."""
+    per_example = step_flops(static, phase) / batch
+    return lambda b: int(per_example * b)
 
 
 def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profile:
     run = Run(config, on_progress)
     statics = [run.analyse(name) for name in config.models]
+    measured: dict[str, dict[str, PhaseMeasurement]] = {}
+    if not config.static and config.device == "cpu":
+        measured = _measure_on_cpu(run, statics)
+    elif not config.static:
+        measured = {s.name: _measure_phases(run, s) for s in statics}
     models = []
     for static in statics:
-        profile = static
-        if not config.static:
-            profile = replace(profile, measured=_measure_phases(run, static))
+        profile = replace(static, measured=measured.get(static.name, {}))
         profile = replace(profile, sweep=_sweep(run, static))
         profile = replace(profile, fits=_fits(run, profile))
         models.append(profile)
@@ -192,16 +221,78 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
     return Profile(config, env, tuple(models), tuple(run.notes))
 
 
-def _measure_phases(run: Run, static: ModelProfile) -> dict[str, PhaseMeasurement]:
-    share = len(run.config.models) * len(PHASES)
-    measured = {}
-    for phase in PHASES:
-        plan = run.plan(static, phase, run.config.batch, share)
-        at_batch = (
-            static if plan.batch == run.config.batch else run.analyse(static.name, plan.batch)
-        )
-        measured[phase] = run.measure(static.name, phase, plan, at_batch)
+def _measure_on_cpu(
+    run: Run, statics: list[ModelProfile]
+) -> dict[str, dict[str, PhaseMeasurement]]:
+    """Every model at one batch per phase (the plan's): memory in a process per model and
+    phase, then the times of all of them in one process, interleaved (TimingRequest)."""
+    c = run.config
+    flops_at = {
+        phase: lambda b, phase=phase: sum(per_batch_flops(s, phase, c.batch)(b) for s in statics)
+        for phase in PHASES
+    }
+    plan = plan_cpu_run(c.batch, flops_at, run.cpu_rate, c.cpu_time_budget, c.iterations)
+    if plan.note:
+        run.notes.append(plan.note)
+    measured: dict[str, dict[str, PhaseMeasurement]] = {}
+    for static in statics:
+        measured[static.name] = {}
+        for phase in PHASES:
+            batch = plan.batches[phase]
+            memory_plan = Plan(batch, warmup=1, iterations=0)
+            at_batch = run.analyse_at(static, batch)
+            measured[static.name][phase] = run.measure(
+                static.name, phase, memory_plan, at_batch, per_layer=False
+            )
+    timed = [
+        (static, phase)
+        for static in statics
+        for phase in PHASES
+        if measured[static.name][phase].memory is not None
+    ]
+    if timed:
+        _time_interleaved(run, plan.rounds, plan.time_limit_s, timed, measured)
     return measured
+
+
+def _time_interleaved(
+    run: Run,
+    rounds: int,
+    time_limit_s: float | None,
+    timed: list[tuple[ModelProfile, str]],
+    measured: dict[str, dict[str, PhaseMeasurement]],
+) -> None:
+    """Time `timed` in one worker, interleaved; add the times, per-layer times and roofs to
+    `measured` in place. A failure leaves the memory figures and says why there are no times."""
+    entries = tuple(
+        run.request(s.name, phase, Plan(measured[s.name][phase].batch, 1, rounds))
+        for s, phase in timed
+    )
+    request = TimingRequest(entries, rounds, min(MIN_ROUNDS, rounds), time_limit_s)
+    raw = run.run_worker(request, f"{len(timed)} measurements · interleaved")
+    if "timings" not in raw:
+        error = raw.get("error", {}).get("message", "no result")
+        run.notes.append(f"no CPU timings: the timing process failed ({error})")
+        return
+    ceilings = Ceilings(**raw["ceilings"]) if raw.get("ceilings") else None
+    for (static, phase), raw_timing in zip(timed, raw["timings"], strict=True):
+        pm = measured[static.name][phase]
+        flops = step_flops(run.analyse_at(static, pm.batch), phase)
+        extra: dict[str, Any] = {"timing": timing_of(raw_timing, flops)}
+        if phase == "inference":
+            extra |= {
+                "layer_ms": raw.get("layer_ms", {}).get(static.name, {}),
+                "ceilings": ceilings,
+            }
+        measured[static.name][phase] = replace(pm, **extra)
+
+
+def _measure_phases(run: Run, static: ModelProfile) -> dict[str, PhaseMeasurement]:
+    """On CUDA: each phase at the requested batch, memory and time in a process of its own
+    (GPU times are steady from run to run; the CPU's are not: _measure_on_cpu)."""
+    c = run.config
+    plan = Plan(c.batch, c.warmup, c.iterations)
+    return {phase: run.measure(static.name, phase, plan, static) for phase in PHASES}
 
 
 def _sweep(run: Run, static: ModelProfile) -> tuple[PhaseMeasurement, ...]:

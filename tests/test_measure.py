@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,22 @@ from torch import nn
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.layer_stack import leaf_spans
 from nin_profile.measure.nvml import Nvml
-from nin_profile.measure.plan import Plan, largest_fitting, parse_bytes, plan_cpu
+from nin_profile.measure.plan import (
+    CpuPlan,
+    Plan,
+    largest_fitting,
+    parse_bytes,
+    plan_cpu,
+    plan_cpu_run,
+)
 from nin_profile.measure.runner import run_worker, to_measurement
-from nin_profile.measure.worker import Request, is_out_of_memory
+from nin_profile.measure.worker import (
+    Device,
+    Request,
+    TimingRequest,
+    is_out_of_memory,
+    layer_times,
+)
 from nin_profile.run import Run, _measured_fit, _predicted_fit, run_profile
 
 TESTS = Path(__file__).parent
@@ -205,6 +219,54 @@ def test_cpu_plan_halves_the_batch_until_three_steps_fit_the_budget() -> None:
     assert plan.iterations == 3  # int(4 / 0.8) - 2
     assert plan.note and "measured at batch 8, not 128" in plan.note
     assert plan_cpu(4, lambda b: b, 10**10, 4.0, 20) == Plan(4, 1, 20, time_limit_s=4.0)
+
+
+def test_a_cpu_run_measures_every_model_at_one_batch_per_phase_from_the_flops() -> None:
+    # Every model's iteration: b × 1 GFLOP to train, b × 0.5 GFLOP to infer, at 10 GFLOP/s:
+    # b / 10 s and b / 20 s. Training needs 3 + 5 iterations within half of 40 s: 8 b / 10 ≤ 20,
+    # b ≤ 25, so 128 → 64 → 32 → 16. Inference needs 9 + 5 (six passes time the layers):
+    # 14 b / 20 ≤ 20, b ≤ 28.6: 16. Rounds: (40 − (3 × 1.6 + 9 × 0.8)) / (1.6 + 0.8) = 11.67.
+    flops = {"train": lambda b: b * 10**9, "inference": lambda b: b * 10**9 // 2}
+    plan = plan_cpu_run(128, flops, flops_per_s=10**10, budget_s=40.0, iterations=20)
+    assert plan.batches == {"train": 16, "inference": 16}
+    assert plan.rounds == 11
+    assert plan.note and "train at batch 16, inference at batch 16, not 128" in plan.note
+    # the same inputs give the same plan: nothing in it is measured
+    assert plan == plan_cpu_run(128, flops, flops_per_s=10**10, budget_s=40.0, iterations=20)
+    # a budget of 0 measures at the requested batch with every iteration asked for
+    assert plan_cpu_run(128, flops, 10**10, 0, 20) == CpuPlan({"train": 128, "inference": 128}, 20)
+
+
+def test_interleaved_timing_gives_each_model_a_median_and_an_interval() -> None:
+    entries = tuple(
+        one_step(model, phase, 2)
+        for model in ("nin", "alexnet")
+        for phase in ("train", "inference")
+    )
+    raw = run_worker(TimingRequest(entries, rounds=3))
+    assert len(raw["timings"]) == 4
+    for t in raw["timings"]:
+        assert t["iterations"] == 3 and t["interleaved"] is True
+        assert t["ms_q1"] <= t["ms_per_iter"] <= t["ms_q3"]
+    assert set(raw["layer_ms"]) == {"nin", "alexnet"}  # from the inference entries
+    assert raw["ceilings"]["flops_per_s"] > 0
+
+
+def test_a_layer_is_timed_alone_on_its_input() -> None:
+    """Each leaf's figure is its own runs, back to back: a model whose third layer sleeps 20 ms
+    a call reads 20 ms there and next to nothing elsewhere."""
+
+    class Sleeps(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.02)
+            return x
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Sleeps(), nn.Linear(4, 2))
+    x = torch.randn(2, 4)
+    times = layer_times(model, lambda: model(x), Device("cpu"), repeats=3)
+    assert list(times) == ["0", "1", "2", "3"]
+    assert 20 <= times["2"] < 40
+    assert max(times["0"], times["1"], times["3"]) < 5
 
 
 def test_largest_fitting_gallops_then_bisects() -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 
@@ -18,24 +17,71 @@ class Plan:
     time_limit_s: float | None = None
 
 
-def cpu_flops_per_second(repeats: int = 3) -> float:
-    """Counted FLOPs per second of a small NiN training step on this CPU (a planning figure)."""
-    import torch
+# What a CPU plan assumes a thread computes: the counted FLOPs of the default models' steps ran
+# at 45-57 GFLOP/s per thread on the project's 2-core machine at batch 64 (reports/cpu), less
+# at small batches; a plan assumes 20. An assumption, not a measurement: it makes the same
+# command pick the same batch on the same machine, whatever else the machine is doing.
+CPU_PLANNING_FLOPS_PER_THREAD = 20e9
+MIN_ROUNDS = 5  # timed rounds a CPU plan keeps, whatever the budget: a median and a spread
+# Iterations each (model, phase) runs besides the timed rounds: warm-up and memory step in its
+# memory worker, warm-up in the timing worker; inference also times each layer alone (one
+# untimed and five timed runs of every layer: six forward passes).
+_FIXED_ITERATIONS = {"train": 3, "inference": 3 + 6}
+PHASE_SHARE = 0.5  # of the budget, for each phase's batch
 
-    from nin_profile.analysis import AnalysisConfig, analyse_model
-    from nin_profile.models import get_model
 
-    batch, side = 4, 96
-    flops = analyse_model("nin", AnalysisConfig(batch=batch, image_size=side, device="cpu"))
-    torch.manual_seed(0)
-    model = get_model("nin", image_size=side)
-    x, y = torch.randn(batch, 1, side, side), torch.randint(0, 10, (batch,))
-    times = []
-    for _ in range(repeats + 1):  # the first pays for one-time setup
-        start = time.perf_counter()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        times.append(time.perf_counter() - start)
-    return flops.flops_train_step / min(times[1:])
+@dataclass(frozen=True)
+class CpuPlan:
+    """How a CPU run measures: one batch per phase for every model, and how many interleaved
+    timing rounds; `note` says why a batch is not the one asked for."""
+
+    batches: Mapping[str, int]
+    rounds: int
+    time_limit_s: float | None = None
+    note: str | None = None
+
+
+def plan_cpu_run(
+    batch: int,
+    flops_at: Mapping[str, Callable[[int], int]],
+    flops_per_s: float,
+    budget_s: float,
+    iterations: int,
+) -> CpuPlan:
+    """For each phase, the largest batch (halving from `batch`) at which every model's
+    warm-up, memory step, `MIN_ROUNDS` timed rounds (and, for inference, the per-layer timing)
+    fit `PHASE_SHARE` of `budget_s`, at `flops_per_s`; then as many rounds (up to
+    `iterations`) as the whole budget holds. `flops_at[phase](b)`: the counted FLOPs of one
+    iteration of every model of the run at batch b. A budget of 0 keeps `batch` and
+    `iterations`."""
+    if budget_s <= 0:
+        return CpuPlan(dict.fromkeys(flops_at, batch), iterations)
+
+    def seconds(phase: str, b: int) -> float:
+        return flops_at[phase](b) / flops_per_s
+
+    batches = {}
+    for phase in flops_at:
+        chosen = batch
+        per_phase = _FIXED_ITERATIONS[phase] + MIN_ROUNDS
+        while chosen > 1 and per_phase * seconds(phase, chosen) > PHASE_SHARE * budget_s:
+            chosen //= 2
+        batches[phase] = chosen
+    fixed = sum(_FIXED_ITERATIONS[p] * seconds(p, b) for p, b in batches.items())
+    per_round = sum(seconds(p, b) for p, b in batches.items())
+    rounds = max(MIN_ROUNDS, min(iterations, int((budget_s - fixed) / max(per_round, 1e-9))))
+    note = None
+    if any(b != batch for b in batches.values()):
+        shown = ", ".join(f"{p} at batch {b}" for p, b in batches.items())
+        rate = f"{flops_per_s / 1e9:.0f} GFLOP/s"
+        note = (
+            f"measured on the CPU {shown}, not {batch}, every model alike: at {batch}, one "
+            f"iteration of every model would take about "
+            f"{sum(seconds(p, batch) for p in flops_at):.0f} s at "
+            f"the {rate} the plan assumes, and {MIN_ROUNDS} timed rounds would not fit "
+            f"--cpu-time-budget {budget_s:g} s"
+        )
+    return CpuPlan(batches, rounds, time_limit_s=budget_s, note=note)
 
 
 def plan_cpu(
@@ -45,8 +91,9 @@ def plan_cpu(
     budget_s: float,
     iterations: int,
 ) -> Plan:
-    """The largest batch (halving from `batch`) whose warm-up, memory run and at least one timed
-    iteration fit `budget_s` at `flops_per_s`; then as many timed iterations as still fit."""
+    """One measurement in a process of its own (a sweep point): the largest batch (halving
+    from `batch`) whose warm-up, memory run and at least one timed iteration fit `budget_s` at
+    `flops_per_s`; then as many timed iterations as still fit."""
 
     def seconds(b: int) -> float:
         return flops_at(b) / flops_per_s

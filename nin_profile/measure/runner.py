@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from nin_profile.measure.worker import Request
+from nin_profile.measure.worker import Request, TimingRequest
 from nin_profile.results import (
     Ceilings,
     MeasuredMemory,
@@ -49,7 +49,7 @@ class _Worker:
         """Still waiting, and started under the environment a new worker would get now."""
         return self.proc.poll() is None and self.env == dict(os.environ)
 
-    def send(self, request: Request) -> None:
+    def send(self, request: Request | TimingRequest) -> None:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(asdict(request)) + "\n")
@@ -88,7 +88,7 @@ def _take_worker() -> _Worker:
 
 
 def run_worker(
-    request: Request,
+    request: Request | TimingRequest,
     on_progress: ProgressCallback = _ignore,
     timeout_s: float | None = None,
     start_next: bool | None = None,
@@ -103,7 +103,8 @@ def run_worker(
     """
     worker = _take_worker()
     worker.send(request)
-    if request.device == "cuda" if start_next is None else start_next:
+    device = request.entries[0].device if isinstance(request, TimingRequest) else request.device
+    if device == "cuda" if start_next is None else start_next:
         _spare.append(_Worker())
     try:
         result, returncode = _collect(worker, on_progress, timeout_s)
@@ -157,6 +158,17 @@ def _crash_message(returncode: int, stderr: str, timeout_s: float | None) -> str
     return f"the process exited with code {returncode} without a result ({last[0]})"
 
 
+def timing_of(raw: dict[str, Any] | None, flops_per_iter: int | None) -> Timing | None:
+    """A worker's timing, with the achieved TFLOP/s of `flops_per_iter` counted FLOPs."""
+    if not raw:
+        return None
+    timing = Timing(**raw)
+    if flops_per_iter:
+        tflops = flops_per_iter / (timing.ms_per_iter / 1e3) / 1e12
+        timing = Timing(**{**asdict(timing), "tflops": tflops})
+    return timing
+
+
 def to_measurement(
     raw: dict[str, Any],
     request: Request,
@@ -168,11 +180,7 @@ def to_measurement(
     name = raw.get("device_name", request.device)
     total = raw.get("total_memory")
     error = raw.get("error")
-    timing = Timing(**raw["timing"]) if raw.get("timing") else None
-    if timing and flops_per_iter:
-        timing = Timing(
-            **{**asdict(timing), "tflops": flops_per_iter / (timing.ms_per_iter / 1e3) / 1e12}
-        )
+    timing = timing_of(raw.get("timing"), flops_per_iter)
     return PhaseMeasurement(
         phase=request.phase,
         batch=request.batch,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.layer_stack import leaf_spans
+from nin_profile.layer_stack import Frame, LayerStack, is_leaf, leaf_spans
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.measure.nvml import Nvml
 from nin_profile.models import get_model
@@ -265,49 +265,97 @@ def layer_deltas(model: nn.Module, forward: Callable[[], object], device: Device
     return deltas
 
 
-def timing(times: list[float], batch: int, clock: str) -> dict[str, Any] | None:
-    """Median and interquartile range of the iteration times; None when none were timed."""
+def timing(
+    times: list[float], batch: int, clock: str, interleaved: bool = False
+) -> dict[str, Any] | None:
+    """Median and interquartile range (q1, q3) of the iteration times; None when none were
+    timed. `interleaved`: timed in rounds with the run's other models (see TimingRequest)."""
     if not times:
         return None
     median = statistics.median(times)
-    spread = 0.0
+    q1 = q3 = median
     if len(times) >= 2:
         q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
-        spread = q3 - q1
     return {
         "ms_per_iter": median,
-        "ms_spread": spread,
+        "ms_spread": q3 - q1,
         "examples_per_s": batch / (median / 1e3),
         "tflops": None,
         "iterations": len(times),
         "clock": clock,
+        "ms_q1": q1,
+        "ms_q3": q3,
+        "interleaved": interleaved,
     }
 
 
+@dataclass
+class TrainingStep:
+    """A model in train mode with its batch, loss and optimizer: one training step per call."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    @classmethod
+    def of(cls, model: nn.Module, req: Request) -> TrainingStep:
+        x, y = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+        model.train()
+        optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
+        return cls(model, x, y, nn.CrossEntropyLoss(), optimizer)
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.run()
+
+    def run(self) -> None:
+        """The step alone, on whatever gradients are there (none after zero_grad)."""
+        training_step(self.model, self.loss_fn, self.optimizer, self.x, self.y)
+
+    def held(self) -> list[torch.Tensor]:
+        """What lives between steps: parameters, buffers, optimizer state, the batch."""
+        m = self.model
+        return [*m.parameters(), *m.buffers(), *optimizer_state(self.optimizer), self.x, self.y]
+
+
+@dataclass
+class InferencePass:
+    """A model in eval mode with its batch: one forward pass under inference_mode per call."""
+
+    model: nn.Module
+    x: torch.Tensor
+
+    @classmethod
+    def of(cls, model: nn.Module, req: Request) -> InferencePass:
+        x, _ = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+        model.eval()
+        return cls(model, x)
+
+    def __call__(self) -> object:
+        with torch.inference_mode():
+            return self.model(self.x)
+
+    def held(self) -> list[torch.Tensor]:
+        return [*self.model.parameters(), *self.model.buffers(), self.x]
+
+
 def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str, Any]:
-    x, y = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
-    model.train()
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        training_step(model, loss_fn, optimizer, x, y)
-
+    step = TrainingStep.of(model, req)
     for i in range(req.warmup):  # cuDNN/cuBLAS handles, optimizer state
         step()
         progress("warm-up", i + 1, req.warmup)
-    optimizer.zero_grad(set_to_none=True)
-    held = [*model.parameters(), *model.buffers(), *optimizer_state(optimizer), x, y]
-    memory = device.memory_during(lambda: training_step(model, loss_fn, optimizer, x, y), held)
+    step.optimizer.zero_grad(set_to_none=True)
+    memory = device.memory_during(step.run, step.held())
     progress("memory", 1, 1)
     if req.scratch and device.kind == "cuda":
-        optimizer.zero_grad(set_to_none=True)
-        with_scratch(memory, lambda: training_step(model, loss_fn, optimizer, x, y), device.notes)
+        step.optimizer.zero_grad(set_to_none=True)
+        with_scratch(memory, step.run, device.notes)
     deltas: dict[str, int] = {}
     if req.per_layer and device.kind == "cuda":
-        optimizer.zero_grad(set_to_none=True)
-        deltas = layer_deltas(model, lambda: loss_fn(model(x), y), device)
+        step.optimizer.zero_grad(set_to_none=True)
+        deltas = layer_deltas(model, lambda: step.loss_fn(model(step.x), step.y), device)
     times = device.milliseconds(step, req.iterations, _deadline(req))
     return {
         "memory": memory,
@@ -317,19 +365,16 @@ def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str
 
 
 def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[str, Any]:
-    x, _ = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
-    model.eval()
-    with torch.inference_mode():
-        for i in range(req.warmup):
-            model(x)
-            progress("warm-up", i + 1, req.warmup)
-        held = [*model.parameters(), *model.buffers(), x]
-        memory = device.memory_during(lambda: model(x), held)
-        progress("memory", 1, 1)
-        if req.scratch and device.kind == "cuda":
-            with_scratch(memory, lambda: model(x), device.notes)
-        times = device.milliseconds(lambda: model(x), req.iterations, _deadline(req))
-        per_layer = layer_times(model, lambda: model(x), device) if req.per_layer and times else {}
+    forward = InferencePass.of(model, req)
+    for i in range(req.warmup):
+        forward()
+        progress("warm-up", i + 1, req.warmup)
+    memory = device.memory_during(forward, forward.held())
+    progress("memory", 1, 1)
+    if req.scratch and device.kind == "cuda":
+        with_scratch(memory, forward, device.notes)
+    times = device.milliseconds(forward, req.iterations, _deadline(req))
+    per_layer = layer_times(model, forward, device) if req.per_layer and times else {}
     return {
         "memory": memory,
         "timing": timing(times, req.batch, device.clock),
@@ -340,14 +385,35 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
 
 
 def layer_times(
-    model: nn.Module, forward: Callable[[], object], device: Device, repeats: int = 3
+    model: nn.Module, forward: Callable[[], object], device: Device, repeats: int = 5
 ) -> dict[str, float]:
-    """Median forward time of each leaf module over `repeats` passes, in ms."""
-    spans = leaf_spans(model, device.mark, lambda: [forward() for _ in range(repeats)])
-    device.wait()
+    """Median forward time of each leaf module, in ms, each timed alone on its own input.
+
+    During one forward pass, each leaf runs once untimed and then `repeats` times back to back
+    before the pass goes on; its figure is the median. Timed inside the whole pass instead, a
+    small layer after a large one measured 15-25 ms where it takes 0.1 ms alone on the project's
+    2-core machine: the pass's other OpenMP thread had gone to sleep and waited for a core
+    (with `OMP_NUM_THREADS=1` the gap was gone). Back to back, the threads stay awake, as they
+    are in a steady forward pass. A leaf must give the same result when run again on its input
+    (true of eval-mode layers; an in-place ReLU is idempotent)."""
     samples: dict[str, list[float]] = {}
-    for name, start, end in spans:
-        samples.setdefault(name, []).append(device.elapsed_ms(start, end))
+
+    def time_alone(frame: Frame, args: object) -> None:
+        if not is_leaf(frame.module) or not isinstance(args, tuple):
+            return
+        call = frame.module.forward
+        call(*args)
+        times = []
+        for _ in range(repeats):
+            start = device.mark()
+            call(*args)
+            end = device.mark()
+            device.wait()
+            times.append(device.elapsed_ms(start, end))
+        samples.setdefault(frame.name, []).append(statistics.median(times))
+
+    with LayerStack(model, on_enter=time_alone):
+        forward()
     progress("layers", 1, 1)
     return {name: statistics.median(ms) for name, ms in samples.items()}
 
@@ -390,6 +456,73 @@ _LIBRARY_ALLOC_FAILED = (
 )
 
 
+@dataclass(frozen=True)
+class TimingRequest:
+    """Every (model, phase) of a run timed in one process, interleaved: each round runs one
+    iteration of each in turn (A B C A B C ...), so that a change in the machine's speed while
+    they run (another process, the clock, the temperature) hits all of them alike. After at
+    least `min_rounds`, no round starts past `time_limit_s`. Then each model's layers are timed
+    (its inference entry) and the device's two roofs measured, in the same process and with the
+    same threads as the layers."""
+
+    entries: tuple[Request, ...]
+    rounds: int
+    min_rounds: int = 3
+    time_limit_s: float | None = None
+    per_layer: bool = True
+
+
+def time_interleaved(req: TimingRequest) -> dict[str, Any]:
+    device = Device(req.entries[0].device)
+    result: dict[str, Any] = {"device_name": device.name, "pid": os.getpid()}
+    try:
+        result |= _time_interleaved(req, device)
+    except Exception as exc:  # the run keeps the memory measurements and says why no times
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        result["error"] = {"kind": "failed", "message": f"{type(exc).__name__}: {first_line}"}
+    result["notes"] = device.notes
+    return result
+
+
+def _time_interleaved(req: TimingRequest, device: Device) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    steps: list[TrainingStep | InferencePass] = []
+    for entry in req.entries:
+        torch.manual_seed(0)
+        model = get_model(
+            entry.model, channels=entry.channels, classes=entry.classes, image_size=entry.image_size
+        ).to(entry.device)
+        steps.append(
+            TrainingStep.of(model, entry)
+            if entry.phase == "train"
+            else InferencePass.of(model, entry)
+        )
+    for done, (entry, step) in enumerate(zip(req.entries, steps, strict=True)):
+        for _ in range(entry.warmup):
+            step()
+        progress("warm-up", done + 1, len(steps))
+    samples: list[list[float]] = [[] for _ in steps]
+    deadline = _received + req.time_limit_s if req.time_limit_s else None
+    for done in range(req.rounds):
+        if done >= req.min_rounds and deadline is not None and time.monotonic() > deadline:
+            break
+        for times, step in zip(samples, steps, strict=True):
+            times += device.milliseconds(step, 1)
+        progress("timing rounds", done + 1, req.rounds)
+    result["timings"] = [
+        timing(times, entry.batch, device.clock, interleaved=True)
+        for entry, times in zip(req.entries, samples, strict=True)
+    ]
+    if req.per_layer:
+        result["layer_ms"] = {
+            entry.model: layer_times(step.model, step, device)
+            for entry, step in zip(req.entries, steps, strict=True)
+            if entry.phase == "inference"
+        }
+    result["ceilings"] = measure_ceilings(device)
+    return result
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
@@ -426,7 +559,14 @@ def main(argv: list[str]) -> int:
     if not text.strip():
         return 0  # let go unused: the run ended before a request came
     _received = time.monotonic()
-    request = Request(**json.loads(text))
+    payload = json.loads(text)
+    if "entries" in payload:
+        timing_request = TimingRequest(
+            **{**payload, "entries": tuple(Request(**e) for e in payload["entries"])}
+        )
+        emit({"result": time_interleaved(timing_request)})
+        return 0
+    request = Request(**payload)
     emit({"result": measure(request), "request": asdict(request)})
     return 0
 
