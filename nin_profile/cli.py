@@ -23,6 +23,12 @@ PROG = "nin-profile"
 
 
 class _Parser(argparse.ArgumentParser):
+    def format_help(self) -> str:
+        """With the examples and the models, built only now: listing the models imports torch
+        (2 s), which nothing else of the parser needs."""
+        self.epilog = _epilog()
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         """One line on bad arguments, exit 2 (argparse would print the usage block first)."""
         self.exit(2, f"{PROG}: error: {message} (see --help)\n")
@@ -61,17 +67,41 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+EXAMPLES = """\
+examples:
+  python -m nin_profile                          the six models below, measured here
+  python -m nin_profile --static --device cuda   estimate CUDA memory without a GPU
+  python -m nin_profile --models nin,alexnet --batch 64 --device cuda
+  python -m nin_profile --models torchvision.models:resnet18 --channels 3 --classes 1000
+  python -m nin_profile --static --device cuda --memory-budget 8GiB   largest batch for 8 GiB
+  python -m nin_profile --render reports/latest/profile.json          redo report and charts
+
+models (--models):
+{models}
+  pkg.mod:fn          any torch.nn.Module by import path, called with no arguments
+"""
+
+
+def _epilog() -> str:
+    """The examples and every model's name, unwrapped (argparse would break the names)."""
+    from nin_profile.models import list_models
+
+    specs = list_models()
+    return EXAMPLES.format(models="\n".join(f"  {s.name:<18}  {s.description}" for s in specs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
-        description="Parameters, FLOPs and memory of CNNs for training and prediction: "
+        description="Parameters, FLOPs and memory of CNNs for training and prediction:\n"
         "estimated per layer without a GPU, measured on one.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--models",
         default=None,
-        help="comma-separated model names (see --list-models) or import paths "
-        f"package.module:callable (default: {','.join(DEFAULT_MODELS)})",
+        help="comma-separated model names (listed below) or import paths "
+        "package.module:callable (default: the six listed below)",
     )
     p.add_argument("--batch", type=positive_int, default=128, help="batch size (default: 128)")
     p.add_argument(
@@ -336,7 +366,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
     from rich.console import Console
 
     from nin_profile.files import write_output_folder
-    from nin_profile.render.terminal import notes_lines, summary_table
+    from nin_profile.render.terminal import notes_lines, tables
     from nin_profile.report import chart_renderer, report_files
     from nin_profile.results import RunConfig
     from nin_profile.run import ProgressEvent, run_profile
@@ -372,9 +402,10 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         files = report_files(profile, render_charts(profile, on_chart))
         write_output_folder(out, files, replaces_measured)
     console = Console()
-    if not console.is_terminal:  # a log or a pipe: no reason to squeeze into 80 columns
-        console = Console(width=160)
-    console.print(summary_table(profile))
+    if not console.is_terminal:  # a log or a pipe: the tables' own width, no squeezing
+        console = Console(width=100)
+    for table in tables(profile):
+        console.print(table)
     for line in notes_lines(profile):
         console.print(line, highlight=False)
     if args.memory_budget and args.device == "auto" and device != "cuda":

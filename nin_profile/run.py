@@ -210,13 +210,6 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
         profile = replace(profile, sweep=_sweep(run, static))
         profile = replace(profile, fits=_fits(run, profile))
         models.append(profile)
-    if config.device == "cpu" and not config.static:
-        run.notes.append(
-            "measured on the CPU: no NVML or CUDA figures; peak memory is the CPU allocator's, "
-            "from the profiler's allocation records. CPU convolutions allocate scratch memory "
-            "inside the kernel (im2col, oneDNN reorders) that the estimate cannot see, so the "
-            "measured peak runs above it, most for NiN's 11×11 stride-4 convolution"
-        )
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))
 

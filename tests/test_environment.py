@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nin_profile.environment import collect_environment, cudnn_version
-from nin_profile.render.markdown import title_block
+from nin_profile.render.general import conditions
 from nin_profile.results import Profile
 
 
@@ -39,4 +39,4 @@ def test_the_report_names_the_cuda_stack_it_was_measured_with() -> None:
     # torch 2.11.0+cu130 reported cuDNN 91900.
     path = Path(__file__).parents[1] / "reports/nvidia-h100-80gb-hbm3/profile.json"
     profile = Profile.from_dict(json.loads(path.read_text()))
-    assert "(CUDA 13.0, cuDNN 9.19.0, driver 580.159.04)" in title_block(profile)
+    assert "(CUDA 13.0, cuDNN 9.19.0, driver 580.159.04)" in conditions(profile)

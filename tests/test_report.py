@@ -62,15 +62,24 @@ def test_the_fixture_round_trips_through_json(profile: Profile) -> None:
     assert Profile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
 
 
+def table_rows(text: str, heading: str, first: str = "| ") -> list[list[str]]:
+    """The cells of the first table under `heading`, past its header and rule."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    end = next((i for i, line in enumerate(lines[start:], start) if not line.startswith("|")), None)
+    rows = [line.strip("|").split("|") for line in lines[start:end]]
+    return [[c.strip() for c in cells] for cells in rows[2:]]  # past the header and the rule
+
+
 def summary_rows(text: str) -> dict[str, list[str]]:
-    section = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
-    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[2:]}  # past the rule
+    return {cells[0]: cells for cells in table_rows(text, "## Summary")}
 
 
 def test_every_summary_figure_agrees_with_the_profile(profile: Profile) -> None:
+    """The summary gives the estimates at the requested batch, per batch and per example."""
     rows = summary_rows(render_report(profile))
     assert set(rows) == {m.name for m in profile.models}
+    b = profile.config.batch
     for m in profile.models:
         row = rows[m.name]
         assert row[1] == f"{m.params:,}"
@@ -78,10 +87,33 @@ def test_every_summary_figure_agrees_with_the_profile(profile: Profile) -> None:
         assert row[3] == fmt_scaled(m.flops_forward, 1e9)
         assert row[4] == fmt_scaled(m.flops_train_step, 1e9)
         assert row[5] == fmt_mib(m.activation_bytes_saved)
-        train = m.measured["train"]
-        assert train.memory and train.predicted
-        assert row[6] == fmt_mib(train.predicted.peak)
-        assert row[7] == fmt_mib(train.memory.peak_allocated)
+        assert row[6] == fmt_mib(m.train.peak)
+        growing = (MemoryCategory.INPUT, MemoryCategory.ACTIVATIONS, MemoryCategory.TRANSIENT)
+        assert row[7] == fmt_mib(sum(m.train[c] for c in growing) / b, 2)
+        assert row[8] == fmt_mib(m.inference.peak)
+
+
+def test_each_measured_peak_stands_beside_the_estimate_at_its_own_batch(
+    profile: Profile,
+) -> None:
+    text = render_report(profile)
+    rows = {(r[0], r[1]): r for r in table_rows(text, "**Memory**")}
+    for m in profile.models:
+        for phase, pm in m.measured.items():
+            assert pm.memory and pm.predicted
+            row = rows[m.name, phase]
+            assert row[2] == str(pm.batch)
+            assert row[3] == fmt_mib(pm.predicted.peak)
+            assert row[4] == fmt_mib(pm.memory.peak_allocated)
+            error = 100 * (pm.predicted.peak - pm.memory.peak_allocated) / pm.memory.peak_allocated
+            assert row[5] == f"{error:+.1f}%"
+
+
+def test_a_measured_sentence_says_below_where_the_estimate_is_low(profile: Profile) -> None:
+    nin = model(profile, "nin").measured["train"]
+    assert nin.memory and nin.predicted and nin.predicted.peak < nin.memory.peak_allocated
+    share = 100 * (nin.memory.peak_allocated - nin.predicted.peak) / nin.memory.peak_allocated
+    assert f"{fmt_mib(nin.predicted.peak)} MiB, is {share:.1f}% below it" in render_report(profile)
 
 
 def test_ratios_in_the_text_are_computed(profile: Profile) -> None:
@@ -102,14 +134,58 @@ def test_sentences_follow_the_numbers_when_they_change(profile: Profile) -> None
     bigger = replace(nin, params=2 * alexnet.params)
     text = render_report(replace(profile, models=(bigger, *profile.models[1:])))
     assert f"NiN has {2 * alexnet.params:,} parameters: 2.0× more than AlexNet" in text
-    slow = Timing(
-        ms_per_iter=1e6, ms_spread=0.0, examples_per_s=1.0, tflops=None, iterations=1, clock="test"
-    )
+    slow = timing(1e6, spread=0.01)
     slower = replace(
         nin, measured={**nin.measured, "train": replace(nin.measured["train"], timing=slow)}
     )
     text = render_report(replace(profile, models=(slower, *profile.models[1:])))
     assert "the chapter's remark that NiN can take longer holds here" in text
+
+
+def timing(ms: float, spread: float, iterations: int = 9) -> Timing:
+    """A timing whose middle half spans `spread` of its median, centred on it."""
+    return Timing(
+        ms_per_iter=ms,
+        ms_spread=spread * ms,
+        examples_per_s=1.0,
+        tflops=None,
+        iterations=iterations,
+        clock="test",
+        ms_q1=ms * (1 - spread / 2),
+        ms_q3=ms * (1 + spread / 2),
+        interleaved=True,
+    )
+
+
+def with_train_time(m: ModelProfile, t: Timing) -> ModelProfile:
+    return replace(m, measured={**m.measured, "train": replace(m.measured["train"], timing=t)})
+
+
+@pytest.mark.parametrize(
+    ("nin_ms", "spread", "verdict"),
+    [
+        # NiN 8% slower than AlexNet, both timed within a 2% band: a difference
+        (108.0, 0.02, "so NiN is 8% slower per step (beyond the ±2% noise)"),
+        # 8% slower, but one of them spread over 10%: within noise
+        (108.0, 0.10, "within noise (±10%)"),
+        # 1% apart with no spread at all: under the 2% floor, within noise
+        (101.0, 0.0, "within noise (±2%)"),
+    ],
+)
+def test_a_verdict_on_time_is_stated_only_beyond_the_noise(
+    profile: Profile, nin_ms: float, spread: float, verdict: str
+) -> None:
+    nin, alexnet = model(profile, "nin"), model(profile, "alexnet")
+    b = nin.measured["train"].batch
+    assert alexnet.measured["train"].batch == b
+    models = {
+        "nin": with_train_time(nin, timing(nin_ms, spread)),
+        "alexnet": with_train_time(alexnet, timing(100.0, 0.02)),
+    }
+    text = render_report(
+        replace(profile, models=tuple(models.get(m.name, m) for m in profile.models))
+    )
+    assert verdict in text
 
 
 def test_a_failed_measurement_is_shown_not_hidden(profile: Profile) -> None:
@@ -126,8 +202,9 @@ def test_a_failed_measurement_is_shown_not_hidden(profile: Profile) -> None:
             models=(replace(nin, measured={**nin.measured, "train": failed}), *profile.models[1:]),
         )
     )
-    assert "nin train: out of memory at batch 2 on CPU (2 threads)" in text
-    assert summary_rows(text)["nin"][7] == "failed"
+    assert "- out of memory at batch 2 on CPU (2 threads) (nin train)" in text
+    row = next(r for r in table_rows(text, "**Memory**") if r[:2] == ["nin", "train"])
+    assert row[4] == "out of memory at batch 2 on CPU (2 threads)"
 
 
 def test_every_linked_chart_is_rendered(profile: Profile) -> None:
@@ -253,9 +330,72 @@ def test_the_estimated_reserve_is_shown_beside_the_measured_one(profile: Profile
         measured={**nin.measured, "train": measured},
     )
     text = render_report(replace(profile, models=(cuda_like, *profile.models[1:])))
-    section = text.split("### (c)", 1)[1].split("\n### ", 1)[0]
-    assert "reserved est. (MiB)" in section
-    row = next(line for line in section.splitlines() if line.startswith("| nin |"))
+    row = next(r for r in table_rows(text, "**Memory**") if r[:2] == ["nin", "train"])
     # 40 MiB estimated against 50 MiB measured: (40 - 50) / 50 = -20.0%
-    assert "| 40.0 |" in row and "| 50.0 | -20.0% |" in row
-    assert "-20.0% from the 40.0 MiB its simulation" in section
+    assert row[6:9] == ["40.0", "50.0", "-20.0%"]
+    section = text.split("### (c)", 1)[1].split("\n### ", 1)[0]
+    assert "its simulation without cuDNN's workspaces, 40.0 MiB, is 20.0% below it" in section
+
+
+def test_a_run_of_other_models_gets_a_report_about_them(profile: Profile) -> None:
+    """No NiN in the run: the title names the models, no exercise or claim of the chapter is
+    shown, and the general comparison speaks of the models there are."""
+    others = tuple(m for m in profile.models if m.name in ("alexnet", "vgg11"))
+    text = render_report(replace(profile, models=others, notes=()))
+    assert text.startswith("# Parameters, computation and memory of AlexNet and VGG-11\n")
+    assert "Exercise" not in text and "chapter" not in text and "NiN" not in text
+    assert "## Comparison of the models" in text
+    assert "Of the 2 models, VGG-11 the most (128,806,154) and AlexNet the fewest" in text
+    assert text.count("![memory of a training step by category]") == 1
+
+
+def test_the_chapters_models_get_the_exercises_and_no_general_comparison(
+    profile: Profile,
+) -> None:
+    text = render_report(profile)
+    for heading in ("## Exercise 3", "## Exercise 2", "## Exercise 4", "## The chapter's claims"):
+        assert heading in text
+    assert "## Comparison of the models" not in text
+    assert text.count("![memory of a training step by category]") == 1
+
+
+def test_notes_of_one_kind_are_one_line(profile: Profile) -> None:
+    noted = tuple(
+        replace(
+            m,
+            measured={
+                phase: replace(pm, notes=(f"largest scratch inside one op: {i} MiB in conv2d",))
+                for i, (phase, pm) in enumerate(m.measured.items())
+            },
+        )
+        for m in profile.models
+    )
+    text = render_report(replace(profile, models=noted))
+    lines = [line for line in text.splitlines() if line.startswith("- largest scratch")]
+    assert len(lines) == 1
+    assert (
+        "nin train 0 MiB in conv2d; nin inference 1 MiB in conv2d; nin_single_1x1 train" in lines[0]
+    )
+
+
+def test_the_method_section_defines_every_memory_category(profile: Profile) -> None:
+    method = render_report(profile).split("## How the figures are made", 1)[1]
+    for term in (
+        "parameters",
+        "gradients",
+        "optimizer state",
+        "workspace",
+        "input",
+        "saved activations",
+        "transient",
+        "reserved",
+        "CUDA context",
+    ):
+        assert f"- **{term}**:" in method
+
+
+def test_layers_are_named_with_their_spec(profile: Profile) -> None:
+    text = render_report(profile)
+    assert "| 0.0 Conv2d 11×11/4, 1→96 |" in text
+    assert "| 1 MaxPool2d 3×3/2 |" in text
+    assert "| 14 Linear 6400→4096 |" in text

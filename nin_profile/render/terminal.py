@@ -1,92 +1,136 @@
-"""Profile → what the terminal shows: a rich Table and note lines (printing is the CLI's)."""
+"""Profile → what the terminal shows: rich Tables and note lines (printing is the CLI's).
+
+Each table keeps to 80 columns for the six default models: the estimates at the requested
+batch in one, the measurements (at their own batches) in another, a sweep in a third.
+"""
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
-from nin_profile.results import ModelProfile, PhaseMeasurement, Profile
+from nin_profile.render.text import grouped_notes, rel_error
+from nin_profile.results import Profile
 from nin_profile.units import fmt_mib, fmt_scaled
 
-CAPTION = (
-    "est. = estimated without running · meas. = peak allocated, measured · "
-    "err = (est. − meas.) / meas. · @b = at batch b · img/s = examples per second · "
-    "FLOPs = 2 × MACs · step = forward + backward"
-)
+PHASE_SHORT = {"train": "train", "inference": "infer"}
 
 
-def relative_error(predicted: float, measured: float) -> str:
-    """(predicted − measured) / measured, signed: +3.1% means the estimate is 3.1% high."""
-    return f"{100 * (predicted - measured) / measured:+.1f}%" if measured else "–"
-
-
-def _peak_cells(m: PhaseMeasurement | None, estimate: int) -> list[str]:
-    """Estimated peak; then measured peak allocated and the estimate's error at that batch."""
-    if m is None:
-        return [fmt_mib(estimate, 0)]
-    if m.memory is None or m.predicted is None:
-        return [fmt_mib(estimate, 0), "failed" if m.error else "–", "–"]
-    batch = "" if m.predicted.peak == estimate else f" @{m.batch}"
-    return [
-        fmt_mib(m.predicted.peak, 0) + batch,
-        fmt_mib(m.memory.peak_allocated, 0),
-        relative_error(m.predicted.peak, m.memory.peak_allocated),
-    ]
-
-
-def _row(m: ModelProfile, measured: bool) -> list[str]:
-    cells = [m.name, fmt_scaled(m.params, 1e6)]
-    if not measured:
-        cells.append(fmt_scaled(m.flops_forward, 1e9, 1))
-    cells += [fmt_scaled(m.flops_train_step, 1e9, 1), fmt_mib(m.activation_bytes_saved, 0)]
-    for phase, estimate in (("train", m.train.peak), ("inference", m.inference.peak)):
-        cells += _peak_cells(m.measured.get(phase) if measured else None, estimate)
-    if measured:
-        t = m.measured.get("train")
-        cells.append(f"{t.timing.examples_per_s:,.1f}" if t and t.timing else "–")
-    return cells
-
-
-def _titles(measured: bool) -> list[str]:
-    titles = (
-        ["Model", "Params\nM"]
-        + ([] if measured else ["Fwd\nGFLOP"])
-        + ["Step\nGFLOP", "Saved\nMiB"]
+def _table(title: str, caption: str) -> Table:
+    return Table(
+        title=title,
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    for phase in ("Train", "Infer"):
-        titles.append(f"{phase}\nest. MiB")
-        if measured:
-            titles += [f"{phase}\nmeas. MiB", f"{phase}\nerr"]
-    return titles + (["Train\nimg/s"] if measured else [])
+
+
+def _columns(table: Table, titles: list[str]) -> None:
+    for title in titles:
+        # a narrow terminal folds a cell rather than cut a number short
+        table.add_column(
+            title, justify="left" if title in ("Model", "Phase") else "right", overflow="fold"
+        )
 
 
 def summary_table(profile: Profile) -> Table:
+    """The estimates at the requested batch."""
     c = profile.config
-    measured = not c.static
-    where = (
-        f"measured on {profile.environment.device_name}"
-        if measured
-        else f"estimated for {c.device}"
+    table = _table(
+        f"estimated for {c.device} · batch {c.batch} · {c.dtype} · {c.optimizer} · per batch",
+        "Step = forward + backward · FLOPs = 2 × MACs · Saved = kept for backward · "
+        "peaks: largest memory in use",
     )
-    table = Table(
-        title=f"{where} · batch {c.batch} · {c.dtype} · {c.optimizer} · figures per batch",
-        title_justify="left",
-        caption=CAPTION,
-        caption_justify="left",
+    _columns(
+        table,
+        [
+            "Model",
+            "Params\nM",
+            "Fwd\nGFLOP",
+            "Step\nGFLOP",
+            "Saved\nMiB",
+            "Train peak\nMiB",
+            "Infer peak\nMiB",
+        ],
     )
-    for title in _titles(measured):
-        # a narrow terminal folds a cell rather than cut a number short
-        table.add_column(title, justify="left" if title == "Model" else "right", overflow="fold")
     for m in profile.models:
-        table.add_row(*_row(m, measured))
+        table.add_row(
+            m.name,
+            fmt_scaled(m.params, 1e6),
+            fmt_scaled(m.flops_forward, 1e9, 1),
+            fmt_scaled(m.flops_train_step, 1e9, 1),
+            fmt_mib(m.activation_bytes_saved, 0),
+            fmt_mib(m.train.peak, 0),
+            fmt_mib(m.inference.peak, 0),
+        )
     return table
 
 
+def measured_table(profile: Profile) -> Table | None:
+    """Each measurement beside the estimate at its own batch; None when nothing was measured."""
+    rows = [(m, pm) for m in profile.models for pm in m.measured.values()]
+    if not rows:
+        return None
+    table = _table(
+        f"measured on {rows[0][1].device_name} · per batch",
+        "est. = estimated at that batch · meas. = peak allocated · err = (est. − meas.) / meas."
+        " · ms: median per iteration · ±: half the interquartile range",
+    )
+    _columns(table, ["Model", "Phase", "Batch", "est.\nMiB", "meas.\nMiB", "err", "ms", "±"])
+    for m, pm in rows:
+        est, mem, t = pm.predicted, pm.memory, pm.timing
+        table.add_row(
+            m.name,
+            PHASE_SHORT.get(pm.phase, pm.phase),
+            str(pm.batch),
+            fmt_mib(est.peak, 0) if est else "–",
+            fmt_mib(mem.peak_allocated, 0) if mem else "failed" if pm.error else "–",
+            rel_error(est.peak, mem.peak_allocated) if est and mem else "–",
+            f"{t.ms_per_iter:,.1f}" if t else "–",
+            f"{t.ms_spread / 2:,.1f}" if t and t.iterations > 1 else "–",
+        )
+    return table
+
+
+def sweep_table(profile: Profile) -> Table | None:
+    points = [(m, p) for m in profile.models for p in m.sweep]
+    if not points:
+        return None
+    measured = any(p.memory for _, p in points)
+    table = _table(
+        "batch sweep · " + ("estimated and measured" if measured else "estimated") + " · per batch",
+        "est. = estimated · meas. = peak allocated · ms: median per iteration",
+    )
+    titles = ["Model", "Phase", "Batch", "est.\nMiB"]
+    if measured:
+        titles += ["meas.\nMiB", "err", "ms"]
+    _columns(table, titles)
+    for m, p in points:
+        est = p.predicted.peak if p.predicted else None
+        cells = [m.name, PHASE_SHORT.get(p.phase, p.phase), str(p.batch), fmt_mib(est, 0)]
+        if measured:
+            mem, t = p.memory, p.timing
+            cells += [
+                fmt_mib(mem.peak_allocated, 0) if mem else ("skipped" if p.error else "–"),
+                rel_error(est, mem.peak_allocated) if mem and est else "–",
+                f"{t.ms_per_iter:,.1f}" if t else "–",
+            ]
+        table.add_row(*cells)
+    return table
+
+
+def tables(profile: Profile) -> list[Table]:
+    shown = [summary_table(profile), measured_table(profile), sweep_table(profile)]
+    return [t for t in shown if t is not None]
+
+
 def notes_lines(profile: Profile) -> list[str]:
-    """What was shortened, skipped, failed or assumed, one line each."""
-    lines = [f"note: {n}" for n in profile.notes]
+    """What was shortened, skipped, failed or assumed, one line per kind; then the fits."""
+    lines = [f"note: {n}" for n in grouped_notes(profile)]
     for m in profile.models:
-        for phase, pm in m.measured.items():
-            lines += [f"{m.name} {phase}: {text}" for text in (*pm.notes, pm.error) if text]
-        lines += [f"{m.name} {p.phase} batch {p.batch}: {p.error}" for p in m.sweep if p.error]
-        lines += [f"{m.name} {f.phase}: largest batch {f.batch} ({f.how})" for f in m.fits]
+        lines += [
+            f"{m.name} {f.phase}: largest batch {f.batch or 'none'} ({f.how})" for f in m.fits
+        ]
     return lines

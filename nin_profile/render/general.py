@@ -1,0 +1,766 @@
+"""The report's sections for any set of models: conditions and notes, summary, measurements,
+comparison, sweep, largest batch, per-layer figures, method. Pure: no model, no device, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from nin_profile.columns import TEXT, TITLES, VALUES, Column, cell_text
+from nin_profile.render.names import chart_file
+from nin_profile.render.sections import Section, names
+from nin_profile.render.text import (
+    PHASE_WORDS,
+    breakdown,
+    display,
+    error_words,
+    grouped_notes,
+    held_bytes,
+    how_many,
+    interval,
+    layer_label,
+    listing,
+    md_table,
+    per_example_bytes,
+    per_example_ms,
+    rel_error,
+    time_verdict,
+)
+from nin_profile.results import (
+    Environment,
+    MemoryBreakdown,
+    MemoryCategory,
+    ModelProfile,
+    PhaseMeasurement,
+    Profile,
+)
+from nin_profile.units import fmt_bytes, fmt_int, fmt_mib, fmt_percent, fmt_scaled
+
+# The chapter's models: a run of only these gets the exercises, not the general comparison.
+CHAPTER = frozenset(
+    {"nin", "nin_single_1x1", "nin_gradual_head", "alexnet", "vgg11", "vgg11_narrow"}
+)
+PHASES = ("train", "inference")
+
+
+def chart(profile: Profile, kind: str, alt: str, charts: bool, **where: str) -> str:
+    file = chart_file(profile, kind, **where) if charts else None
+    return f"![{alt}]({file})" if file else ""
+
+
+def join(*parts: str) -> str:
+    return "\n\n".join(p for p in parts if p)
+
+
+def is_measured(profile: Profile) -> bool:
+    return not profile.config.static and any(m.measured for m in profile.models)
+
+
+# ---- title, conditions, notes ----------------------------------------------------------------
+
+
+def _cuda_stack(env: Environment) -> str:
+    """The CUDA stack the profile recorded, e.g. " (CUDA 13.0, cuDNN 9.19.0, driver 580.159.04)"."""
+    parts = [
+        f"{label} {value}"
+        for label, value in (("CUDA", env.cuda), ("cuDNN", env.cudnn), ("driver", env.driver))
+        if value
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def title(profile: Profile) -> str:
+    shown = [display(m.name) for m in profile.models]
+    if len(shown) > 6:
+        shown = [*shown[:5], f"{len(shown) - 5} more models"]
+    return f"# Parameters, computation and memory of {listing(shown)}"
+
+
+def measured_batches(profile: Profile) -> dict[str, set[int]]:
+    """The batches each phase was measured at, over all models."""
+    batches: dict[str, set[int]] = {}
+    for m in profile.models:
+        for phase, pm in m.measured.items():
+            batches.setdefault(phase, set()).add(pm.batch)
+    return batches
+
+
+def conditions(profile: Profile) -> str:
+    """The run's conditions, stated once for the whole report."""
+    c, env = profile.config, profile.environment
+    shape = f"{c.channels}×{c.image_size}×{c.image_size}"
+    text = (
+        f"Batch {c.batch} of {shape} images, {c.classes} classes, {c.dtype}, optimizer "
+        f"{c.optimizer}. Every figure is per batch unless it says per example. "
+    )
+    if is_measured(profile):
+        text += (
+            f"Estimated without running (static analysis on meta tensors, memory for {c.device}) "
+            f"and measured on {env.device_name}{_cuda_stack(env)}"
+        )
+        other = {
+            phase: batches
+            for phase, batches in measured_batches(profile).items()
+            if batches != {c.batch}
+        }
+        if other:
+            at = listing(
+                [
+                    f"{'training' if phase == 'train' else 'inference'} at batch "
+                    f"{', '.join(map(str, sorted(b)))}"
+                    for phase, b in other.items()
+                ]
+            )
+            text += (
+                f"; measured {at} (see the notes), where each measured figure stands beside "
+                "the estimate at its own batch"
+            )
+        text += "."
+    else:
+        text += (
+            f"Estimated without running (static analysis on meta tensors) for {c.device}; "
+            "nothing was measured."
+        )
+    return (
+        text + f" Torch {env.torch}, Python {env.python}, {env.platform}; device: "
+        f"{env.device_name}."
+    )
+
+
+def title_section(profile: Profile, charts: bool) -> str:
+    notes = grouped_notes(profile)
+    parts = [title(profile), conditions(profile)]
+    if notes:
+        parts.append(
+            "Notes (what was shortened, skipped, failed or assumed):\n\n"
+            + "\n".join(f"- {n}" for n in notes)
+        )
+    return join(*parts)
+
+
+# ---- summary: estimates at the requested batch -----------------------------------------------
+
+
+def summary_section(profile: Profile, charts: bool) -> str:
+    b = profile.config.batch
+    headers = [
+        "Model",
+        "Params",
+        "Fwd MACs (G)",
+        "Fwd FLOPs (G)",
+        "Train-step FLOPs (G)",
+        "Saved for backward (MiB)",
+        "Train peak (MiB)",
+        "per example (MiB)",
+        "Inference peak (MiB)",
+        "per example (MiB)",
+    ]
+    rows = []
+    for m in profile.models:
+        row = [
+            m.name,
+            fmt_int(m.params),
+            fmt_scaled(m.macs_forward, 1e9),
+            fmt_scaled(m.flops_forward, 1e9),
+            fmt_scaled(m.flops_train_step, 1e9),
+            fmt_mib(m.activation_bytes_saved),
+        ]
+        for phase in PHASES:
+            bd = breakdown(m, phase)
+            row += [fmt_mib(bd.peak), fmt_mib(per_example_bytes(bd, b), 2)]
+        rows.append(row)
+    return join(
+        "## Summary",
+        f"*Estimated at batch {b}. Per example: what one more example adds at the peak "
+        "(its input, activations and transients); parameters, gradients and optimizer state "
+        "are paid once.*",
+        md_table(headers, rows, [False] + [True] * (len(headers) - 1)),
+        chart(profile, "models", "parameters, FLOPs and peak memory of each model", charts),
+    )
+
+
+# ---- measurements ----------------------------------------------------------------------------
+
+
+def _measured_rows(profile: Profile) -> list[tuple[ModelProfile, PhaseMeasurement]]:
+    return [(m, m.measured[p]) for m in profile.models for p in PHASES if p in m.measured]
+
+
+def measured_memory_table(profile: Profile) -> str:
+    cuda = any(
+        pm.memory and pm.memory.peak_reserved is not None for _, pm in _measured_rows(profile)
+    )
+    between = any(
+        pm.memory and pm.memory.peak_between_ops is not None for _, pm in _measured_rows(profile)
+    )
+    headers = ["Model", "Phase", "Batch", "Peak est. (MiB)", "Peak meas. (MiB)", "err"]
+    if between:
+        headers += ["Between ops meas. (MiB)", "err", "Scratch in one op (MiB)"]
+    if cuda:
+        headers += [
+            "Reserved est. (MiB)",
+            "Reserved meas. (MiB)",
+            "err",
+            "NVML process (MiB)",
+            "CUDA context (MiB)",
+        ]
+    rows = []
+    for m, pm in _measured_rows(profile):
+        cells = [m.name, pm.phase, str(pm.batch)]
+        est, mem = pm.predicted, pm.memory
+        if mem is None or est is None:
+            rows.append(
+                cells
+                + [fmt_mib(est.peak) if est else "–", pm.error or "–"]
+                + ["–"] * (len(headers) - 5)
+            )
+            continue
+        cells += [
+            fmt_mib(est.peak),
+            fmt_mib(mem.peak_allocated),
+            rel_error(est.peak, mem.peak_allocated),
+        ]
+        if between:
+            b = mem.peak_between_ops
+            cells += [
+                fmt_mib(b),
+                rel_error(est.peak, b),
+                fmt_mib(mem.peak_allocated - b if b is not None else None),
+            ]
+        if cuda:
+            cells += [
+                fmt_mib(est.reserved),
+                fmt_mib(mem.peak_reserved),
+                rel_error(est.reserved, mem.peak_reserved),
+                fmt_mib(mem.nvml_process),
+                fmt_mib(mem.cuda_context),
+            ]
+        rows.append(cells)
+    return md_table(headers, rows, [False, False] + [True] * (len(headers) - 2))
+
+
+def measured_time_table(profile: Profile) -> str:
+    headers = [
+        "Model",
+        "Phase",
+        "Batch",
+        "ms per iteration (median)",
+        "middle half of iterations (ms)",
+        "ms per example",
+        "examples/s",
+        "TFLOP/s achieved",
+        "iterations",
+    ]
+    rows = []
+    for m, pm in _measured_rows(profile):
+        t = pm.timing
+        if t is None:
+            rows.append([m.name, pm.phase, str(pm.batch)] + ["–"] * 6)
+            continue
+        rows.append(
+            [
+                m.name,
+                pm.phase,
+                str(pm.batch),
+                f"{t.ms_per_iter:,.2f}",
+                interval(t),
+                f"{t.ms_per_iter / pm.batch:,.3f}",
+                f"{t.examples_per_s:,.1f}",
+                f"{t.tflops:,.2f}" if t.tflops is not None else "–",
+                str(t.iterations),
+            ]
+        )
+    return md_table(headers, rows, [False, False] + [True] * 7)
+
+
+def _how_timed(profile: Profile) -> str:
+    interleaved = any(pm.timing and pm.timing.interleaved for _, pm in _measured_rows(profile))
+    if interleaved:
+        return (
+            "All models were timed in one process, in rounds (one iteration of each in turn), "
+            "so that a change in the machine's speed hit them alike"
+        )
+    return "Each model and phase was timed in a process of its own, iteration after iteration"
+
+
+def _largest_miss(profile: Profile) -> str:
+    """The model whose measured peak the estimate misses most, in words."""
+    misses = [
+        (abs(pm.predicted.peak - pm.memory.peak_allocated) / pm.memory.peak_allocated, m, pm)
+        for m, pm in _measured_rows(profile)
+        if pm.memory and pm.predicted and pm.memory.peak_allocated
+    ]
+    if not misses:
+        return ""
+    share, m, pm = max(misses, key=lambda item: item[0])
+    if share < 0.02:
+        return "Every estimated peak is within 2% of the measured one."
+    assert pm.predicted is not None and pm.memory is not None
+    estimate, peak = pm.predicted.peak, pm.memory.peak_allocated
+    return (
+        f"The estimate misses most for {m.name}'s {PHASE_WORDS[pm.phase]}: measured "
+        f"{fmt_bytes(peak)} at batch {pm.batch}, and the estimate, {fmt_bytes(estimate)}, is "
+        f"{error_words(estimate, peak)}."
+    )
+
+
+def measured_section(profile: Profile, charts: bool) -> str:
+    device = next(pm.device_name for _, pm in _measured_rows(profile))
+    cpu = profile.config.device == "cpu"
+    why = (
+        "On the CPU the measured peak is the allocator's, from the profiler's allocation "
+        "records; convolutions allocate scratch inside the kernel (im2col buffers, oneDNN "
+        "reorders) that no trace of tensors can see, so it runs above the estimate. "
+        if cpu
+        else "Between ops: the highest the allocator held before or after any op, without "
+        "the scratch a kernel allocates and frees inside one op (cuDNN's workspace), which no "
+        "trace of tensors can see and the estimate leaves out. Reserved: what CUDA's caching "
+        "allocator kept from the driver; NVML process: what nvidia-smi shows for the process. "
+    )
+    return join(
+        f"## Measured on {device}",
+        "*Each model and phase measured in a process of its own; each measured figure beside "
+        "the estimate at the batch it was measured at. err = (est. − meas.) / meas.: "
+        "negative where the estimate is low.*",
+        md_table_title("Memory", measured_memory_table(profile)),
+        why + _largest_miss(profile),
+        md_table_title("Time", measured_time_table(profile)),
+        f"{_how_timed(profile)}. The middle half of the iterations lies within the interval "
+        "shown; this report calls two times different only where they differ by more than "
+        "that spread (and at least 2%).",
+    )
+
+
+def md_table_title(title_text: str, table: str) -> str:
+    return f"**{title_text}**\n\n{table}"
+
+
+# ---- comparison of any models ----------------------------------------------------------------
+
+
+def parameters_table(models: Sequence[ModelProfile], reference: ModelProfile) -> str:
+    rows = []
+    for m in models:
+        top = max(m.layers, key=lambda layer: layer.params)
+        rows.append(
+            [
+                m.name,
+                fmt_int(m.params),
+                fmt_int(m.trainable_params),
+                f"{m.params / reference.params:,.1f}×" if reference.params else "–",
+                layer_label(top),
+                fmt_percent(top.params, m.params),
+            ]
+        )
+    return md_table(
+        ["Model", "Params", "Trainable", f"× {reference.name}", "Largest layer", "its share"],
+        rows,
+        [False, True, True, True, False, True],
+    )
+
+
+def computation_table(models: Sequence[ModelProfile], reference: ModelProfile, batch: int) -> str:
+    rows = [
+        [
+            m.name,
+            fmt_scaled(m.macs_forward, 1e9),
+            fmt_scaled(m.flops_forward, 1e9),
+            fmt_scaled(m.flops_backward, 1e9),
+            fmt_scaled(m.flops_train_step, 1e9),
+            fmt_scaled(m.flops_forward / batch, 1e9, 3),
+            f"{m.flops_train_step / reference.flops_train_step:,.2f}×"
+            if reference.flops_train_step
+            else "–",
+        ]
+        for m in models
+    ]
+    return md_table(
+        [
+            "Model",
+            "Fwd MACs (G)",
+            "Fwd FLOPs (G)",
+            "Bwd FLOPs (G)",
+            "Train-step FLOPs (G)",
+            "Fwd GFLOPs per example",
+            f"Step × {reference.name}",
+        ],
+        rows,
+        [False] + [True] * 6,
+    )
+
+
+_SHOWN = {
+    "train": (
+        MemoryCategory.PARAMS,
+        MemoryCategory.GRADS,
+        MemoryCategory.OPTIMIZER,
+        MemoryCategory.WORKSPACE,
+        MemoryCategory.INPUT,
+        MemoryCategory.ACTIVATIONS,
+        MemoryCategory.TRANSIENT,
+    ),
+    "inference": (
+        MemoryCategory.PARAMS,
+        MemoryCategory.WORKSPACE,
+        MemoryCategory.INPUT,
+        MemoryCategory.ACTIVATIONS,
+    ),
+}
+CATEGORY_TITLES = {
+    MemoryCategory.PARAMS: "parameters",
+    MemoryCategory.BUFFERS: "buffers",
+    MemoryCategory.INPUT: "input",
+    MemoryCategory.OPTIMIZER: "optimizer state",
+    MemoryCategory.WORKSPACE: "workspace",
+    MemoryCategory.GRADS: "gradients",
+    MemoryCategory.ACTIVATIONS: "saved activations",
+    MemoryCategory.TRANSIENT: "transient",
+}
+
+
+def memory_table(models: Sequence[ModelProfile], phase: str, batch: int) -> str:
+    """The estimated peak of `phase` by category, at the run's batch; the categories a model
+    family never holds (workspace, optimizer state with SGD) are left out."""
+    shown = [
+        c
+        for c in _SHOWN[phase]
+        if c is MemoryCategory.PARAMS or any(breakdown(m, phase)[c] for m in models)
+    ]
+    headers = ["Model", *(f"{CATEGORY_TITLES[c]} (MiB)" for c in shown), "peak (MiB)"]
+    reserved = any(breakdown(m, phase).reserved is not None for m in models)
+    if reserved:
+        headers.append("reserved (MiB)")
+    headers += ["per example (MiB)", "peak at"]
+    rows = []
+    for m in models:
+        b = breakdown(m, phase)
+        row = [m.name, *(fmt_mib(b[c]) for c in shown), fmt_mib(b.peak)]
+        if reserved:
+            row.append(fmt_mib(b.reserved))
+        row += [fmt_mib(per_example_bytes(b, batch), 2), peak_site(m, b)]
+        rows.append(row)
+    return md_table(headers, rows, [False] + [True] * (len(headers) - 2) + [False])
+
+
+def peak_site(m: ModelProfile, b: MemoryBreakdown) -> str:
+    """'backward, 4.5 ReLU (threshold_backward)'."""
+    layer = next((layer for layer in m.layers if layer.name == b.site.layer), None)
+    where = layer_label(layer) if layer else b.site.layer or "–"
+    return f"{b.site.phase}, {where}" + (f" (`{b.site.op}`)" if b.site.op else "")
+
+
+def memory_sentence(m: ModelProfile, phase: str, batch: int) -> str:
+    """Where and how high `phase` of `m` peaks, and what most of it is."""
+    b = breakdown(m, phase)
+    biggest = max(MemoryCategory, key=lambda c: b[c])
+    text = (
+        f"At batch {batch}, {PHASE_WORDS[phase]} of {display(m.name)} peaks at an estimated "
+        f"{fmt_bytes(b.peak)} ({peak_site(m, b)}); the largest part is "
+        f"{CATEGORY_TITLES[biggest]}, {fmt_percent(b[biggest], b.peak, 0)} of it"
+    )
+    if biggest in (MemoryCategory.PARAMS, MemoryCategory.GRADS, MemoryCategory.OPTIMIZER):
+        return text + "."
+    held = "parameters, gradients and optimizer state" if phase == "train" else "parameters"
+    return text + f", while {held} take {fmt_bytes(held_bytes(b))}."
+
+
+def extremes(models: Sequence[ModelProfile], value: Callable[[ModelProfile], float]) -> str:
+    """'X has the most (N), Y the fewest (M): Z× fewer'."""
+    ordered = sorted(models, key=value)
+    low, high = ordered[0], ordered[-1]
+    return (
+        f"{display(high.name)} the most ({value(high):,.0f}) and {display(low.name)} the "
+        f"fewest ({value(low):,.0f}, {how_many(value(low), value(high))})"
+    )
+
+
+def comparison_section(profile: Profile, charts: bool) -> str:
+    models = list(profile.models)
+    b = profile.config.batch
+    reference = models[0]
+    parts = [
+        "## Comparison of the models",
+        "### Parameters",
+        parameters_table(models, reference),
+        (
+            f"Of the {len(models)} models, {extremes(models, lambda m: m.params)} parameters."
+            if len(models) > 1
+            else ""
+        ),
+        "### Computation",
+        computation_table(models, reference, b),
+        (
+            f"Per training step at batch {b}, "
+            f"{extremes(models, lambda m: m.flops_train_step / 1e9)} GFLOPs."
+            if len(models) > 1
+            else ""
+        ),
+    ]
+    for phase, what in (("train", "training"), ("inference", "prediction")):
+        alt = f"memory of {PHASE_WORDS[phase]} by category"
+        parts += [
+            f"### Memory during {what}",
+            memory_table(models, phase, b),
+            " ".join(memory_sentence(m, phase, b) for m in models),
+            # exercise 3 links the same chart where it is shown
+            chart(profile, "memory", alt, charts and not _chapter_memory(profile), phase=phase),
+        ]
+    parts.append(time_comparison(profile))
+    return join(*parts)
+
+
+def time_comparison(profile: Profile) -> str:
+    """Fastest against slowest per example, for each phase measured, with the noise."""
+    lines = []
+    for phase in PHASES:
+        timed = [
+            (m, m.measured[phase])
+            for m in profile.models
+            if phase in m.measured and m.measured[phase].timing
+        ]
+        if len(timed) < 2:
+            continue
+        ordered = sorted(timed, key=lambda item: per_example_ms(item[1]) or 0.0)
+        (fast, pf), (slow, ps) = ordered[0], ordered[-1]
+        verdict = time_verdict(ps, pf)
+        assert verdict is not None
+        lines.append(
+            f"Measured, {PHASE_WORDS[phase]} of {display(slow.name)} takes "
+            f"{per_example_ms(ps):,.3f} ms per example at batch {ps.batch} and of "
+            f"{display(fast.name)} {per_example_ms(pf):,.3f} ms at batch {pf.batch}: "
+            f"{verdict.words()}."
+        )
+    return join("### Time", " ".join(lines)) if lines else ""
+
+
+def _chapter_memory(profile: Profile) -> bool:
+    """Exercise 3 is in the report (NiN and a baseline), with the memory charts."""
+    return "nin" in names(profile) and bool(names(profile) & {"alexnet", "vgg11", "vgg11_narrow"})
+
+
+def needs_comparison(profile: Profile) -> bool:
+    """The general comparison, where the chapter's sections do not cover the run."""
+    return "nin" not in names(profile) or not names(profile) <= CHAPTER
+
+
+# ---- sweeps, fits, layers ----------------------------------------------------------------------
+
+
+def sweep_section(profile: Profile, charts: bool) -> str:
+    points = [(m, p) for m in profile.models for p in m.sweep]
+    rows = []
+    for m, p in points:
+        mem, t = p.memory, p.timing
+        est = p.predicted.peak if p.predicted else None
+        rows.append(
+            [
+                m.name,
+                p.phase,
+                str(p.batch),
+                fmt_mib(est),
+                fmt_mib(mem.peak_allocated) if mem else "–",
+                rel_error(est, mem.peak_allocated) if mem and est else "–",
+                f"{t.ms_per_iter:,.2f}" if t else "–",
+                interval(t) if t else "–",
+                f"{t.examples_per_s:,.1f}" if t else "–",
+                p.error or "",
+            ]
+        )
+    measured = any(p.memory for _, p in points)
+    headers = [
+        "Model",
+        "Phase",
+        "Batch",
+        "Peak est. (MiB)",
+        "Peak meas. (MiB)",
+        "err",
+        "ms per iteration (median)",
+        "middle half (ms)",
+        "examples/s",
+        "note",
+    ]
+    if not measured:  # a static sweep: the estimate alone
+        headers, rows = headers[:4], [r[:4] for r in rows]
+    return join(
+        "## Memory and time against batch size",
+        f"*Batches {', '.join(map(str, sorted({p.batch for _, p in points})))}: "
+        + (
+            "estimated and measured, each point in a process of its own.*"
+            if measured
+            else "estimated.*"
+        ),
+        md_table(headers, rows, [False, False] + [True] * (len(headers) - 3) + [len(headers) <= 4]),
+        chart(profile, "sweep", "memory and time against batch size", charts),
+    )
+
+
+def fits_section(profile: Profile, charts: bool) -> str:
+    rows = [
+        [m.name, f.phase, fmt_int(f.batch) if f.batch else "none", fmt_bytes(f.limit_bytes), f.how]
+        for m in profile.models
+        for f in m.fits
+    ]
+    table = md_table(
+        ["Model", "Phase", "Largest batch", "Memory", "How"],
+        rows,
+        [False, False, True, True, False],
+    )
+    return join("## The largest batch that fits", table)
+
+
+_LAYER_COLUMNS = (
+    Column.OUTPUT_SHAPE,
+    Column.PARAMS,
+    Column.FLOPS_FORWARD,
+    Column.FLOPS_BACKWARD,
+    Column.SAVED_BYTES,
+    Column.ALLOCATED_DELTA,
+    Column.INTENSITY,
+)
+_SHARED = frozenset(
+    {Column.PARAMS, Column.FLOPS_FORWARD, Column.FLOPS_BACKWARD, Column.SAVED_BYTES}
+)
+
+
+def layer_table(m: ModelProfile, profile: Profile) -> str:
+    """Every layer with its spec; beside each cost column, the layer's share of the model's
+    total; measured per-layer figures where this run has them."""
+    totals = {c: sum(int(VALUES[c](r)) for r in m.layers) for c in _SHARED}  # type: ignore[call-overload]
+    headers: list[str] = ["Layer"]
+    for c in _LAYER_COLUMNS:
+        headers += [TITLES[c], "%"] if c in _SHARED else [TITLES[c]]
+    train, infer = m.measured.get("train"), m.measured.get("inference")
+    deltas = train.layer_deltas if train and train.batch == profile.config.batch else {}
+    times = infer.layer_ms if infer else {}
+    if deltas:
+        headers.append("Adds MiB (meas.)")
+    if times:
+        headers += [f"Fwd ms alone (meas., batch {infer.batch})", "%"]  # type: ignore[union-attr]
+    total_ms = sum(times.values())
+    rows = []
+    for r in m.layers:
+        cells = [layer_label(r)]
+        for c in _LAYER_COLUMNS:
+            cells.append(cell_text(c, r))
+            if c in _SHARED:
+                cells.append(fmt_percent(VALUES[c](r), totals[c]))  # type: ignore[arg-type]
+        if deltas:
+            cells.append(fmt_mib(deltas[r.name], 2) if r.name in deltas else "–")
+        if times:
+            ms = times.get(r.name)
+            cells += [
+                f"{ms:,.3f}" if ms is not None else "–",
+                fmt_percent(ms, total_ms) if ms is not None else "–",
+            ]
+        rows.append(cells)
+    right = [h != "Layer" and h not in {TITLES[c] for c in TEXT} for h in headers]
+    return md_table(headers, rows, right)
+
+
+def not_counted_text(m: ModelProfile) -> str:
+    if not m.not_counted:
+        return "Every op with arithmetic has a FLOP formula."
+    ops = ", ".join(f"`{n.op}` ({n.phase}, {n.calls}×)" for n in m.not_counted)
+    return f"Not counted (no FLOP formula): {ops}."
+
+
+def layers_section(profile: Profile, charts: bool) -> str:
+    parts = [
+        "## Per-layer figures",
+        f"*Estimated at batch {profile.config.batch} unless marked meas. Layer: name, type, "
+        "kernel/stride and channels. %: the layer's share of the model's total in the column "
+        "to its left. Adds MiB: what the allocator holds more after the layer's forward "
+        "(training step) than before. FLOP/B: forward FLOPs per byte of input, parameters and "
+        "output. Fwd ms alone: each layer run on its own input, back to back (median).*",
+    ]
+    for m in profile.models:
+        parts += [
+            f"### {m.name}",
+            m.description,
+            layer_table(m, profile),
+            not_counted_text(m),
+            chart(profile, "layers", f"{m.name} per layer", charts, model=m.name),
+        ]
+    return join(*parts)
+
+
+# ---- method ----------------------------------------------------------------------------------
+
+GLOSSARY = (
+    ("parameters", "the model's weights and biases."),
+    ("gradients", "the `.grad` of each trainable parameter, alive from the backward pass on."),
+    (
+        "optimizer state",
+        "what the optimizer keeps between steps: a momentum buffer per parameter, Adam's two "
+        "moments; none for plain SGD.",
+    ),
+    (
+        "workspace",
+        "memory a library holds from one step to the next: on CUDA, the cuBLAS and cuBLASLt "
+        "workspace of each thread that runs a matrix product.",
+    ),
+    ("input", "the batch of images and its targets."),
+    (
+        "saved activations",
+        "in training, the tensors autograd keeps for the backward pass (each storage once); in "
+        "inference, the layer outputs alive at the peak.",
+    ),
+    (
+        "transient",
+        "anything else alive at the peak: gradients flowing back, an op's temporaries.",
+    ),
+    (
+        "reserved",
+        "what CUDA's caching allocator holds from the driver: the blocks in use and those it "
+        "cached for reuse (estimated by a simulation of its rules).",
+    ),
+    (
+        "CUDA context",
+        "the memory the driver takes for a process before any tensor (measured, never estimated).",
+    ),
+    (
+        "peak between ops / scratch",
+        "the highest the allocator held between two ops, and what one op allocated and freed "
+        "inside itself above that (cuDNN's convolution workspace).",
+    ),
+)
+
+METHOD = (
+    "FLOPs count a multiply-add as 2 (FLOPs = 2 × MACs). Convolutions and matrix products are "
+    "counted with PyTorch's own formulas (`torch.utils.flop_counter`); ops without a formula "
+    "are listed as not counted, never as zero.",
+    "Bytes: KiB = 2^10 B, MiB = 2^20 B, GiB = 2^30 B.",
+    "Estimated figures come from tracing one training step (after a warm-up step, so optimizer "
+    "state exists) and one inference pass on meta tensors: nothing of batch size is allocated. "
+    "The peak replays every allocation and free in program order; for CUDA, sizes are rounded "
+    "up to the caching allocator's 512-byte blocks. Memory a kernel allocates inside itself "
+    "(cuDNN workspace, CPU im2col buffers) and the CUDA context are not in the estimate.",
+    "Reserved (estimated, CUDA only): a simulation of the caching allocator's rules (rounding, "
+    "segment sizes, best-fit reuse, splitting and merging of cached blocks) over the traced "
+    "allocations and frees of the warm-up and measured steps, without cuDNN's workspaces.",
+    "Measured figures: memory from a separate process per model and phase (peak allocated and "
+    "reserved from `torch.cuda`, process memory from NVML; on the CPU, the allocator's peak "
+    "from the profiler's allocation records). Time: CUDA events on the GPU, each model and "
+    "phase in its own process; on the CPU a monotonic clock, all models in one process, "
+    "interleaved in rounds. Each time is the median of its iterations, with the interquartile "
+    "range. Per-layer times: each layer run alone on its own input, back to back.",
+)
+
+
+def method_section(profile: Profile, charts: bool) -> str:
+    glossary = "\n".join(f"- **{term}**: {meaning}" for term, meaning in GLOSSARY)
+    return join(
+        "## How the figures are made",
+        "\n".join(f"- {line}" for line in METHOD),
+        "### What the memory categories mean",
+        glossary,
+    )
+
+
+TITLE = Section("title", title_section)
+SUMMARY = Section("summary", summary_section)
+MEASURED = Section("measured", measured_section, is_measured)
+COMPARISON = Section("comparison", comparison_section, needs_comparison)
+SWEEP = Section("sweep", sweep_section, lambda p: any(m.sweep for m in p.models))
+FITS = Section("fits", fits_section, lambda p: any(m.fits for m in p.models))
+LAYERS = Section("layers", layers_section)
+METHOD_SECTION = Section("method", method_section)
