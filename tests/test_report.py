@@ -27,7 +27,6 @@ from nin_profile.render.charts import (
     all_charts,
     layer_costs,
     memory_breakdown,
-    models_overview,
     roofline,
 )
 from nin_profile.render.markdown import render_report
@@ -140,21 +139,6 @@ def test_every_linked_chart_is_rendered(profile: Profile) -> None:
 
 def test_without_charts_the_report_links_none(profile: Profile) -> None:
     assert "![" not in render_report(profile, charts=False)
-
-
-def test_models_overview_shows_each_model_on_log_axes(profile: Profile) -> None:
-    fig = models_overview(profile)
-    params_ax, _, memory_ax = fig.axes
-    assert [ax.get_title() for ax in fig.axes] == [
-        "Parameters",
-        "Computation per batch",
-        "Peak memory per batch",
-    ]
-    assert all(ax.get_yscale() == "log" and "log scale" in ax.get_ylabel() for ax in fig.axes)
-    heights = [bar.get_height() for bar in params_ax.patches if isinstance(bar, Rectangle)]
-    assert heights == pytest.approx([m.params / 1e6 for m in profile.models])
-    labels = memory_ax.get_legend_handles_labels()[1]
-    assert "training peak (estimated)" in labels and "train peak allocated (measured)" in labels
 
 
 def test_memory_bars_stack_to_the_estimated_peak(profile: Profile) -> None:

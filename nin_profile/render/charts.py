@@ -6,11 +6,14 @@ rendered by the Agg backend when saved.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
 from nin_profile.results import LayerStats, MemoryCategory, ModelProfile, PhaseMeasurement, Profile
@@ -26,19 +29,44 @@ CATEGORY_COLORS = {
     MemoryCategory.ACTIVATIONS: "#c44e52",
     MemoryCategory.TRANSIENT: "#ccb974",
 }
-PHASE_TITLES = {"train": "training step", "inference": "inference"}
+PHASE_TITLES = {"train": "a training step", "inference": "inference"}
+PARAMS_COLOR = CATEGORY_COLORS[MemoryCategory.PARAMS]
+INFERENCE_COLOR = "#2a9d8f"
+TRAIN_COLOR = "#dd8452"
+INFERENCE_EST = "inference: forward pass (estimated)"
+TRAIN_EST = "training step: forward + backward (estimated)"
+INFERENCE_MEAS = "inference: peak allocated (measured)"
+TRAIN_MEAS = "training step: peak allocated (measured)"
+HEADROOM = 0.2  # above the tallest bar, a fraction of the data's range: room for its label
 
 
-def _figures_label(profile: Profile) -> str:
+def _subtitle(profile: Profile, measured: bool, batches: Sequence[int] = ()) -> str:
+    """What a chart draws: estimated alone or with measurements, on what, at which batches."""
     c = profile.config
-    kind = "estimated" if c.static else "estimated and measured"
-    return f"{kind} · {c.device} · {c.dtype} · batch {c.batch}"
+    kind = "estimated and measured" if measured else "estimated"
+    at = f"batches {', '.join(map(str, batches))}" if len(batches) > 1 else f"batch {c.batch}"
+    return f"{kind} · {c.device} · {c.dtype} · {at}"
+
+
+def _tick_text(value: float, _pos: int | None = None) -> str:
+    """A tick of a log axis as a plain number: 0.001, 5, 200, 10,000."""
+    if value >= 1:
+        return f"{value:,.0f}"
+    return f"{value:.{-math.floor(math.log10(value))}f}"
 
 
 def _log(ax: Axes, axis: str = "y") -> None:
-    """A log axis with labelled decades only: minor ticks cost most of a figure's render time."""
+    """A log axis with at least three labelled ticks: decades where the axis spans three or
+    more, else 1, 2 and 5 of each decade. No minor ticks: they cost most of a figure's render
+    time. Call it once everything is drawn (it reads the axis's limits)."""
     (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-    (ax.yaxis if axis == "y" else ax.xaxis).set_minor_locator(NullLocator())
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    decades = math.log10(high / low)
+    subs = (1.0,) if decades >= 3 else (1.0, 2.0, 5.0) if decades >= 1 else tuple(range(1, 10))
+    which = ax.yaxis if axis == "y" else ax.xaxis
+    which.set_major_locator(LogLocator(subs=subs, numticks=100))
+    which.set_major_formatter(FuncFormatter(_tick_text))
+    which.set_minor_locator(NullLocator())
 
 
 def _positive(values: Sequence[float]) -> list[float]:
@@ -46,71 +74,126 @@ def _positive(values: Sequence[float]) -> list[float]:
     return [v if v > 0 else float("nan") for v in values]
 
 
+def _offsets(groups: int, column: int, columns: int, width: float) -> list[float]:
+    """The x of the `column`-th of `columns` bars side by side in each group."""
+    return [x + (column - (columns - 1) / 2) * width for x in range(groups)]
+
+
+def _bars(
+    ax: Axes,
+    xs: Sequence[float],
+    values: Sequence[float | None],
+    text: Callable[[float], str],
+    rotation: float = 90,
+    **style: Any,
+) -> None:
+    """Bars where a value is known (None: no bar), each labelled with `text` of its value."""
+    points = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+    if points:
+        bars = ax.bar([x for x, _ in points], [v for _, v in points], **style)
+        ax.bar_label(
+            bars,
+            labels=[text(v) for _, v in points],
+            fontsize="x-small",
+            rotation=rotation,
+            padding=2,
+        )
+
+
+def _model_axis(ax: Axes, names: Sequence[str]) -> None:
+    """Model names under the groups; room above the tallest bar for its label."""
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", rotation_mode="anchor")
+    ax.margins(y=HEADROOM)
+
+
+def _measured_mib(profile: Profile, phase: str, key: str = "peak_allocated") -> list[float | None]:
+    """Each model's measured memory figure `key` of `phase` in MiB, where it was measured at
+    the batch of the estimates (a run on the CPU may measure at a smaller one), else None."""
+    values: list[float | None] = []
+    for m in profile.models:
+        pm = m.measured.get(phase)
+        at_batch = pm is not None and pm.memory is not None and pm.batch == profile.config.batch
+        value = getattr(pm.memory, key) if at_batch and pm and pm.memory else None
+        values.append(value / MiB if value else None)
+    return values
+
+
+def _legend_below(fig: Figure, columns: int = 4) -> None:
+    """One legend for the whole figure, under its axes, each label once."""
+    labelled: dict[str, Artist] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    fig.legend(
+        list(labelled.values()),
+        list(labelled),
+        loc="outside lower center",
+        ncols=columns,
+        fontsize="small",
+    )
+
+
 def models_overview(profile: Profile) -> Figure:
-    """Parameters, FLOPs and peak memory of every model, side by side (log scales)."""
+    """Parameters, FLOPs and peak memory of every model side by side, on linear scales: the
+    point is how many times one model's figure is another's."""
     models = profile.models
     names = [m.name for m in models]
-    fig = Figure(figsize=(max(9.0, 1.6 * len(models) + 6), 4.4), layout="constrained")
+    fig = Figure(figsize=(max(9.0, 1.6 * len(models) + 6), 5.2), layout="constrained")
     params_ax, flops_ax, memory_ax = fig.subplots(1, 3)
-    bars = params_ax.bar(names, [m.params / 1e6 for m in models], color="#4c72b0")
-    params_ax.bar_label(bars, fmt="%.2f M", fontsize="x-small")
-    params_ax.set(title="Parameters", ylabel="parameters (millions, log scale)")
-    _grouped(
-        flops_ax,
-        names,
-        {
-            "forward": [m.flops_forward / 1e9 for m in models],
-            "training step (forward + backward)": [m.flops_train_step / 1e9 for m in models],
-        },
-    )
-    flops_ax.set(title="Computation per batch", ylabel="GFLOPs (log scale)")
-    _grouped(
-        memory_ax,
-        names,
-        {
-            "training peak (estimated)": [m.train.peak / MiB for m in models],
-            "inference peak (estimated)": [m.inference.peak / MiB for m in models],
-        },
-    )
-    _measured_markers(memory_ax, profile, names)
-    memory_ax.set(title="Peak memory per batch", ylabel="MiB (log scale)")
+    xs = range(len(models))
+    params = [m.params / 1e6 for m in models]
+    _bars(params_ax, xs, params, "{:,.2f} M".format, rotation=0, color=PARAMS_COLOR)
+    params_ax.set(title="Parameters", ylabel="parameters (millions)")
+    _flops_panel(flops_ax, profile)
+    measured = _peaks_panel(memory_ax, profile)
     for ax in (params_ax, flops_ax, memory_ax):
-        _log(ax)
-        ax.tick_params(axis="x", labelrotation=30)
-    fig.suptitle(f"The models side by side ({_figures_label(profile)})")
+        _model_axis(ax, names)
+    _legend_below(fig, columns=2)
+    fig.suptitle(f"The models side by side\n{_subtitle(profile, measured)}")
     return fig
 
 
-def _grouped(ax: Axes, names: Sequence[str], series: dict[str, list[float]]) -> None:
+def _flops_panel(ax: Axes, profile: Profile) -> None:
+    """FLOPs of a forward pass and of a training step, per batch."""
+    models = profile.models
+    series = (
+        (INFERENCE_EST, INFERENCE_COLOR, [m.flops_forward / 1e9 for m in models]),
+        (TRAIN_EST, TRAIN_COLOR, [m.flops_train_step / 1e9 for m in models]),
+    )
     width = 0.8 / len(series)
-    for i, (label, values) in enumerate(series.items()):
-        offsets = [x + (i - (len(series) - 1) / 2) * width for x in range(len(names))]
-        bars = ax.bar(offsets, _positive(values), width=width, label=label)
-        ax.bar_label(bars, fmt="%.0f", fontsize="x-small", rotation=90, padding=2)
-    ax.set_xticks(range(len(names)), names)
-    ax.legend(fontsize="small")
+    for column, (label, color, values) in enumerate(series):
+        xs = _offsets(len(models), column, len(series), width)
+        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, color=color)
+    ax.set(
+        title="Computation per batch",
+        ylabel=f"GFLOPs per batch of {profile.config.batch} (FLOPs = 2 × MACs)",
+    )
 
 
-def _measured_markers(ax: Axes, profile: Profile, names: Sequence[str]) -> None:
-    """Measured peaks at the estimate's batch, as markers over the estimated bars."""
-    width = 0.4
-    for offset, phase in ((-width / 2, "train"), (width / 2, "inference")):
-        xs, ys = [], []
-        for x, m in enumerate(profile.models):
-            pm = m.measured.get(phase)
-            if pm and pm.memory and pm.batch == profile.config.batch:
-                xs.append(x + offset)
-                ys.append(pm.memory.peak_allocated / MiB)
-        if xs:
-            ax.scatter(
-                xs,
-                ys,
-                marker="D",
-                color="black",
-                zorder=3,
-                label=f"{phase} peak allocated (measured)",
-            )
-    ax.legend(fontsize="small")
+def _peaks_panel(ax: Axes, profile: Profile) -> bool:
+    """Estimated peaks of inference and of a training step, each beside its measurement where
+    there is one at this batch; whether any measurement is drawn."""
+    models = profile.models
+    series: list[tuple[str, Sequence[float | None], dict[str, Any]]] = [
+        (INFERENCE_EST, [m.inference.peak / MiB for m in models], {"color": INFERENCE_COLOR}),
+        (INFERENCE_MEAS, _measured_mib(profile, "inference"), _measured_style(INFERENCE_COLOR)),
+        (TRAIN_EST, [m.train.peak / MiB for m in models], {"color": TRAIN_COLOR}),
+        (TRAIN_MEAS, _measured_mib(profile, "train"), _measured_style(TRAIN_COLOR)),
+    ]
+    drawn = [(label, values, style) for label, values, style in series if any(values)]
+    width = 0.8 / len(drawn)
+    for column, (label, values, style) in enumerate(drawn):
+        xs = _offsets(len(models), column, len(drawn), width)
+        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, **style)
+    ax.set(
+        title="Peak memory per batch", ylabel=f"MiB at the peak, batch of {profile.config.batch}"
+    )
+    return any(label.endswith("(measured)") for label, _, _ in drawn)
+
+
+def _measured_style(color: str) -> dict[str, Any]:
+    """A measured bar: the colour of its estimate, hatched."""
+    return {"facecolor": "white", "edgecolor": color, "hatch": "////"}
 
 
 def memory_breakdown(profile: Profile, phase: str) -> Figure:
@@ -153,7 +236,8 @@ def memory_breakdown(profile: Profile, phase: str) -> Figure:
     if top is not None:
         ax.bar_label(top, labels=[f"{v:,.0f}" for v in bottom], fontsize="small")
     ax.set(
-        title=f"Memory at the peak of a {PHASE_TITLES[phase]} ({_figures_label(profile)})",
+        title=f"Memory at the peak of {PHASE_TITLES[phase]}"
+        f" ({_subtitle(profile, not profile.config.static)})",
         ylabel="MiB alive at the peak",
     )
     ax.tick_params(axis="x", labelrotation=30)
@@ -353,7 +437,7 @@ def sweep(profile: Profile) -> Figure:
         _log(ax, "x")
         _log(ax, "y")
         ax.legend(fontsize="x-small")
-    fig.suptitle(f"Batch sweep ({_figures_label(profile)})")
+    fig.suptitle(f"Batch sweep ({_subtitle(profile, not profile.config.static)})")
     return fig
 
 
