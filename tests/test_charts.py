@@ -19,8 +19,9 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from nin_profile.render.charts import models_overview
-from nin_profile.results import ModelProfile, Profile
+from nin_profile.render.charts import memory_breakdown, models_overview
+from nin_profile.results import MemoryCategory, ModelProfile, PhaseMeasurement, Profile
+from nin_profile.units import MiB, fmt_bytes
 
 PROFILE = Path(__file__).parent / "golden" / "profile_cpu.json"
 
@@ -46,6 +47,25 @@ def measured_elsewhere(profile: Profile) -> Profile:
     return replace(profile, models=tuple(elsewhere(m) for m in profile.models))
 
 
+def with_nvml(profile: Profile) -> Profile:
+    """The profile as a CUDA run makes it: NVML reads the process's memory, well above the
+    peak allocated (the CUDA context, the allocator's cache)."""
+
+    def nvml(pm: PhaseMeasurement) -> PhaseMeasurement:
+        if pm.memory is None:
+            return pm
+        process = 2 * pm.memory.peak_allocated + 500 * MiB
+        return replace(pm, memory=replace(pm.memory, nvml_process=process))
+
+    return replace(
+        profile,
+        models=tuple(
+            replace(m, measured={k: nvml(pm) for k, pm in m.measured.items()})
+            for m in profile.models
+        ),
+    )
+
+
 def titles(fig: Figure) -> str:
     """Every title of the figure, its own and its axes', as one text."""
     own = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
@@ -67,19 +87,27 @@ def extent(artist: Text, canvas: FigureCanvasAgg) -> Bbox:
 
 
 def assert_labels_clear(fig: Figure) -> None:
-    """Every bar label inside its axes (so under the title) and clear of every other label."""
+    """Every bar label inside its axes (so under the title), clear of every other label, of
+    every bar and of every marker."""
     canvas = drawn(fig)
+    renderer = canvas.get_renderer()
     for ax in fig.axes:
-        boxes = [extent(t, canvas) for t in bar_labels(ax)]
-        frame = ax.get_window_extent(canvas.get_renderer())
-        title = extent(ax.title, canvas)
-        for i, box in enumerate(boxes):
-            assert frame.contains(box.x0, box.y1) and frame.contains(box.x1, box.y1), (
-                f"{bar_labels(ax)[i].get_text()!r} runs out of its axes {ax.get_title()!r}"
-            )
-            assert not box.overlaps(title)
-            for other in boxes[i + 1 :]:
-                assert not box.overlaps(other), f"{bar_labels(ax)[i].get_text()!r} overlaps"
+        labels = bar_labels(ax)
+        boxes = [extent(t, canvas) for t in labels]
+        frame = ax.get_window_extent(renderer)
+        bars = [p.get_window_extent(renderer) for p in ax.patches]
+        markers = [
+            point
+            for collection in ax.collections
+            for point in collection.get_offset_transform().transform(collection.get_offsets())
+        ]
+        for i, (label, box) in enumerate(zip(labels, boxes, strict=True)):
+            text = f"{label.get_text()!r} in {ax.get_title()!r}"
+            assert frame.contains(box.x0, box.y1) and frame.contains(box.x1, box.y1), text
+            assert not box.overlaps(extent(ax.title, canvas)), text
+            assert not any(box.overlaps(other) for other in boxes[i + 1 :]), text
+            assert not any(box.overlaps(bar) for bar in bars), f"{text} over a bar"
+            assert not any(box.padded(4).contains(x, y) for x, y in markers), f"{text} marked"
 
 
 def test_models_overview_is_titled_by_what_it_draws(profile: Profile) -> None:
@@ -106,3 +134,50 @@ def test_models_overview_shows_ratios_on_linear_axes(profile: Profile) -> None:
 @pytest.mark.parametrize("count", [1, 6])
 def test_models_overview_labels_stay_under_the_titles(profile: Profile, count: int) -> None:
     assert_labels_clear(models_overview(replace(profile, models=profile.models[:count])))
+
+
+@pytest.mark.parametrize("phase", ["train", "inference"])
+def test_memory_chart_is_titled_by_what_it_draws(profile: Profile, phase: str) -> None:
+    (ax,) = memory_breakdown(with_nvml(profile), phase).axes
+    assert "estimated and measured" in ax.get_title()
+    labels = ax.get_legend_handles_labels()[1]
+    assert "peak allocated (measured)" in labels and "process memory, NVML (measured)" in labels
+    for static_like in (unmeasured(profile), measured_elsewhere(profile)):
+        (ax,) = memory_breakdown(static_like, phase).axes
+        assert "measured" not in ax.get_title() and "estimated" in ax.get_title()
+        assert not any("measured" in label for label in ax.get_legend_handles_labels()[1])
+
+
+def test_memory_bars_stack_to_the_estimated_peak(profile: Profile) -> None:
+    (ax,) = memory_breakdown(profile, "train").axes
+    stacks: dict[float, float] = {}
+    for container in ax.containers:
+        if (container.get_label() or "").endswith("(estimated)"):
+            for bar in container:
+                x = round(bar.get_x(), 6)
+                stacks[x] = stacks.get(x, 0.0) + bar.get_height()
+    peaks = [m.train.peak / MiB for m in profile.models]
+    assert [stacks[x] for x in sorted(stacks)] == pytest.approx(peaks)
+    assert ax.get_yscale() == "linear" and "MiB" in ax.get_ylabel()
+
+
+@pytest.mark.parametrize("phase", ["train", "inference"])
+def test_every_category_held_is_named_with_its_size(profile: Profile, phase: str) -> None:
+    """A category too thin to see (the input, beside VGG's activations) is still named, with
+    its size, in the legend; one that holds nothing is left out (SGD keeps no state)."""
+    (ax,) = memory_breakdown(profile, phase).axes
+    legend = " | ".join(ax.get_legend_handles_labels()[1])
+    for category in MemoryCategory:
+        sizes = [(m.train if phase == "train" else m.inference)[category] for m in profile.models]
+        if any(sizes):
+            assert f"{category.value}: {fmt_bytes(min(sizes))}" in legend
+            assert f"{fmt_bytes(max(sizes))} (estimated)" in legend
+        else:
+            assert f"{category.value}:" not in legend
+
+
+@pytest.mark.parametrize("count", [1, 6])
+def test_memory_labels_stay_clear_of_titles_and_markers(profile: Profile, count: int) -> None:
+    one_or_all = replace(profile, models=profile.models[:count])
+    for phase in ("train", "inference"):
+        assert_labels_clear(memory_breakdown(with_nvml(one_or_all), phase))

@@ -19,20 +19,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from matplotlib.patches import Rectangle
 from run_configs import small_run
 
 from nin_profile.cli import main
 from nin_profile.render.charts import (
     all_charts,
     layer_costs,
-    memory_breakdown,
     roofline,
 )
 from nin_profile.render.markdown import render_report
 from nin_profile.render.names import chart_plan
 from nin_profile.report import ChartPool, chart_pngs
-from nin_profile.results import MemoryCategory, ModelProfile, Profile, Timing
+from nin_profile.results import ModelProfile, Profile, Timing
 from nin_profile.run import run_profile
 from nin_profile.units import MiB, fmt_mib, fmt_scaled
 
@@ -139,21 +137,6 @@ def test_every_linked_chart_is_rendered(profile: Profile) -> None:
 
 def test_without_charts_the_report_links_none(profile: Profile) -> None:
     assert "![" not in render_report(profile, charts=False)
-
-
-def test_memory_bars_stack_to_the_estimated_peak(profile: Profile) -> None:
-    fig = memory_breakdown(profile, "train")
-    (ax,) = fig.axes
-    stacks: dict[float, float] = {}
-    for bar in ax.patches:
-        assert isinstance(bar, Rectangle)
-        stacks[round(bar.get_x(), 6)] = stacks.get(round(bar.get_x(), 6), 0.0) + bar.get_height()
-    peaks = [m.train.peak / MiB for m in profile.models]
-    assert [stacks[x] for x in sorted(stacks)] == pytest.approx(peaks)
-    labels = ax.get_legend_handles_labels()[1]
-    assert "activations (estimated)" in labels and "peak allocated (measured)" in labels
-    assert "MiB" in ax.get_ylabel()
-    assert MemoryCategory.OPTIMIZER.value + " (estimated)" not in labels  # SGD keeps no state
 
 
 def test_layer_chart_has_a_bar_per_layer(profile: Profile) -> None:

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
-from nin_profile.results import LayerStats, MemoryCategory, ModelProfile, PhaseMeasurement, Profile
-from nin_profile.units import MiB
+from nin_profile.results import LayerStats, MemoryBreakdown, MemoryCategory, ModelProfile, Profile
+from nin_profile.units import MiB, fmt_bytes
 
 CATEGORY_COLORS = {
     MemoryCategory.PARAMS: "#4c72b0",
@@ -37,6 +37,22 @@ INFERENCE_EST = "inference: forward pass (estimated)"
 TRAIN_EST = "training step: forward + backward (estimated)"
 INFERENCE_MEAS = "inference: peak allocated (measured)"
 TRAIN_MEAS = "training step: peak allocated (measured)"
+MEASURED_MEMORY: tuple[
+    tuple[str, str, dict[str, Any]], ...
+] = (  # MeasuredMemory's field, its legend, its bars' style
+    (
+        "peak_allocated",
+        "peak allocated (measured)",
+        {"facecolor": "white", "edgecolor": "black", "hatch": "////"},
+    ),
+    (
+        "nvml_process",
+        "process memory, NVML (measured)",
+        {"facecolor": "#d9d9d9", "edgecolor": "black", "hatch": "...."},
+    ),
+)
+LEGIBLE_TITLE_WIDTH = 5.0  # inches an axes needs for a two-line title not to run past it
+LEGEND_WIDTH = 3.8  # inches a legend beside the axes takes, with a category's sizes in it
 HEADROOM = 0.2  # above the tallest bar, a fraction of the data's range: room for its label
 
 
@@ -197,61 +213,77 @@ def _measured_style(color: str) -> dict[str, Any]:
 
 
 def memory_breakdown(profile: Profile, phase: str) -> Figure:
-    """What is alive at each model's peak, stacked by category (estimated), with measurements."""
+    """What is alive at each model's peak, stacked by category (estimated), beside what was
+    measured at the same batch (peak allocated; the process's memory where NVML reads it)."""
     models = profile.models
-    names = [m.name for m in models]
-    fig = Figure(figsize=(max(7.0, 1.3 * len(models) + 3), 4.8), layout="constrained")
+    measured = [
+        (label, values, style)
+        for key, label, style in MEASURED_MEMORY
+        if any(values := _measured_mib(profile, phase, key))
+    ]
+    columns = 1 + len(measured)
+    width = 0.8 / columns
+    plot_width = max(LEGIBLE_TITLE_WIDTH, (0.7 + 0.35 * columns) * len(models))
+    fig = Figure(figsize=(plot_width + LEGEND_WIDTH, 5.2), layout="constrained")
     ax = fig.subplots()
-    bottom = [0.0] * len(models)
-    top = None
-    for category in MemoryCategory:
-        values = [_breakdown(m, phase)[category] / MiB for m in models]
-        if any(values):
-            top = ax.bar(
-                names,
-                values,
-                bottom=bottom,
-                label=f"{category.value} (estimated)",
-                color=CATEGORY_COLORS[category],
-            )
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    for key, marker, label in (
-        ("peak_allocated", "D", "peak allocated (measured)"),
-        ("nvml_process", "X", "process memory, NVML (measured)"),
-    ):
-        points = [
-            (x, getattr(pm.memory, key))
-            for x, pm in enumerate(_phase(models, phase))
-            if pm and pm.memory and getattr(pm.memory, key) and pm.batch == profile.config.batch
-        ]
-        if points:
-            ax.scatter(
-                [p[0] for p in points],
-                [p[1] / MiB for p in points],
-                marker=marker,
-                color="black",
-                zorder=3,
-                label=label,
-            )
-    if top is not None:
-        ax.bar_label(top, labels=[f"{v:,.0f}" for v in bottom], fontsize="small")
-    ax.set(
-        title=f"Memory at the peak of {PHASE_TITLES[phase]}"
-        f" ({_subtitle(profile, not profile.config.static)})",
-        ylabel="MiB alive at the peak",
+    breakdowns = [m.train if phase == "train" else m.inference for m in models]
+    _stacked_categories(ax, breakdowns, _offsets(len(models), 0, columns, width), width)
+    for column, (label, values, style) in enumerate(measured, start=1):
+        xs = _offsets(len(models), column, columns, width)
+        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, **style)
+    _model_axis(ax, [m.name for m in models])
+    ax.set_ylabel(f"MiB alive at the peak, batch of {profile.config.batch}")
+    ax.set_title(
+        f"Memory at the peak of {PHASE_TITLES[phase]}\n{_subtitle(profile, bool(measured))}"
     )
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.legend(fontsize="small", loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()
+    categories = len(handles) - len(measured)  # stacked bottom up: listed top down, as drawn
+    order = [*reversed(range(categories)), *range(categories, len(handles))]
+    fig.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="outside right upper",
+        fontsize="small",
+    )
     return fig
 
 
-def _breakdown(m: ModelProfile, phase: str) -> dict[MemoryCategory, int]:
-    b = m.train if phase == "train" else m.inference
-    return {c: b[c] for c in MemoryCategory}
+def _stacked_categories(
+    ax: Axes, breakdowns: Sequence[MemoryBreakdown], xs: Sequence[float], width: float
+) -> None:
+    """One bar per breakdown, stacked by category and labelled with its total; a category is
+    named in the legend with its size, since a thin one cannot be seen."""
+    bottom = [0.0] * len(breakdowns)
+    for category in MemoryCategory:
+        sizes = [b[category] for b in breakdowns]
+        if any(sizes):
+            ax.bar(
+                xs,
+                [s / MiB for s in sizes],
+                width=width,
+                bottom=bottom,
+                label=f"{category.value}: {_size_range(sizes)} (estimated)",
+                color=CATEGORY_COLORS[category],
+            )
+            bottom = [b + s / MiB for b, s in zip(bottom, sizes, strict=True)]
+    rotation = 0 if width > 0.5 else 90
+    for x, total in zip(xs, bottom, strict=True):
+        ax.annotate(
+            f"{total:,.0f}",
+            (x, total),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize="x-small",
+            rotation=rotation,
+        )
 
 
-def _phase(models: Sequence[ModelProfile], phase: str) -> list[PhaseMeasurement | None]:
-    return [m.measured.get(phase) for m in models]
+def _size_range(sizes: Sequence[int]) -> str:
+    """'24.5 MiB' where every model holds the same, else '0 B to 474.2 MiB'."""
+    low, high = min(sizes), max(sizes)
+    return fmt_bytes(low) if low == high else f"{fmt_bytes(low)} to {fmt_bytes(high)}"
 
 
 def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
