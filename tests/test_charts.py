@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from nin_profile.render.charts import memory_breakdown, models_overview
+from nin_profile.render.charts import all_charts, memory_breakdown, models_overview, sweep
 from nin_profile.results import MemoryCategory, ModelProfile, PhaseMeasurement, Profile
 from nin_profile.units import MiB, fmt_bytes
 
@@ -64,6 +64,14 @@ def with_nvml(profile: Profile) -> Profile:
             for m in profile.models
         ),
     )
+
+
+def log_ticks(ax: Axes, axis: str) -> list[str]:
+    """The labelled major ticks a log axis shows within its limits."""
+    which = ax.yaxis if axis == "y" else ax.xaxis
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    locs = [v for v in which.get_majorticklocs() if low <= v <= high]
+    return [text for text in which.get_major_formatter().format_ticks(locs) if text]
 
 
 def titles(fig: Figure) -> str:
@@ -181,3 +189,44 @@ def test_memory_labels_stay_clear_of_titles_and_markers(profile: Profile, count:
     one_or_all = replace(profile, models=profile.models[:count])
     for phase in ("train", "inference"):
         assert_labels_clear(memory_breakdown(with_nvml(one_or_all), phase))
+
+
+def test_the_sweep_marks_every_point_and_names_the_swept_batches(profile: Profile) -> None:
+    fig = sweep(profile)
+    memory_ax, time_ax = fig.axes
+    batches = sorted({p.batch for m in profile.models for p in m.sweep})
+    assert f"batches {', '.join(map(str, batches))}" in titles(fig)
+    assert f"batch {profile.config.batch} " not in titles(fig)
+    estimates = [line for line in memory_ax.get_lines() if line.get_linestyle() != "None"]
+    measurements = [line for line in memory_ax.get_lines() if line.get_linestyle() == "None"]
+    assert len(estimates) == 2 * len(profile.models)  # training and inference of each
+    assert all(line.get_marker() == "o" for line in estimates)
+    assert measurements and all(line.get_marker() == "D" for line in measurements)
+    assert all(line.get_marker() == "D" for line in time_ax.get_lines())
+    for ax in (memory_ax, time_ax):
+        assert list(ax.xaxis.get_majorticklocs()) == batches
+    assert "estimated and measured" in titles(fig)
+
+
+def test_a_predicted_sweep_says_estimated(profile: Profile) -> None:
+    predicted = replace(
+        profile,
+        models=tuple(
+            replace(m, sweep=tuple(replace(p, memory=None, timing=None) for p in m.sweep))
+            for m in profile.models
+        ),
+    )
+    fig = sweep(predicted)
+    assert len(fig.axes) == 1 and "measured" not in titles(fig)
+    assert "measured" not in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+@pytest.mark.parametrize("measured", [True, False])
+def test_every_log_axis_has_three_labelled_ticks(profile: Profile, measured: bool) -> None:
+    charts = all_charts(profile if measured else unmeasured(profile))
+    for file, fig in charts.items():
+        for ax in fig.axes:
+            for axis in ("x", "y"):
+                scale = ax.get_yscale() if axis == "y" else ax.get_xscale()
+                if scale == "log" and not (file == "sweep.png" and axis == "x"):
+                    assert len(log_ticks(ax, axis)) >= 3, f"{file} {axis}: {log_ticks(ax, axis)}"

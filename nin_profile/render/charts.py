@@ -13,7 +13,8 @@ from typing import Any
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
 from nin_profile.results import LayerStats, MemoryBreakdown, MemoryCategory, ModelProfile, Profile
@@ -53,6 +54,12 @@ MEASURED_MEMORY: tuple[
 )
 LEGIBLE_TITLE_WIDTH = 5.0  # inches an axes needs for a two-line title not to run past it
 LEGEND_WIDTH = 3.8  # inches a legend beside the axes takes, with a category's sizes in it
+SWEEP_LINES: dict[str, tuple[str, Any]] = {
+    "train": ("training", "-"),
+    "inference": ("inference", "--"),
+}
+ESTIMATED_MARK: dict[str, Any] = {"marker": "o", "markersize": 4}
+MEASURED_MARK: dict[str, Any] = {"marker": "D", "markersize": 7, "markerfacecolor": "none"}
 HEADROOM = 0.2  # above the tallest bar, a fraction of the data's range: room for its label
 
 
@@ -425,52 +432,70 @@ def _roofs(ax: Axes, profile: Profile) -> None:
 
 
 def sweep(profile: Profile) -> Figure:
-    """Peak memory (estimated and measured) and time per iteration (measured) against batch.
-    One colour per model; solid lines for training, dashed for inference."""
-    timed = any(p.timing for m in profile.models for p in m.sweep)
-    measured = any(p.memory for m in profile.models for p in m.sweep)
-    fig = Figure(figsize=(12.0 if timed else 7.5, 5.0), layout="constrained")
-    axes: list[Axes] = list(fig.subplots(1, 2, squeeze=True)) if timed else [fig.subplots()]
+    """Peak memory (estimated, and measured where it was) and time per iteration (measured)
+    against batch size: one colour per model, solid for training, dashed for inference,
+    dots on the estimates and diamonds on the measurements."""
+    points = [p for m in profile.models for p in m.sweep]
+    timed = any(p.timing for p in points)
+    measured = any(p.memory for p in points)
+    batches = sorted({p.batch for p in points})
+    fig = Figure(figsize=(12.0 if timed else 7.5, 5.6), layout="constrained")
+    axes: list[Axes] = list(fig.subplots(1, 2)) if timed else [fig.subplots()]
     memory_ax = axes[0]
     for i, m in enumerate(profile.models):
-        color = f"C{i % 10}"
-        for phase, style in (("train", "-"), ("inference", "--")):
-            points = sorted((p for p in m.sweep if p.phase == phase), key=lambda p: p.batch)
-            est = [(p.batch, p.predicted.peak / MiB) for p in points if p.predicted]
-            if est:
-                memory_ax.plot(
-                    *zip(*est, strict=True), style, color=color, label=f"{m.name} {phase} (est.)"
-                )
-            meas = [(p.batch, p.memory.peak_allocated / MiB) for p in points if p.memory]
-            if meas:
-                memory_ax.scatter(*zip(*meas, strict=True), color=color, marker="D")
-            times = [(p.batch, p.timing.ms_per_iter) for p in points if p.timing]
-            if timed and times:
-                axes[1].plot(
-                    *zip(*times, strict=True),
-                    style,
-                    marker="o",
-                    color=color,
-                    label=f"{m.name} {phase}",
-                )
-    legend = "lines: estimated, ◆: measured" if measured else "estimated"
+        for phase, (_, style) in SWEEP_LINES.items():
+            line = {"linestyle": style, "color": f"C{i % 10}"}
+            ordered = sorted((p for p in m.sweep if p.phase == phase), key=lambda p: p.batch)
+            est = [(p.batch, p.predicted.peak / MiB) for p in ordered if p.predicted]
+            meas = [(p.batch, p.memory.peak_allocated / MiB) for p in ordered if p.memory]
+            times = [(p.batch, p.timing.ms_per_iter) for p in ordered if p.timing]
+            _series(memory_ax, est, ESTIMATED_MARK, **line)
+            _series(memory_ax, meas, MEASURED_MARK, linestyle="none", color=line["color"])
+            if timed:
+                _series(axes[1], times, MEASURED_MARK, **line)
     memory_ax.set(
-        title=f"Peak memory against batch size ({legend})",
-        xlabel="batch size (log scale)",
-        ylabel="MiB (log scale)",
+        title=f"Peak memory ({'estimated and measured' if measured else 'estimated'})",
+        ylabel="MiB at the peak of a step (log scale)",
     )
     if timed:
-        axes[1].set(
-            title="Time per iteration (measured)",
-            xlabel="batch size (log scale)",
-            ylabel="ms per iteration (log scale)",
-        )
+        axes[1].set(title="Time per iteration (measured)", ylabel="ms per batch (log scale)")
     for ax in axes:
+        ax.set_xlabel("batch size (log scale)")
         _log(ax, "x")
+        ax.xaxis.set_major_locator(FixedLocator(batches))
         _log(ax, "y")
-        ax.legend(fontsize="x-small")
-    fig.suptitle(f"Batch sweep ({_subtitle(profile, not profile.config.static)})")
+    fig.legend(
+        handles=_sweep_legend(profile.models, measured or timed),
+        loc="outside right center",
+        fontsize="small",
+    )
+    what = "Memory and time" if timed else "Peak memory"
+    fig.suptitle(f"{what} against batch size\n{_subtitle(profile, measured or timed, batches)}")
     return fig
+
+
+def _series(
+    ax: Axes, points: Sequence[tuple[int, float]], mark: dict[str, Any], **line: Any
+) -> None:
+    if points:
+        ax.plot(*zip(*points, strict=True), **mark, **line)
+
+
+def _sweep_legend(models: Sequence[ModelProfile], measured: bool) -> list[Line2D]:
+    """What colour is which model, and what the line styles and the marks mean."""
+    handles = [Line2D([], [], color=f"C{i % 10}", label=m.name) for i, m in enumerate(models)]
+    handles += [
+        Line2D([], [], color="black", linestyle=style, label=words)
+        for words, style in SWEEP_LINES.values()
+    ]
+    handles.append(
+        Line2D([], [], color="black", linestyle="none", label="estimated", **ESTIMATED_MARK)
+    )
+    if measured:
+        handles.append(
+            Line2D([], [], color="black", linestyle="none", label="measured", **MEASURED_MARK)
+        )
+    return handles
 
 
 _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
