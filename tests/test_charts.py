@@ -11,6 +11,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,7 +20,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from nin_profile.render.charts import all_charts, memory_breakdown, models_overview, sweep
+from nin_profile.render.charts import all_charts, memory_breakdown, models_overview, roofline, sweep
 from nin_profile.results import MemoryCategory, ModelProfile, PhaseMeasurement, Profile
 from nin_profile.units import MiB, fmt_bytes
 
@@ -230,3 +231,24 @@ def test_every_log_axis_has_three_labelled_ticks(profile: Profile, measured: boo
                 scale = ax.get_yscale() if axis == "y" else ax.get_xscale()
                 if scale == "log" and not (file == "sweep.png" and axis == "x"):
                     assert len(log_ticks(ax, axis)) >= 3, f"{file} {axis}: {log_ticks(ax, axis)}"
+
+
+def test_the_roofline_says_what_is_estimated_and_what_measured(profile: Profile) -> None:
+    fig = roofline(profile)
+    (ax,) = fig.axes
+    assert "estimated" in ax.get_xlabel() and "intensity" in ax.get_xlabel()
+    assert "measured" in ax.get_ylabel() and "achieved" in ax.get_ylabel()
+    assert "intensity estimated, throughput measured" in titles(fig)
+    (ax,) = roofline(unmeasured(profile)).axes
+    assert "measured" not in ax.get_ylabel() + ax.get_title()
+    assert "estimated" in ax.get_ylabel() and "estimated" in ax.get_title()
+
+
+def test_the_roofs_span_the_points_not_a_fixed_range(profile: Profile) -> None:
+    (ax,) = roofline(profile).axes
+    (roof,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    intensities = [float(x) for c in ax.collections for x in np.asarray(c.get_offsets())[:, 0]]
+    xs = np.asarray(roof.get_xdata())
+    left, right = xs.min(), xs.max()
+    assert min(intensities) / 2 <= left < min(intensities)  # a factor of two beyond the points
+    assert max(intensities) < right <= 2 * max(intensities)

@@ -17,7 +17,14 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
-from nin_profile.results import LayerStats, MemoryBreakdown, MemoryCategory, ModelProfile, Profile
+from nin_profile.results import (
+    LayerStats,
+    MemoryBreakdown,
+    MemoryCategory,
+    ModelProfile,
+    PhaseMeasurement,
+    Profile,
+)
 from nin_profile.units import MiB, fmt_bytes
 
 CATEGORY_COLORS = {
@@ -334,8 +341,8 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
 
 def _roofline_points(profile: Profile, m: ModelProfile) -> list[tuple[float, float, LayerStats]]:
     """(intensity in FLOP/B, achieved GFLOP/s, layer) at the batch the layers were timed at."""
-    pm = m.measured.get("inference")
-    if not pm or not pm.layer_ms:
+    pm = _timed(m)
+    if pm is None:
         return []
     r = pm.batch / profile.config.batch  # FLOPs and activations scale with batch; parameters don't
     points = []
@@ -349,55 +356,85 @@ def _roofline_points(profile: Profile, m: ModelProfile) -> list[tuple[float, flo
 
 
 def roofline(profile: Profile) -> Figure:
-    """Each layer's arithmetic intensity against the throughput it achieved (where timed) under
-    the device's measured roofs; without timing, against its forward FLOPs."""
-    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    """Each layer's arithmetic intensity (estimated) against the throughput it achieved (its
+    counted FLOPs over its measured time) under the device's measured roofs; where no layer
+    was timed, against its forward FLOPs (estimated)."""
+    fig = Figure(figsize=(9.5, 6.8), layout="constrained")
     ax = fig.subplots()
     timed = any(_roofline_points(profile, m) for m in profile.models)
+    intensities: list[float] = []
     for i, m in enumerate(_roofline_models(profile)):
-        if timed:
-            points = _roofline_points(profile, m)
-        else:
-            points = [
-                (layer.intensity, layer.flops_forward / 1e9, layer)
-                for layer in m.layers
-                if layer.flops_forward
-            ]
-        if not points:
-            continue
-        color, marker = f"C{i % 10}", "osD^vP*X"[i % 8]
-        ax.scatter(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            label=m.name,
-            marker=marker,
-            color=color,
-            alpha=0.8,
-        )
-        pointwise = [p for p in points if is_pointwise(p[2])]
-        if pointwise:
-            ax.scatter(
-                [p[0] for p in pointwise],
-                [p[1] for p in pointwise],
-                marker="o",
-                facecolors="none",
-                edgecolors=color,
-                s=160,
-                label=f"{m.name}: 1×1 convolutions",
-            )
+        points = _roofline_points(profile, m) if timed else _intensity_points(m)
+        if points:
+            _layer_points(ax, points, m.name, f"C{i % 10}", "osD^vP*X"[i % 8])
+            intensities += [p[0] for p in points]
+    c = profile.config
     if timed:
-        _roofs(ax, profile)
-        ax.set(ylabel="achieved GFLOP/s (measured forward, log scale)")
-        title = f"Roofline of each layer ({profile.environment.device_name})"
+        _roofs(ax, profile, min(intensities), max(intensities))
+        ax.set_ylabel(
+            "achieved GFLOP/s, measured: counted forward FLOPs\nover measured time (log scale)"
+        )
+        batches = sorted({pm.batch for m in profile.models if (pm := _timed(m))})
+        at = (
+            f"batch {batches[0]}"
+            if len(batches) == 1
+            else f"batches {', '.join(map(str, batches))}"
+        )
+        title = (
+            "Roofline of each layer's forward pass\nintensity estimated, throughput measured · "
+            f"{profile.environment.device_name} · {c.dtype} · {at}"
+        )
     else:
-        ax.set(ylabel="forward GFLOPs of the layer per batch (log scale)")
-        c = profile.config
-        title = f"Arithmetic intensity of each layer (estimated · {c.dtype} · batch {c.batch})"
-    ax.set(xlabel="arithmetic intensity, FLOPs per byte moved (log scale)", title=title)
+        ax.set_ylabel("forward GFLOPs of the layer per batch\n(estimated, log scale)")
+        title = f"Arithmetic intensity of each layer\n{_subtitle(profile, measured=False)}"
+    ax.set(
+        xlabel="arithmetic intensity, forward FLOPs per byte moved (estimated, log scale)",
+        title=title,
+    )
     _log(ax, "x")
     _log(ax, "y")
-    ax.legend(fontsize="small")
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small")
     return fig
+
+
+def _timed(m: ModelProfile) -> PhaseMeasurement | None:
+    """The inference measurement that timed each layer, if one did."""
+    pm = m.measured.get("inference")
+    return pm if pm and pm.layer_ms else None
+
+
+def _intensity_points(m: ModelProfile) -> list[tuple[float, float, LayerStats]]:
+    """(intensity in FLOP/B, forward GFLOPs per batch, layer) of each layer that computes."""
+    return [
+        (layer.intensity, layer.flops_forward / 1e9, layer)
+        for layer in m.layers
+        if layer.flops_forward
+    ]
+
+
+def _layer_points(
+    ax: Axes, points: Sequence[tuple[float, float, LayerStats]], name: str, color: str, marker: str
+) -> None:
+    """One model's layers, its 1×1 convolutions ringed."""
+    ax.scatter(
+        [p[0] for p in points],
+        [p[1] for p in points],
+        label=name,
+        marker=marker,
+        color=color,
+        alpha=0.8,
+    )
+    pointwise = [p for p in points if is_pointwise(p[2])]
+    if pointwise:
+        ax.scatter(
+            [p[0] for p in pointwise],
+            [p[1] for p in pointwise],
+            marker="o",
+            facecolors="none",
+            edgecolors=color,
+            s=160,
+            label=f"{name}: 1×1 convolutions",
+        )
 
 
 def _roofline_models(profile: Profile) -> list[ModelProfile]:
@@ -413,21 +450,22 @@ def _roofline_models(profile: Profile) -> list[ModelProfile]:
     ]
 
 
-def _roofs(ax: Axes, profile: Profile) -> None:
+def _roofs(ax: Axes, profile: Profile, low: float, high: float) -> None:
+    """The measured roofs, from a factor of two left of the lowest intensity (or of the ridge)
+    to a factor of two right of the highest."""
     ceilings = next(
         (pm.ceilings for m in profile.models for pm in m.measured.values() if pm.ceilings), None
     )
     if ceilings is None:
         return
-    xs = [0.1, ceilings.ridge, 1e4]
+    xs = [min(low, ceilings.ridge) / 2, ceilings.ridge, max(high, ceilings.ridge) * 2]
     ax.plot(
         xs,
         [min(ceilings.flops_per_s, ceilings.bytes_per_s * x) / 1e9 for x in xs],
         color="black",
         linestyle="--",
-        label=f"roofs: {ceilings.flops_per_s / 1e12:.2f} TFLOP/s {ceilings.matmul_precision} "
-        "matmul, "
-        f"{ceilings.bytes_per_s / 1e9:.0f} GB/s copy (measured)",
+        label=f"roofs (measured): {ceilings.flops_per_s / 1e12:.2f} TFLOP/s "
+        f"{ceilings.matmul_precision} matmul,\n{ceilings.bytes_per_s / 1e9:.0f} GB/s copy",
     )
 
 
