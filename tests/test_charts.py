@@ -20,9 +20,16 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from nin_profile.render.charts import all_charts, memory_breakdown, models_overview, roofline, sweep
+from nin_profile.render.charts import (
+    all_charts,
+    layer_costs,
+    memory_breakdown,
+    models_overview,
+    roofline,
+    sweep,
+)
 from nin_profile.results import MemoryCategory, ModelProfile, PhaseMeasurement, Profile
-from nin_profile.units import MiB, fmt_bytes
+from nin_profile.units import MiB, fmt_bytes, fmt_percent
 
 PROFILE = Path(__file__).parent / "golden" / "profile_cpu.json"
 
@@ -252,3 +259,39 @@ def test_the_roofs_span_the_points_not_a_fixed_range(profile: Profile) -> None:
     left, right = xs.min(), xs.max()
     assert min(intensities) / 2 <= left < min(intensities)  # a factor of two beyond the points
     assert max(intensities) < right <= 2 * max(intensities)
+
+
+@pytest.mark.parametrize("measured", [True, False])
+def test_no_legend_covers_a_chart(profile: Profile, measured: bool) -> None:
+    for file, fig in all_charts(profile if measured else unmeasured(profile)).items():
+        canvas = drawn(fig)
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+        for legend in filter(None, legends):
+            box = legend.get_window_extent(canvas.get_renderer())
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(canvas.get_renderer())), file
+
+
+def test_a_layer_chart_shows_where_the_parameters_sit(profile: Profile) -> None:
+    """VGG-11's first dense layer holds most of its parameters: on a linear axis its bar is
+    most of the panel, and its label says its share."""
+    vgg = next(m for m in profile.models if m.name == "vgg11")
+    fig = layer_costs(profile, vgg)
+    params_ax = fig.axes[0]
+    assert all(ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0 for ax in fig.axes)
+    dense = max(vgg.layers, key=lambda layer: layer.params)
+    assert dense.type == "Linear" and dense.params / vgg.params > 0.75  # 102,764,544 of 128.8 M
+    widths = [bar.get_width() for bar in params_ax.patches if isinstance(bar, Rectangle)]
+    assert max(widths) / sum(widths) == pytest.approx(dense.params / vgg.params)
+    assert fmt_percent(dense.params, vgg.params) in [t.get_text() for t in params_ax.texts]
+    assert "estimated" in titles(fig) and "measured" not in titles(fig)
+
+
+def test_every_layer_that_costs_something_is_labelled(profile: Profile) -> None:
+    nin = next(m for m in profile.models if m.name == "nin")
+    params_ax, flops_ax, saved_ax = layer_costs(profile, nin).axes
+    layers = [layer for layer in nin.layers if layer.name != "loss"]
+    assert len(params_ax.texts) == sum(1 for layer in layers if layer.params)
+    assert len(flops_ax.texts) == sum(1 for la in layers if la.flops_forward + la.flops_backward)
+    assert len(saved_ax.texts) == sum(1 for layer in layers if layer.saved_bytes)
+    assert "<0.1%" in [t.get_text() for t in params_ax.texts]  # 7.2's 10×10+10 = 110: too thin to see

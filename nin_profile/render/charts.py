@@ -25,7 +25,7 @@ from nin_profile.results import (
     PhaseMeasurement,
     Profile,
 )
-from nin_profile.units import MiB, fmt_bytes
+from nin_profile.units import MiB, fmt_bytes, fmt_percent
 
 CATEGORY_COLORS = {
     MemoryCategory.PARAMS: "#4c72b0",
@@ -97,11 +97,6 @@ def _log(ax: Axes, axis: str = "y") -> None:
     which.set_major_locator(LogLocator(subs=subs, numticks=100))
     which.set_major_formatter(FuncFormatter(_tick_text))
     which.set_minor_locator(NullLocator())
-
-
-def _positive(values: Sequence[float]) -> list[float]:
-    """Zeros as NaN: a log axis cannot show them, and a NaN bar is simply not drawn."""
-    return [v if v > 0 else float("nan") for v in values]
 
 
 def _offsets(groups: int, column: int, columns: int, width: float) -> list[float]:
@@ -301,42 +296,69 @@ def _size_range(sizes: Sequence[int]) -> str:
 
 
 def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
-    """Per layer: parameters, forward and backward FLOPs, bytes saved for backward (log scales)."""
+    """Per layer: parameters, forward and backward FLOPs, bytes saved for backward, on linear
+    scales, each labelled with the layer's share of the model's total: the point is where they
+    sit (one dense layer of VGG-11 holds most of its parameters)."""
     layers = [layer for layer in model.layers if layer.name != "loss"]
-    names = [f"{layer.name} {layer.type}" for layer in layers]
-    fig = Figure(figsize=(13.0, max(3.5, 0.28 * len(layers) + 1.5)), layout="constrained")
+    fig = Figure(figsize=(13.0, max(3.5, 0.28 * len(layers) + 2.2)), layout="constrained")
     params_ax, flops_ax, saved_ax = fig.subplots(1, 3, sharey=True)
-    ys = range(len(layers))
-    params_ax.barh(ys, _positive([layer.params for layer in layers]), color="#4c72b0")
-    params_ax.set(title="Parameters", xlabel="parameters (log scale)")
-    height = 0.4
-    flops_ax.barh(
-        [y - height / 2 for y in ys],
-        _positive([lay.flops_forward / 1e9 for lay in layers]),
-        height=height,
-        label="forward",
-        color="#dd8452",
-    )
-    flops_ax.barh(
-        [y + height / 2 for y in ys],
-        _positive([lay.flops_backward / 1e9 for lay in layers]),
-        height=height,
-        label="backward",
-        color="#55a868",
-    )
-    flops_ax.set(title="FLOPs per batch", xlabel="GFLOPs (log scale)")
-    flops_ax.legend(fontsize="small")
-    saved_ax.barh(ys, _positive([layer.saved_bytes / MiB for layer in layers]), color="#c44e52")
-    saved_ax.set(title="Saved for backward", xlabel="MiB per batch (log scale)")
+    ys = list(range(len(layers)))
+    params = [layer.params for layer in layers]
+    scale, unit = _count_unit(max(params))
+    params_ax.barh(ys, [p / scale for p in params], color=PARAMS_COLOR)
+    _share_labels(params_ax, ys, [p / scale for p in params], params, model.params)
+    params_ax.set(title="Parameters, % of the model's", xlabel=f"parameters ({unit})")
+    _layer_flops(flops_ax, ys, layers, model.flops_train_step)
+    saved = [layer.saved_bytes for layer in layers]
+    saved_ax.barh(ys, [s / MiB for s in saved], color=CATEGORY_COLORS[MemoryCategory.ACTIVATIONS])
+    _share_labels(saved_ax, ys, [s / MiB for s in saved], saved, model.activation_bytes_saved)
+    saved_ax.set(title="Saved for backward, % of the model's", xlabel="MiB per batch")
     for ax in (params_ax, flops_ax, saved_ax):
-        _log(ax, "x")
-    params_ax.set_yticks(list(ys), names, fontsize="small")
+        ax.margins(x=HEADROOM)
+    params_ax.set_yticks(ys, [f"{layer.name} {layer.type}" for layer in layers], fontsize="small")
     params_ax.invert_yaxis()
-    fig.suptitle(
-        f"{model.name}, layer by layer (estimated · {profile.config.device} · "
-        f"{profile.config.dtype} · batch {profile.config.batch})"
-    )
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(f"{model.name}, layer by layer\n{_subtitle(profile, measured=False)}")
     return fig
+
+
+def _layer_flops(ax: Axes, ys: Sequence[int], layers: Sequence[LayerStats], total: int) -> None:
+    """Forward and backward GFLOPs of each layer, labelled with its share of a training step."""
+    height = 0.4
+    forward = [layer.flops_forward / 1e9 for layer in layers]
+    backward = [layer.flops_backward / 1e9 for layer in layers]
+    ax.barh([y - height / 2 for y in ys], forward, height=height, label="forward", color="#dd8452")
+    ax.barh(
+        [y + height / 2 for y in ys], backward, height=height, label="backward", color="#55a868"
+    )
+    ends = [max(f, b) for f, b in zip(forward, backward, strict=True)]
+    step = [layer.flops_forward + layer.flops_backward for layer in layers]
+    _share_labels(ax, ys, ends, step, total)
+    ax.set(title="FLOPs per batch, % of a training step's", xlabel="GFLOPs per batch")
+
+
+def _count_unit(largest: float) -> tuple[float, str]:
+    """The scale of a count's axis and its name: millions, thousands or ones."""
+    return next(
+        ((s, u) for s, u in ((1e6, "millions"), (1e3, "thousands")) if largest >= s), (1.0, "count")
+    )
+
+
+def _share_labels(
+    ax: Axes, ys: Sequence[float], ends: Sequence[float], parts: Sequence[int], total: int
+) -> None:
+    """Each row's share of `total`, right of its bar's end (none where the part is zero)."""
+    for y, end, part in zip(ys, ends, parts, strict=True):
+        if part:
+            share = "<0.1%" if part / total < 0.001 else fmt_percent(part, total)
+            ax.annotate(
+                share,
+                (end, y),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize="x-small",
+            )
 
 
 def _roofline_points(profile: Profile, m: ModelProfile) -> list[tuple[float, float, LayerStats]]:
