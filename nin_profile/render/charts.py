@@ -79,10 +79,8 @@ def _subtitle(profile: Profile, measured: bool, batches: Sequence[int] = ()) -> 
 
 
 def _tick_text(value: float, _pos: int | None = None) -> str:
-    """A tick of a log axis as a plain number: 0.001, 5, 200, 10,000."""
-    if value >= 1:
-        return f"{value:,.0f}"
-    return f"{value:.{-math.floor(math.log10(value))}f}"
+    """A tick as a plain number, thousands separated: 0.001, 2.5, 200, 17,500."""
+    return f"{value:,.6f}".rstrip("0").rstrip(".")
 
 
 def _log(ax: Axes, axis: str = "y") -> None:
@@ -128,6 +126,7 @@ def _bars(
 def _model_axis(ax: Axes, names: Sequence[str]) -> None:
     """Model names under the groups; room above the tallest bar for its label."""
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", rotation_mode="anchor")
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick_text))
     ax.margins(y=HEADROOM)
 
 
@@ -314,6 +313,7 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
     _share_labels(saved_ax, ys, [s / MiB for s in saved], saved, model.activation_bytes_saved)
     saved_ax.set(title="Saved for backward, % of the model's", xlabel="MiB per batch")
     for ax in (params_ax, flops_ax, saved_ax):
+        ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
         ax.margins(x=HEADROOM)
     params_ax.set_yticks(ys, [f"{layer.name} {layer.type}" for layer in layers], fontsize="small")
     params_ax.invert_yaxis()
@@ -513,11 +513,11 @@ def sweep(profile: Profile) -> Figure:
             _series(memory_ax, meas, MEASURED_MARK, linestyle="none", color=line["color"])
             if timed:
                 _series(axes[1], times, MEASURED_MARK, **line)
-    memory_ax.set(
-        title=f"Peak memory ({'estimated and measured' if measured else 'estimated'})",
-        ylabel="MiB at the peak of a step (log scale)",
-    )
-    if timed:
+    memory_ax.set_ylabel("MiB at the peak of a step (log scale)")
+    if timed:  # two panels: each says what it draws (one panel: the figure's title says it)
+        memory_ax.set_title(
+            f"Peak memory ({'estimated and measured' if measured else 'estimated'})"
+        )
         axes[1].set(title="Time per iteration (measured)", ylabel="ms per batch (log scale)")
     for ax in axes:
         ax.set_xlabel("batch size (log scale)")
