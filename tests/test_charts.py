@@ -296,3 +296,14 @@ def test_every_layer_that_costs_something_is_labelled(profile: Profile) -> None:
     assert len(saved_ax.texts) == sum(1 for layer in layers if layer.saved_bytes)
     # 7.2, a 1×1 convolution of 10 channels to 10: 10×10+10 = 110 parameters, too few to see
     assert "<0.1%" in [t.get_text() for t in params_ax.texts]
+
+
+def test_a_sweep_of_one_batch_names_that_batch(profile: Profile) -> None:
+    one = replace(
+        profile,
+        models=tuple(
+            replace(m, sweep=tuple(p for p in m.sweep if p.batch == 1)) for m in profile.models
+        ),
+    )
+    assert profile.config.batch != 1
+    assert "· batch 1\n" in titles(sweep(one)) + "\n"

@@ -45,19 +45,10 @@ INFERENCE_EST = "inference: forward pass (estimated)"
 TRAIN_EST = "training step: forward + backward (estimated)"
 INFERENCE_MEAS = "inference: peak allocated (measured)"
 TRAIN_MEAS = "training step: peak allocated (measured)"
-MEASURED_MEMORY: tuple[
-    tuple[str, str, dict[str, Any]], ...
-] = (  # MeasuredMemory's field, its legend, its bars' style
-    (
-        "peak_allocated",
-        "peak allocated (measured)",
-        {"facecolor": "white", "edgecolor": "black", "hatch": "////"},
-    ),
-    (
-        "nvml_process",
-        "process memory, NVML (measured)",
-        {"facecolor": "#d9d9d9", "edgecolor": "black", "hatch": "...."},
-    ),
+# MeasuredMemory's field, its legend and the style of its bars
+MEASURED_MEMORY: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("peak_allocated", "peak allocated (measured)", {"facecolor": "white", "hatch": "////"}),
+    ("nvml_process", "process memory, NVML (measured)", {"facecolor": "#d9d9d9", "hatch": "...."}),
 )
 LEGIBLE_TITLE_WIDTH = 5.0  # inches an axes needs for a two-line title not to run past it
 LEGEND_WIDTH = 3.8  # inches a legend beside the axes takes, with a category's sizes in it
@@ -71,11 +62,16 @@ HEADROOM = 0.2  # above the tallest bar, a fraction of the data's range: room fo
 
 
 def _subtitle(profile: Profile, measured: bool, batches: Sequence[int] = ()) -> str:
-    """What a chart draws: estimated alone or with measurements, on what, at which batches."""
+    """What a chart draws: estimated alone or with measurements, on what, at which batches
+    (the run's batch unless given)."""
     c = profile.config
     kind = "estimated and measured" if measured else "estimated"
-    at = f"batches {', '.join(map(str, batches))}" if len(batches) > 1 else f"batch {c.batch}"
-    return f"{kind} · {c.device} · {c.dtype} · {at}"
+    return f"{kind} · {c.device} · {c.dtype} · {_batches(batches or [c.batch])}"
+
+
+def _batches(batches: Sequence[int]) -> str:
+    """'batch 128', or 'batches 1, 32, 128, 256'."""
+    return f"batch{'es' if len(batches) > 1 else ''} {', '.join(map(str, batches))}"
 
 
 def _tick_text(value: float, _pos: int | None = None) -> str:
@@ -238,7 +234,7 @@ def memory_breakdown(profile: Profile, phase: str) -> Figure:
     _stacked_categories(ax, breakdowns, _offsets(len(models), 0, columns, width), width)
     for column, (label, values, style) in enumerate(measured, start=1):
         xs = _offsets(len(models), column, columns, width)
-        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, **style)
+        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, ec="black", **style)
     _model_axis(ax, [m.name for m in models])
     ax.set_ylabel(f"MiB alive at the peak, batch of {profile.config.batch}")
     ax.set_title(
@@ -397,14 +393,9 @@ def roofline(profile: Profile) -> Figure:
             "achieved GFLOP/s, measured: counted forward FLOPs\nover measured time (log scale)"
         )
         batches = sorted({pm.batch for m in profile.models if (pm := _timed(m))})
-        at = (
-            f"batch {batches[0]}"
-            if len(batches) == 1
-            else f"batches {', '.join(map(str, batches))}"
-        )
         title = (
             "Roofline of each layer's forward pass\nintensity estimated, throughput measured · "
-            f"{profile.environment.device_name} · {c.dtype} · {at}"
+            f"{profile.environment.device_name} · {c.dtype} · {_batches(batches)}"
         )
     else:
         ax.set_ylabel("forward GFLOPs of the layer per batch\n(estimated, log scale)")
