@@ -307,3 +307,20 @@ def test_a_sweep_of_one_batch_names_that_batch(profile: Profile) -> None:
     )
     assert profile.config.batch != 1
     assert "· batch 1\n" in titles(sweep(one)) + "\n"
+
+
+def test_a_missing_measured_bar_says_why(profile: Profile) -> None:
+    """On the CPU a large step is measured at a smaller batch: its bar is missing from the
+    charts at the run's batch, and the gap says at which batch it was measured."""
+    first_elsewhere = replace(
+        profile, models=(*measured_elsewhere(profile).models[:1], *profile.models[1:])
+    )
+    elsewhere = f"measured at batch {profile.config.batch + 1}"
+    for fig in (
+        models_overview(first_elsewhere),
+        memory_breakdown(first_elsewhere, "train"),
+        memory_breakdown(first_elsewhere, "inference"),
+    ):
+        notes = [t.get_text() for t in fig.axes[-1].texts]
+        assert elsewhere in notes
+        assert_labels_clear(fig)

@@ -194,21 +194,58 @@ def _peaks_panel(ax: Axes, profile: Profile) -> bool:
     """Estimated peaks of inference and of a training step, each beside its measurement where
     there is one at this batch; whether any measurement is drawn."""
     models = profile.models
-    series: list[tuple[str, Sequence[float | None], dict[str, Any]]] = [
-        (INFERENCE_EST, [m.inference.peak / MiB for m in models], {"color": INFERENCE_COLOR}),
-        (INFERENCE_MEAS, _measured_mib(profile, "inference"), _measured_style(INFERENCE_COLOR)),
-        (TRAIN_EST, [m.train.peak / MiB for m in models], {"color": TRAIN_COLOR}),
-        (TRAIN_MEAS, _measured_mib(profile, "train"), _measured_style(TRAIN_COLOR)),
+    series: list[tuple[str, Sequence[float | None], dict[str, Any], str | None]] = [
+        (INFERENCE_EST, [m.inference.peak / MiB for m in models], {"color": INFERENCE_COLOR}, None),
+        (
+            INFERENCE_MEAS,
+            _measured_mib(profile, "inference"),
+            _measured_style(INFERENCE_COLOR),
+            "inference",
+        ),
+        (TRAIN_EST, [m.train.peak / MiB for m in models], {"color": TRAIN_COLOR}, None),
+        (TRAIN_MEAS, _measured_mib(profile, "train"), _measured_style(TRAIN_COLOR), "train"),
     ]
-    drawn = [(label, values, style) for label, values, style in series if any(values)]
+    drawn = [entry for entry in series if any(entry[1])]
     width = 0.8 / len(drawn)
-    for column, (label, values, style) in enumerate(drawn):
+    for column, (label, values, style, measured_phase) in enumerate(drawn):
         xs = _offsets(len(models), column, len(drawn), width)
         _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, **style)
+        if measured_phase:
+            _gaps(ax, xs, values, profile, measured_phase)
     ax.set(
         title="Peak memory per batch", ylabel=f"MiB at the peak, batch of {profile.config.batch}"
     )
-    return any(label.endswith("(measured)") for label, _, _ in drawn)
+    return any(entry[3] for entry in drawn)
+
+
+def _gaps(
+    ax: Axes, xs: Sequence[float], values: Sequence[float | None], profile: Profile, phase: str
+) -> None:
+    """Say, where a measured bar is missing, why: a run on the CPU measures large steps at a
+    smaller batch, and a measurement can fail."""
+    for x, value, m in zip(xs, values, profile.models, strict=True):
+        pm = m.measured.get(phase)
+        if value is None:
+            why = (
+                "not measured"
+                if pm is None
+                else "failed"
+                if pm.error
+                else f"measured at batch {pm.batch}"
+                if pm.batch != profile.config.batch
+                else "not read"
+            )
+            ax.annotate(
+                why,
+                (x, 0),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                rotation=90,
+                fontsize="x-small",
+                color="dimgray",
+            )
 
 
 def _measured_style(color: str) -> dict[str, Any]:
@@ -235,6 +272,7 @@ def memory_breakdown(profile: Profile, phase: str) -> Figure:
     for column, (label, values, style) in enumerate(measured, start=1):
         xs = _offsets(len(models), column, columns, width)
         _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, ec="black", **style)
+        _gaps(ax, xs, values, profile, phase)
     _model_axis(ax, [m.name for m in models])
     ax.set_ylabel(f"MiB alive at the peak, batch of {profile.config.batch}")
     ax.set_title(
