@@ -6,15 +6,26 @@ rendered by the Agg backend when saved.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
-from nin_profile.results import LayerStats, MemoryCategory, ModelProfile, PhaseMeasurement, Profile
-from nin_profile.units import MiB
+from nin_profile.results import (
+    LayerStats,
+    MemoryBreakdown,
+    MemoryCategory,
+    ModelProfile,
+    PhaseMeasurement,
+    Profile,
+)
+from nin_profile.units import MiB, fmt_bytes, fmt_percent
 
 CATEGORY_COLORS = {
     MemoryCategory.PARAMS: "#4c72b0",
@@ -26,193 +37,368 @@ CATEGORY_COLORS = {
     MemoryCategory.ACTIVATIONS: "#c44e52",
     MemoryCategory.TRANSIENT: "#ccb974",
 }
-PHASE_TITLES = {"train": "training step", "inference": "inference"}
+PHASE_TITLES = {"train": "a training step", "inference": "inference"}
+PARAMS_COLOR = CATEGORY_COLORS[MemoryCategory.PARAMS]
+INFERENCE_COLOR = "#2a9d8f"
+TRAIN_COLOR = "#dd8452"
+INFERENCE_EST = "inference: forward pass (estimated)"
+TRAIN_EST = "training step: forward + backward (estimated)"
+INFERENCE_MEAS = "inference: peak allocated (measured)"
+TRAIN_MEAS = "training step: peak allocated (measured)"
+# MeasuredMemory's field, its legend and the style of its bars
+MEASURED_MEMORY: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("peak_allocated", "peak allocated (measured)", {"facecolor": "white", "hatch": "////"}),
+    ("nvml_process", "process memory, NVML (measured)", {"facecolor": "#d9d9d9", "hatch": "...."}),
+)
+LEGIBLE_TITLE_WIDTH = 5.0  # inches an axes needs for a two-line title not to run past it
+LEGEND_WIDTH = 3.8  # inches a legend beside the axes takes, with a category's sizes in it
+SWEEP_LINES: dict[str, tuple[str, Any]] = {
+    "train": ("training", "-"),
+    "inference": ("inference", "--"),
+}
+ESTIMATED_MARK: dict[str, Any] = {"marker": "o", "markersize": 4}
+MEASURED_MARK: dict[str, Any] = {"marker": "D", "markersize": 7, "markerfacecolor": "none"}
+HEADROOM = 0.2  # above the tallest bar, a fraction of the data's range: room for its label
 
 
-def _figures_label(profile: Profile) -> str:
+def _subtitle(profile: Profile, measured: bool, batches: Sequence[int] = ()) -> str:
+    """What a chart draws: estimated alone or with measurements, on what, at which batches
+    (the run's batch unless given)."""
     c = profile.config
-    kind = "estimated" if c.static else "estimated and measured"
-    return f"{kind} · {c.device} · {c.dtype} · batch {c.batch}"
+    kind = "estimated and measured" if measured else "estimated"
+    return f"{kind} · {c.device} · {c.dtype} · {_batches(batches or [c.batch])}"
+
+
+def _batches(batches: Sequence[int]) -> str:
+    """'batch 128', or 'batches 1, 32, 128, 256'."""
+    return f"batch{'es' if len(batches) > 1 else ''} {', '.join(map(str, batches))}"
+
+
+def _tick_text(value: float, _pos: int | None = None) -> str:
+    """A tick as a plain number, thousands separated: 0.001, 2.5, 200, 17,500."""
+    return f"{value:,.6f}".rstrip("0").rstrip(".")
 
 
 def _log(ax: Axes, axis: str = "y") -> None:
-    """A log axis with labelled decades only: minor ticks cost most of a figure's render time."""
+    """A log axis with at least three labelled ticks: decades where the axis spans three or
+    more, else 1, 2 and 5 of each decade. No minor ticks: they cost most of a figure's render
+    time. Call it once everything is drawn (it reads the axis's limits)."""
     (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-    (ax.yaxis if axis == "y" else ax.xaxis).set_minor_locator(NullLocator())
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    decades = math.log10(high / low)
+    subs = (1.0,) if decades >= 3 else (1.0, 2.0, 5.0) if decades >= 1 else tuple(range(1, 10))
+    which = ax.yaxis if axis == "y" else ax.xaxis
+    which.set_major_locator(LogLocator(subs=subs, numticks=100))
+    which.set_major_formatter(FuncFormatter(_tick_text))
+    which.set_minor_locator(NullLocator())
 
 
-def _positive(values: Sequence[float]) -> list[float]:
-    """Zeros as NaN: a log axis cannot show them, and a NaN bar is simply not drawn."""
-    return [v if v > 0 else float("nan") for v in values]
+def _offsets(groups: int, column: int, columns: int, width: float) -> list[float]:
+    """The x of the `column`-th of `columns` bars side by side in each group."""
+    return [x + (column - (columns - 1) / 2) * width for x in range(groups)]
+
+
+def _bars(
+    ax: Axes,
+    xs: Sequence[float],
+    values: Sequence[float | None],
+    text: Callable[[float], str],
+    rotation: float = 90,
+    **style: Any,
+) -> None:
+    """Bars where a value is known (None: no bar), each labelled with `text` of its value."""
+    points = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+    if points:
+        bars = ax.bar([x for x, _ in points], [v for _, v in points], **style)
+        ax.bar_label(
+            bars,
+            labels=[text(v) for _, v in points],
+            fontsize="x-small",
+            rotation=rotation,
+            padding=2,
+        )
+
+
+def _model_axis(ax: Axes, names: Sequence[str]) -> None:
+    """Model names under the groups; room above the tallest bar for its label."""
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", rotation_mode="anchor")
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick_text))
+    ax.margins(y=HEADROOM)
+
+
+def _measured_mib(profile: Profile, phase: str, key: str = "peak_allocated") -> list[float | None]:
+    """Each model's measured memory figure `key` of `phase` in MiB, where it was measured at
+    the batch of the estimates (a run on the CPU may measure at a smaller one), else None."""
+    values: list[float | None] = []
+    for m in profile.models:
+        pm = m.measured.get(phase)
+        at_batch = pm is not None and pm.memory is not None and pm.batch == profile.config.batch
+        value = getattr(pm.memory, key) if at_batch and pm and pm.memory else None
+        values.append(value / MiB if value else None)
+    return values
+
+
+def _legend_below(fig: Figure, columns: int = 4) -> None:
+    """One legend for the whole figure, under its axes, each label once."""
+    labelled: dict[str, Artist] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    fig.legend(
+        list(labelled.values()),
+        list(labelled),
+        loc="outside lower center",
+        ncols=columns,
+        fontsize="small",
+    )
 
 
 def models_overview(profile: Profile) -> Figure:
-    """Parameters, FLOPs and peak memory of every model, side by side (log scales)."""
+    """Parameters, FLOPs and peak memory of every model side by side, on linear scales: the
+    point is how many times one model's figure is another's."""
     models = profile.models
     names = [m.name for m in models]
-    fig = Figure(figsize=(max(9.0, 1.6 * len(models) + 6), 4.4), layout="constrained")
+    fig = Figure(figsize=(max(9.0, 1.6 * len(models) + 6), 5.2), layout="constrained")
     params_ax, flops_ax, memory_ax = fig.subplots(1, 3)
-    bars = params_ax.bar(names, [m.params / 1e6 for m in models], color="#4c72b0")
-    params_ax.bar_label(bars, fmt="%.2f M", fontsize="x-small")
-    params_ax.set(title="Parameters", ylabel="parameters (millions, log scale)")
-    _grouped(
-        flops_ax,
-        names,
-        {
-            "forward": [m.flops_forward / 1e9 for m in models],
-            "training step (forward + backward)": [m.flops_train_step / 1e9 for m in models],
-        },
-    )
-    flops_ax.set(title="Computation per batch", ylabel="GFLOPs (log scale)")
-    _grouped(
-        memory_ax,
-        names,
-        {
-            "training peak (estimated)": [m.train.peak / MiB for m in models],
-            "inference peak (estimated)": [m.inference.peak / MiB for m in models],
-        },
-    )
-    _measured_markers(memory_ax, profile, names)
-    memory_ax.set(title="Peak memory per batch", ylabel="MiB (log scale)")
+    xs = range(len(models))
+    params = [m.params / 1e6 for m in models]
+    _bars(params_ax, xs, params, "{:,.2f} M".format, rotation=0, color=PARAMS_COLOR)
+    params_ax.set(title="Parameters", ylabel="parameters (millions)")
+    _flops_panel(flops_ax, profile)
+    measured = _peaks_panel(memory_ax, profile)
     for ax in (params_ax, flops_ax, memory_ax):
-        _log(ax)
-        ax.tick_params(axis="x", labelrotation=30)
-    fig.suptitle(f"The models side by side ({_figures_label(profile)})")
+        _model_axis(ax, names)
+    _legend_below(fig, columns=2)
+    fig.suptitle(f"The models side by side\n{_subtitle(profile, measured)}")
     return fig
 
 
-def _grouped(ax: Axes, names: Sequence[str], series: dict[str, list[float]]) -> None:
+def _flops_panel(ax: Axes, profile: Profile) -> None:
+    """FLOPs of a forward pass and of a training step, per batch."""
+    models = profile.models
+    series = (
+        (INFERENCE_EST, INFERENCE_COLOR, [m.flops_forward / 1e9 for m in models]),
+        (TRAIN_EST, TRAIN_COLOR, [m.flops_train_step / 1e9 for m in models]),
+    )
     width = 0.8 / len(series)
-    for i, (label, values) in enumerate(series.items()):
-        offsets = [x + (i - (len(series) - 1) / 2) * width for x in range(len(names))]
-        bars = ax.bar(offsets, _positive(values), width=width, label=label)
-        ax.bar_label(bars, fmt="%.0f", fontsize="x-small", rotation=90, padding=2)
-    ax.set_xticks(range(len(names)), names)
-    ax.legend(fontsize="small")
+    for column, (label, color, values) in enumerate(series):
+        xs = _offsets(len(models), column, len(series), width)
+        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, color=color)
+    ax.set(
+        title="Computation per batch",
+        ylabel=f"GFLOPs per batch of {profile.config.batch} (FLOPs = 2 × MACs)",
+    )
 
 
-def _measured_markers(ax: Axes, profile: Profile, names: Sequence[str]) -> None:
-    """Measured peaks at the estimate's batch, as markers over the estimated bars."""
-    width = 0.4
-    for offset, phase in ((-width / 2, "train"), (width / 2, "inference")):
-        xs, ys = [], []
-        for x, m in enumerate(profile.models):
-            pm = m.measured.get(phase)
-            if pm and pm.memory and pm.batch == profile.config.batch:
-                xs.append(x + offset)
-                ys.append(pm.memory.peak_allocated / MiB)
-        if xs:
-            ax.scatter(
-                xs,
-                ys,
-                marker="D",
-                color="black",
-                zorder=3,
-                label=f"{phase} peak allocated (measured)",
+def _peaks_panel(ax: Axes, profile: Profile) -> bool:
+    """Estimated peaks of inference and of a training step, each beside its measurement where
+    there is one at this batch; whether any measurement is drawn."""
+    models = profile.models
+    series: list[tuple[str, Sequence[float | None], dict[str, Any], str | None]] = [
+        (INFERENCE_EST, [m.inference.peak / MiB for m in models], {"color": INFERENCE_COLOR}, None),
+        (
+            INFERENCE_MEAS,
+            _measured_mib(profile, "inference"),
+            _measured_style(INFERENCE_COLOR),
+            "inference",
+        ),
+        (TRAIN_EST, [m.train.peak / MiB for m in models], {"color": TRAIN_COLOR}, None),
+        (TRAIN_MEAS, _measured_mib(profile, "train"), _measured_style(TRAIN_COLOR), "train"),
+    ]
+    drawn = [entry for entry in series if any(entry[1])]
+    width = 0.8 / len(drawn)
+    for column, (label, values, style, measured_phase) in enumerate(drawn):
+        xs = _offsets(len(models), column, len(drawn), width)
+        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, **style)
+        if measured_phase:
+            _gaps(ax, xs, values, profile, measured_phase)
+    ax.set(
+        title="Peak memory per batch", ylabel=f"MiB at the peak, batch of {profile.config.batch}"
+    )
+    return any(entry[3] for entry in drawn)
+
+
+def _gaps(
+    ax: Axes, xs: Sequence[float], values: Sequence[float | None], profile: Profile, phase: str
+) -> None:
+    """Say, where a measured bar is missing, why: a run on the CPU measures large steps at a
+    smaller batch, and a measurement can fail."""
+    for x, value, m in zip(xs, values, profile.models, strict=True):
+        pm = m.measured.get(phase)
+        if value is None:
+            why = (
+                "not measured"
+                if pm is None
+                else "failed"
+                if pm.error
+                else f"measured at batch {pm.batch}"
+                if pm.batch != profile.config.batch
+                else "not read"
             )
-    ax.legend(fontsize="small")
+            ax.annotate(
+                why,
+                (x, 0),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                rotation=90,
+                fontsize="x-small",
+                color="dimgray",
+            )
+
+
+def _measured_style(color: str) -> dict[str, Any]:
+    """A measured bar: the colour of its estimate, hatched."""
+    return {"facecolor": "white", "edgecolor": color, "hatch": "////"}
 
 
 def memory_breakdown(profile: Profile, phase: str) -> Figure:
-    """What is alive at each model's peak, stacked by category (estimated), with measurements."""
+    """What is alive at each model's peak, stacked by category (estimated), beside what was
+    measured at the same batch (peak allocated; the process's memory where NVML reads it)."""
     models = profile.models
-    names = [m.name for m in models]
-    fig = Figure(figsize=(max(7.0, 1.3 * len(models) + 3), 4.8), layout="constrained")
+    measured = [
+        (label, values, style)
+        for key, label, style in MEASURED_MEMORY
+        if any(values := _measured_mib(profile, phase, key))
+    ]
+    columns = 1 + len(measured)
+    width = 0.8 / columns
+    plot_width = max(LEGIBLE_TITLE_WIDTH, (0.7 + 0.35 * columns) * len(models))
+    fig = Figure(figsize=(plot_width + LEGEND_WIDTH, 5.2), layout="constrained")
     ax = fig.subplots()
-    bottom = [0.0] * len(models)
-    top = None
-    for category in MemoryCategory:
-        values = [_breakdown(m, phase)[category] / MiB for m in models]
-        if any(values):
-            top = ax.bar(
-                names,
-                values,
-                bottom=bottom,
-                label=f"{category.value} (estimated)",
-                color=CATEGORY_COLORS[category],
-            )
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    for key, marker, label in (
-        ("peak_allocated", "D", "peak allocated (measured)"),
-        ("nvml_process", "X", "process memory, NVML (measured)"),
-    ):
-        points = [
-            (x, getattr(pm.memory, key))
-            for x, pm in enumerate(_phase(models, phase))
-            if pm and pm.memory and getattr(pm.memory, key) and pm.batch == profile.config.batch
-        ]
-        if points:
-            ax.scatter(
-                [p[0] for p in points],
-                [p[1] / MiB for p in points],
-                marker=marker,
-                color="black",
-                zorder=3,
-                label=label,
-            )
-    if top is not None:
-        ax.bar_label(top, labels=[f"{v:,.0f}" for v in bottom], fontsize="small")
-    ax.set(
-        title=f"Memory at the peak of a {PHASE_TITLES[phase]} ({_figures_label(profile)})",
-        ylabel="MiB alive at the peak",
+    breakdowns = [m.train if phase == "train" else m.inference for m in models]
+    _stacked_categories(ax, breakdowns, _offsets(len(models), 0, columns, width), width)
+    for column, (label, values, style) in enumerate(measured, start=1):
+        xs = _offsets(len(models), column, columns, width)
+        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, ec="black", **style)
+        _gaps(ax, xs, values, profile, phase)
+    _model_axis(ax, [m.name for m in models])
+    ax.set_ylabel(f"MiB alive at the peak, batch of {profile.config.batch}")
+    ax.set_title(
+        f"Memory at the peak of {PHASE_TITLES[phase]}\n{_subtitle(profile, bool(measured))}"
     )
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.legend(fontsize="small", loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()
+    categories = len(handles) - len(measured)  # stacked bottom up: listed top down, as drawn
+    order = [*reversed(range(categories)), *range(categories, len(handles))]
+    fig.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="outside right upper",
+        fontsize="small",
+    )
     return fig
 
 
-def _breakdown(m: ModelProfile, phase: str) -> dict[MemoryCategory, int]:
-    b = m.train if phase == "train" else m.inference
-    return {c: b[c] for c in MemoryCategory}
+def _stacked_categories(
+    ax: Axes, breakdowns: Sequence[MemoryBreakdown], xs: Sequence[float], width: float
+) -> None:
+    """One bar per breakdown, stacked by category and labelled with its total; a category is
+    named in the legend with its size, since a thin one cannot be seen."""
+    bottom = [0.0] * len(breakdowns)
+    for category in MemoryCategory:
+        sizes = [b[category] for b in breakdowns]
+        if any(sizes):
+            ax.bar(
+                xs,
+                [s / MiB for s in sizes],
+                width=width,
+                bottom=bottom,
+                label=f"{category.value}: {_size_range(sizes)} (estimated)",
+                color=CATEGORY_COLORS[category],
+            )
+            bottom = [b + s / MiB for b, s in zip(bottom, sizes, strict=True)]
+    rotation = 0 if width > 0.5 else 90
+    for x, total in zip(xs, bottom, strict=True):
+        ax.annotate(
+            f"{total:,.0f}",
+            (x, total),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize="x-small",
+            rotation=rotation,
+        )
 
 
-def _phase(models: Sequence[ModelProfile], phase: str) -> list[PhaseMeasurement | None]:
-    return [m.measured.get(phase) for m in models]
+def _size_range(sizes: Sequence[int]) -> str:
+    """'24.5 MiB' where every model holds the same, else '0 B to 474.2 MiB'."""
+    low, high = min(sizes), max(sizes)
+    return fmt_bytes(low) if low == high else f"{fmt_bytes(low)} to {fmt_bytes(high)}"
 
 
 def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
-    """Per layer: parameters, forward and backward FLOPs, bytes saved for backward (log scales)."""
+    """Per layer: parameters, forward and backward FLOPs, bytes saved for backward, on linear
+    scales, each labelled with the layer's share of the model's total: the point is where they
+    sit (one dense layer of VGG-11 holds most of its parameters)."""
     layers = [layer for layer in model.layers if layer.name != "loss"]
-    names = [f"{layer.name} {layer.type}" for layer in layers]
-    fig = Figure(figsize=(13.0, max(3.5, 0.28 * len(layers) + 1.5)), layout="constrained")
+    fig = Figure(figsize=(13.0, max(3.5, 0.28 * len(layers) + 2.2)), layout="constrained")
     params_ax, flops_ax, saved_ax = fig.subplots(1, 3, sharey=True)
-    ys = range(len(layers))
-    params_ax.barh(ys, _positive([layer.params for layer in layers]), color="#4c72b0")
-    params_ax.set(title="Parameters", xlabel="parameters (log scale)")
-    height = 0.4
-    flops_ax.barh(
-        [y - height / 2 for y in ys],
-        _positive([lay.flops_forward / 1e9 for lay in layers]),
-        height=height,
-        label="forward",
-        color="#dd8452",
-    )
-    flops_ax.barh(
-        [y + height / 2 for y in ys],
-        _positive([lay.flops_backward / 1e9 for lay in layers]),
-        height=height,
-        label="backward",
-        color="#55a868",
-    )
-    flops_ax.set(title="FLOPs per batch", xlabel="GFLOPs (log scale)")
-    flops_ax.legend(fontsize="small")
-    saved_ax.barh(ys, _positive([layer.saved_bytes / MiB for layer in layers]), color="#c44e52")
-    saved_ax.set(title="Saved for backward", xlabel="MiB per batch (log scale)")
+    ys = list(range(len(layers)))
+    params = [layer.params for layer in layers]
+    scale, unit = _count_unit(max(params))
+    params_ax.barh(ys, [p / scale for p in params], color=PARAMS_COLOR)
+    _share_labels(params_ax, ys, [p / scale for p in params], params, model.params)
+    params_ax.set(title="Parameters, % of the model's", xlabel=f"parameters ({unit})")
+    _layer_flops(flops_ax, ys, layers, model.flops_train_step)
+    saved = [layer.saved_bytes for layer in layers]
+    saved_ax.barh(ys, [s / MiB for s in saved], color=CATEGORY_COLORS[MemoryCategory.ACTIVATIONS])
+    _share_labels(saved_ax, ys, [s / MiB for s in saved], saved, model.activation_bytes_saved)
+    saved_ax.set(title="Saved for backward, % of the model's", xlabel="MiB per batch")
     for ax in (params_ax, flops_ax, saved_ax):
-        _log(ax, "x")
-    params_ax.set_yticks(list(ys), names, fontsize="small")
+        ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
+        ax.margins(x=HEADROOM)
+    params_ax.set_yticks(ys, [f"{layer.name} {layer.type}" for layer in layers], fontsize="small")
     params_ax.invert_yaxis()
-    fig.suptitle(
-        f"{model.name}, layer by layer (estimated · {profile.config.device} · "
-        f"{profile.config.dtype} · batch {profile.config.batch})"
-    )
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(f"{model.name}, layer by layer\n{_subtitle(profile, measured=False)}")
     return fig
+
+
+def _layer_flops(ax: Axes, ys: Sequence[int], layers: Sequence[LayerStats], total: int) -> None:
+    """Forward and backward GFLOPs of each layer, labelled with its share of a training step."""
+    height = 0.4
+    forward = [layer.flops_forward / 1e9 for layer in layers]
+    backward = [layer.flops_backward / 1e9 for layer in layers]
+    ax.barh([y - height / 2 for y in ys], forward, height=height, label="forward", color="#dd8452")
+    ax.barh(
+        [y + height / 2 for y in ys], backward, height=height, label="backward", color="#55a868"
+    )
+    ends = [max(f, b) for f, b in zip(forward, backward, strict=True)]
+    step = [layer.flops_forward + layer.flops_backward for layer in layers]
+    _share_labels(ax, ys, ends, step, total)
+    ax.set(title="FLOPs per batch, % of a training step's", xlabel="GFLOPs per batch")
+
+
+def _count_unit(largest: float) -> tuple[float, str]:
+    """The scale of a count's axis and its name: millions, thousands or ones."""
+    return next(
+        ((s, u) for s, u in ((1e6, "millions"), (1e3, "thousands")) if largest >= s), (1.0, "count")
+    )
+
+
+def _share_labels(
+    ax: Axes, ys: Sequence[float], ends: Sequence[float], parts: Sequence[int], total: int
+) -> None:
+    """Each row's share of `total`, right of its bar's end (none where the part is zero)."""
+    for y, end, part in zip(ys, ends, parts, strict=True):
+        if part:
+            share = "<0.1%" if part / total < 0.001 else fmt_percent(part, total)
+            ax.annotate(
+                share,
+                (end, y),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize="x-small",
+            )
 
 
 def _roofline_points(profile: Profile, m: ModelProfile) -> list[tuple[float, float, LayerStats]]:
     """(intensity in FLOP/B, achieved GFLOP/s, layer) at the batch the layers were timed at."""
-    pm = m.measured.get("inference")
-    if not pm or not pm.layer_ms:
+    pm = _timed(m)
+    if pm is None:
         return []
     r = pm.batch / profile.config.batch  # FLOPs and activations scale with batch; parameters don't
     points = []
@@ -226,55 +412,80 @@ def _roofline_points(profile: Profile, m: ModelProfile) -> list[tuple[float, flo
 
 
 def roofline(profile: Profile) -> Figure:
-    """Each layer's arithmetic intensity against the throughput it achieved (where timed) under
-    the device's measured roofs; without timing, against its forward FLOPs."""
-    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    """Each layer's arithmetic intensity (estimated) against the throughput it achieved (its
+    counted FLOPs over its measured time) under the device's measured roofs; where no layer
+    was timed, against its forward FLOPs (estimated)."""
+    fig = Figure(figsize=(9.5, 6.8), layout="constrained")
     ax = fig.subplots()
     timed = any(_roofline_points(profile, m) for m in profile.models)
+    intensities: list[float] = []
     for i, m in enumerate(_roofline_models(profile)):
-        if timed:
-            points = _roofline_points(profile, m)
-        else:
-            points = [
-                (layer.intensity, layer.flops_forward / 1e9, layer)
-                for layer in m.layers
-                if layer.flops_forward
-            ]
-        if not points:
-            continue
-        color, marker = f"C{i % 10}", "osD^vP*X"[i % 8]
-        ax.scatter(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            label=m.name,
-            marker=marker,
-            color=color,
-            alpha=0.8,
-        )
-        pointwise = [p for p in points if is_pointwise(p[2])]
-        if pointwise:
-            ax.scatter(
-                [p[0] for p in pointwise],
-                [p[1] for p in pointwise],
-                marker="o",
-                facecolors="none",
-                edgecolors=color,
-                s=160,
-                label=f"{m.name}: 1×1 convolutions",
-            )
+        points = _roofline_points(profile, m) if timed else _intensity_points(m)
+        if points:
+            _layer_points(ax, points, m.name, f"C{i % 10}", "osD^vP*X"[i % 8])
+            intensities += [p[0] for p in points]
+    c = profile.config
     if timed:
-        _roofs(ax, profile)
-        ax.set(ylabel="achieved GFLOP/s (measured forward, log scale)")
-        title = f"Roofline of each layer ({profile.environment.device_name})"
+        _roofs(ax, profile, min(intensities), max(intensities))
+        ax.set_ylabel(
+            "achieved GFLOP/s, measured: counted forward FLOPs\nover measured time (log scale)"
+        )
+        batches = sorted({pm.batch for m in profile.models if (pm := _timed(m))})
+        title = (
+            "Roofline of each layer's forward pass\nintensity estimated, throughput measured · "
+            f"{profile.environment.device_name} · {c.dtype} · {_batches(batches)}"
+        )
     else:
-        ax.set(ylabel="forward GFLOPs of the layer per batch (log scale)")
-        c = profile.config
-        title = f"Arithmetic intensity of each layer (estimated · {c.dtype} · batch {c.batch})"
-    ax.set(xlabel="arithmetic intensity, FLOPs per byte moved (log scale)", title=title)
+        ax.set_ylabel("forward GFLOPs of the layer per batch\n(estimated, log scale)")
+        title = f"Arithmetic intensity of each layer\n{_subtitle(profile, measured=False)}"
+    ax.set(
+        xlabel="arithmetic intensity, forward FLOPs per byte moved (estimated, log scale)",
+        title=title,
+    )
     _log(ax, "x")
     _log(ax, "y")
-    ax.legend(fontsize="small")
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small")
     return fig
+
+
+def _timed(m: ModelProfile) -> PhaseMeasurement | None:
+    """The inference measurement that timed each layer, if one did."""
+    pm = m.measured.get("inference")
+    return pm if pm and pm.layer_ms else None
+
+
+def _intensity_points(m: ModelProfile) -> list[tuple[float, float, LayerStats]]:
+    """(intensity in FLOP/B, forward GFLOPs per batch, layer) of each layer that computes."""
+    return [
+        (layer.intensity, layer.flops_forward / 1e9, layer)
+        for layer in m.layers
+        if layer.flops_forward
+    ]
+
+
+def _layer_points(
+    ax: Axes, points: Sequence[tuple[float, float, LayerStats]], name: str, color: str, marker: str
+) -> None:
+    """One model's layers, its 1×1 convolutions ringed."""
+    ax.scatter(
+        [p[0] for p in points],
+        [p[1] for p in points],
+        label=name,
+        marker=marker,
+        color=color,
+        alpha=0.8,
+    )
+    pointwise = [p for p in points if is_pointwise(p[2])]
+    if pointwise:
+        ax.scatter(
+            [p[0] for p in pointwise],
+            [p[1] for p in pointwise],
+            marker="o",
+            facecolors="none",
+            edgecolors=color,
+            s=160,
+            label=f"{name}: 1×1 convolutions",
+        )
 
 
 def _roofline_models(profile: Profile) -> list[ModelProfile]:
@@ -290,71 +501,90 @@ def _roofline_models(profile: Profile) -> list[ModelProfile]:
     ]
 
 
-def _roofs(ax: Axes, profile: Profile) -> None:
+def _roofs(ax: Axes, profile: Profile, low: float, high: float) -> None:
+    """The measured roofs, from a factor of two left of the lowest intensity (or of the ridge)
+    to a factor of two right of the highest."""
     ceilings = next(
         (pm.ceilings for m in profile.models for pm in m.measured.values() if pm.ceilings), None
     )
     if ceilings is None:
         return
-    xs = [0.1, ceilings.ridge, 1e4]
+    xs = [min(low, ceilings.ridge) / 2, ceilings.ridge, max(high, ceilings.ridge) * 2]
     ax.plot(
         xs,
         [min(ceilings.flops_per_s, ceilings.bytes_per_s * x) / 1e9 for x in xs],
         color="black",
         linestyle="--",
-        label=f"roofs: {ceilings.flops_per_s / 1e12:.2f} TFLOP/s {ceilings.matmul_precision} "
-        "matmul, "
-        f"{ceilings.bytes_per_s / 1e9:.0f} GB/s copy (measured)",
+        label=f"roofs (measured): {ceilings.flops_per_s / 1e12:.2f} TFLOP/s "
+        f"{ceilings.matmul_precision} matmul,\n{ceilings.bytes_per_s / 1e9:.0f} GB/s copy",
     )
 
 
 def sweep(profile: Profile) -> Figure:
-    """Peak memory (estimated and measured) and time per iteration (measured) against batch.
-    One colour per model; solid lines for training, dashed for inference."""
-    timed = any(p.timing for m in profile.models for p in m.sweep)
-    measured = any(p.memory for m in profile.models for p in m.sweep)
-    fig = Figure(figsize=(12.0 if timed else 7.5, 5.0), layout="constrained")
-    axes: list[Axes] = list(fig.subplots(1, 2, squeeze=True)) if timed else [fig.subplots()]
+    """Peak memory (estimated, and measured where it was) and time per iteration (measured)
+    against batch size: one colour per model, solid for training, dashed for inference,
+    dots on the estimates and diamonds on the measurements."""
+    points = [p for m in profile.models for p in m.sweep]
+    timed = any(p.timing for p in points)
+    measured = any(p.memory for p in points)
+    batches = sorted({p.batch for p in points})
+    fig = Figure(figsize=(12.0 if timed else 7.5, 5.6), layout="constrained")
+    axes: list[Axes] = list(fig.subplots(1, 2)) if timed else [fig.subplots()]
     memory_ax = axes[0]
     for i, m in enumerate(profile.models):
-        color = f"C{i % 10}"
-        for phase, style in (("train", "-"), ("inference", "--")):
-            points = sorted((p for p in m.sweep if p.phase == phase), key=lambda p: p.batch)
-            est = [(p.batch, p.predicted.peak / MiB) for p in points if p.predicted]
-            if est:
-                memory_ax.plot(
-                    *zip(*est, strict=True), style, color=color, label=f"{m.name} {phase} (est.)"
-                )
-            meas = [(p.batch, p.memory.peak_allocated / MiB) for p in points if p.memory]
-            if meas:
-                memory_ax.scatter(*zip(*meas, strict=True), color=color, marker="D")
-            times = [(p.batch, p.timing.ms_per_iter) for p in points if p.timing]
-            if timed and times:
-                axes[1].plot(
-                    *zip(*times, strict=True),
-                    style,
-                    marker="o",
-                    color=color,
-                    label=f"{m.name} {phase}",
-                )
-    legend = "lines: estimated, ◆: measured" if measured else "estimated"
-    memory_ax.set(
-        title=f"Peak memory against batch size ({legend})",
-        xlabel="batch size (log scale)",
-        ylabel="MiB (log scale)",
-    )
-    if timed:
-        axes[1].set(
-            title="Time per iteration (measured)",
-            xlabel="batch size (log scale)",
-            ylabel="ms per iteration (log scale)",
+        for phase, (_, style) in SWEEP_LINES.items():
+            line = {"linestyle": style, "color": f"C{i % 10}"}
+            ordered = sorted((p for p in m.sweep if p.phase == phase), key=lambda p: p.batch)
+            est = [(p.batch, p.predicted.peak / MiB) for p in ordered if p.predicted]
+            meas = [(p.batch, p.memory.peak_allocated / MiB) for p in ordered if p.memory]
+            times = [(p.batch, p.timing.ms_per_iter) for p in ordered if p.timing]
+            _series(memory_ax, est, ESTIMATED_MARK, **line)
+            _series(memory_ax, meas, MEASURED_MARK, linestyle="none", color=line["color"])
+            if timed:
+                _series(axes[1], times, MEASURED_MARK, **line)
+    memory_ax.set_ylabel("MiB at the peak of a step (log scale)")
+    if timed:  # two panels: each says what it draws (one panel: the figure's title says it)
+        memory_ax.set_title(
+            f"Peak memory ({'estimated and measured' if measured else 'estimated'})"
         )
+        axes[1].set(title="Time per iteration (measured)", ylabel="ms per batch (log scale)")
     for ax in axes:
+        ax.set_xlabel("batch size (log scale)")
         _log(ax, "x")
+        ax.xaxis.set_major_locator(FixedLocator(batches))
         _log(ax, "y")
-        ax.legend(fontsize="x-small")
-    fig.suptitle(f"Batch sweep ({_figures_label(profile)})")
+    fig.legend(
+        handles=_sweep_legend(profile.models, measured or timed),
+        loc="outside right center",
+        fontsize="small",
+    )
+    what = "Memory and time" if timed else "Peak memory"
+    fig.suptitle(f"{what} against batch size\n{_subtitle(profile, measured or timed, batches)}")
     return fig
+
+
+def _series(
+    ax: Axes, points: Sequence[tuple[int, float]], mark: dict[str, Any], **line: Any
+) -> None:
+    if points:
+        ax.plot(*zip(*points, strict=True), **mark, **line)
+
+
+def _sweep_legend(models: Sequence[ModelProfile], measured: bool) -> list[Line2D]:
+    """What colour is which model, and what the line styles and the marks mean."""
+    handles = [Line2D([], [], color=f"C{i % 10}", label=m.name) for i, m in enumerate(models)]
+    handles += [
+        Line2D([], [], color="black", linestyle=style, label=words)
+        for words, style in SWEEP_LINES.values()
+    ]
+    handles.append(
+        Line2D([], [], color="black", linestyle="none", label="estimated", **ESTIMATED_MARK)
+    )
+    if measured:
+        handles.append(
+            Line2D([], [], color="black", linestyle="none", label="measured", **MEASURED_MARK)
+        )
+    return handles
 
 
 _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
