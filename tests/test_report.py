@@ -30,7 +30,7 @@ from nin_profile.render.charts import (
 from nin_profile.render.markdown import render_report
 from nin_profile.render.names import chart_plan
 from nin_profile.report import ChartPool, chart_pngs
-from nin_profile.results import ModelProfile, Profile, Timing
+from nin_profile.results import MemoryCategory, ModelProfile, Profile, Timing
 from nin_profile.run import run_profile
 from nin_profile.units import MiB, fmt_mib, fmt_scaled
 
