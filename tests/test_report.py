@@ -330,18 +330,48 @@ def test_notes_of_one_kind_are_one_line(profile: Profile) -> None:
         replace(
             m,
             measured={
-                phase: replace(pm, notes=(f"largest scratch inside one op: {i} MiB in conv2d",))
+                phase: replace(pm, notes=(f"no kernel-scratch figures: RuntimeError {i}",))
                 for i, (phase, pm) in enumerate(m.measured.items())
             },
         )
         for m in profile.models
     )
     text = render_report(replace(profile, models=noted))
-    lines = [line for line in text.splitlines() if line.startswith("- largest scratch")]
+    lines = [line for line in text.splitlines() if line.startswith("- no kernel-scratch")]
     assert len(lines) == 1
     assert (
-        "nin train 0 MiB in conv2d; nin inference 1 MiB in conv2d; nin_single_1x1 train" in lines[0]
+        "nin train RuntimeError 0; nin inference RuntimeError 1; nin_single_1x1 train" in lines[0]
     )
+
+
+def test_the_op_with_the_most_scratch_is_named_once(profile: Profile) -> None:
+    """The scratch figures are a column of the measured table; which op held the most is said
+    once in its text, not in a note per measurement."""
+    scratch = {
+        "nin": "256.1 MiB in convolution_backward (backward)",
+        "alexnet": "25.3 MiB in conv2d",
+    }
+    noted = tuple(
+        replace(
+            m,
+            measured={
+                **m.measured,
+                "train": replace(
+                    m.measured["train"],
+                    notes=(f"largest scratch inside one op: {scratch[m.name]}",),
+                ),
+            },
+        )
+        if m.name in scratch
+        else m
+        for m in profile.models
+    )
+    text = render_report(replace(profile, models=noted))
+    assert "largest scratch inside one op" not in text
+    expected = (
+        "The most scratch: 256.1 MiB in convolution_backward (backward), in nin's training step"
+    )
+    assert expected in text
 
 
 def test_the_method_section_defines_every_memory_category(profile: Profile) -> None:

@@ -23,6 +23,7 @@ from nin_profile.render.text import (
     per_example_bytes,
     per_example_ms,
     rel_error,
+    scratch_ops,
     time_verdict,
 )
 from nin_profile.results import (
@@ -282,6 +283,16 @@ def _how_timed(profile: Profile) -> str:
     return "Each model and phase was timed in a process of its own, iteration after iteration"
 
 
+def _largest_scratch(profile: Profile) -> str:
+    """Which op held the most scratch, from the measurements' notes."""
+    ops = scratch_ops(profile)
+    if not ops:
+        return ""
+    model, phase, where = max(ops, key=lambda item: float(item[2].split()[0].replace(",", "")))
+    step = "training step" if phase == "train" else "inference pass"
+    return f"The most scratch: {where}, in {model}'s {step}. "
+
+
 def _largest_miss(profile: Profile) -> str:
     """The model whose measured peak the estimate misses most, in words."""
     misses = [
@@ -297,7 +308,8 @@ def _largest_miss(profile: Profile) -> str:
     assert pm.predicted is not None and pm.memory is not None
     estimate, peak = pm.predicted.peak, pm.memory.peak_allocated
     return (
-        f"The estimate misses most for {m.name}'s {PHASE_WORDS[pm.phase]}: measured "
+        f"The estimate misses most for {m.name}'s "
+        f"{'training step' if pm.phase == 'train' else 'inference pass'}: measured "
         f"{fmt_bytes(peak)} at batch {pm.batch}, and the estimate, {fmt_bytes(estimate)}, is "
         f"{error_words(estimate, peak)}."
     )
@@ -315,7 +327,7 @@ def measured_section(profile: Profile, charts: bool) -> str:
         "the scratch a kernel allocates and frees inside one op (cuDNN's workspace), which no "
         "trace of tensors can see and the estimate leaves out. Reserved: what CUDA's caching "
         "allocator kept from the driver; NVML process: what nvidia-smi shows for the process. "
-    )
+    ) + _largest_scratch(profile)
     return join(
         f"## Measured on {device}",
         "*Each model and phase measured in a process of its own; each measured figure beside "

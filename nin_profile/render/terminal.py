@@ -101,7 +101,8 @@ def sweep_table(profile: Profile) -> Table | None:
     measured = any(p.memory for _, p in points)
     table = _table(
         "batch sweep · " + ("estimated and measured" if measured else "estimated") + " · per batch",
-        "est. = estimated · meas. = peak allocated · ms: median per iteration",
+        "est. = estimated peak"
+        + (" · meas. = peak allocated · ms: median per iteration" if measured else ""),
     )
     titles = ["Model", "Phase", "Batch", "est.\nMiB"]
     if measured:

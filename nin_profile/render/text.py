@@ -182,6 +182,21 @@ def interval(t: Timing) -> str:
     return f"±{t.ms_spread / 2:,.2f}"  # profiles from before the interval was kept
 
 
+# A measurement's note whose figure the report's tables show (the scratch column).
+SCRATCH_NOTE = "largest scratch inside one op"
+
+
+def scratch_ops(profile: Profile) -> list[tuple[str, str, str]]:
+    """(model, phase, 'N MiB in op (pass)') of each measurement's largest kernel scratch."""
+    return [
+        (m.name, phase, text.partition(": ")[2])
+        for m in profile.models
+        for phase, pm in m.measured.items()
+        for text in pm.notes
+        if text.startswith(SCRATCH_NOTE)
+    ]
+
+
 def grouped_notes(profile: Profile) -> list[str]:
     """The run's notes, then the measurements' notes and failures one line per kind (the text
     before the first ': '), naming the models and phases each concerns."""
@@ -190,7 +205,7 @@ def grouped_notes(profile: Profile) -> list[str]:
     for m in profile.models:
         for phase, pm in m.measured.items():
             for text in (*pm.notes, pm.error):
-                if text:
+                if text and not text.startswith(SCRATCH_NOTE):
                     kind, _, detail = text.partition(": ")
                     kinds.setdefault(kind, []).append((f"{m.name} {phase}", detail))
         for point in m.sweep:
