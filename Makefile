@@ -10,10 +10,16 @@ ARGS   ?=
 
 .PHONY: report static test lint bench clean
 
+# What the default run needs and no more; the tests add the dev extra (pytest, ruff, mypy and
+# the peers fvcore and torchinfo, which the tests use as oracles).
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -23,7 +29,7 @@ report: $(BIN)/.installed  ## the main job: profile the default models, write re
 static: $(BIN)/.installed  ## estimates only, no device used, into reports/latest-static/
 	$(BIN)/python -m nin_profile --static $(ARGS)
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check nin_profile tests bench
 	$(BIN)/ruff format --check nin_profile tests bench
 	$(BIN)/mypy
@@ -31,7 +37,7 @@ lint: $(BIN)/.installed
 test: lint  ## lint, type-check, then the test suite (CUDA tests run only where a GPU is)
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed-dev
 	$(BIN)/python bench/static_speed.py
 
 clean:

@@ -235,18 +235,10 @@ def _given(args: argparse.Namespace, name: str) -> int | None:
 
 
 def _render(path: Path, out: Path, charts: bool, force: bool) -> int:
-    from nin_profile.files import check_output_folder, read_json, write_output_folder
+    from nin_profile.files import check_output_folder, read_profile, write_output_folder
     from nin_profile.report import chart_renderer, report_files
-    from nin_profile.results import Profile
 
-    data = read_json(path, "profile")
-    try:
-        profile = Profile.from_dict(data)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ProfileError(
-            f"{path} is not a nin_profile profile.json ({type(exc).__name__}: "
-            f"{exc}); make one with python -m nin_profile --out DIR"
-        ) from exc
+    profile = read_profile(path)
     replaces_measured = force or not profile.config.static
     check_output_folder(out, replaces_measured)
     with chart_renderer(charts) as render_charts:

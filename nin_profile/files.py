@@ -7,9 +7,12 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nin_profile.errors import ProfileError
+
+if TYPE_CHECKING:
+    from nin_profile.results import Profile
 
 PROFILE_JSON = "profile.json"
 
@@ -114,6 +117,20 @@ def read_json(path: Path, what: str) -> Any:
         raise ProfileError(f"{what} {path} does not exist") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProfileError(f"{what} {path} is not readable JSON: {exc}") from exc
+
+
+def read_profile(path: Path) -> Profile:
+    """A profile.json as a Profile, or one line saying why it is not one."""
+    from nin_profile.results import Profile
+
+    data = read_json(path, "profile")
+    try:
+        return Profile.from_dict(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ProfileError(
+            f"{path} is not a nin_profile profile.json ({type(exc).__name__}: "
+            f"{exc}); make one with python -m nin_profile --out DIR"
+        ) from exc
 
 
 def to_json(data: Any) -> str:

@@ -6,10 +6,14 @@ Units: counts are plain integers, memory is bytes, FLOPs count a multiply and an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas is imported where a frame is made: the CLI never needs it
+    import pandas as pd
 
 
 class Phase(str, Enum):
@@ -437,6 +441,75 @@ class Profile:
             "notes": list(self.notes),
             "models": [m.to_dict() for m in self.models],
         }
+
+    def __getitem__(self, name: str) -> ModelProfile:
+        """The model of this name: `profile["nin"].params`."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model {name!r} in this profile; it has {', '.join(self.names)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def models_frame(self) -> pd.DataFrame:
+        """One row per model (pandas): counts, FLOPs, estimated and measured memory and time;
+        units in the column names."""
+        from nin_profile.frames import models_frame
+
+        return models_frame(self)
+
+    def layers_frame(self) -> pd.DataFrame:
+        """One row per (model, layer) (pandas), the columns of layers.csv."""
+        from nin_profile.frames import layers_frame
+
+        return layers_frame(self)
+
+    def report(self, charts: bool = False) -> str:
+        """report.md as markdown text (`charts`: link the PNGs that `save` writes beside it)."""
+        from nin_profile.render.markdown import render_report
+
+        return render_report(self, charts)
+
+    def save(self, folder: str | os.PathLike[str], charts: bool = True) -> list[str]:
+        """Write what the command line writes (profile.json, layers.csv, report.md, the charts)
+        into `folder`, replaced in one rename; the names of the files written."""
+        from pathlib import Path
+
+        from nin_profile.files import write_output_folder
+        from nin_profile.report import chart_pngs, report_files
+
+        files = report_files(self, chart_pngs(self) if charts else None)
+        write_output_folder(Path(folder), files, replaces_measured=True)
+        return list(files)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Profile:
+        """A profile from a profile.json (or the folder holding one) that `save` or the command
+        line wrote."""
+        from pathlib import Path
+
+        from nin_profile.files import PROFILE_JSON, read_profile
+
+        path = Path(path)
+        return read_profile(path / PROFILE_JSON if path.is_dir() else path)
+
+    def _repr_markdown_(self) -> str:
+        """What a notebook cell shows: the conditions, the summary and the measurements."""
+        from nin_profile.render.general import conditions, measured_section, summary_section
+
+        parts = [conditions(self), summary_section(self, False)]
+        if not self.config.static and any(m.measured for m in self.models):
+            parts.append(measured_section(self, False))
+        return "\n\n".join(parts)
+
+    def __repr__(self) -> str:
+        kind = "estimated" if self.config.static else "estimated and measured"
+        return (
+            f"Profile({', '.join(self.names)}; batch {self.config.batch}, "
+            f"{self.config.device}, {kind}; .report(), .models_frame(), .layers_frame())"
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Profile:
