@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=positive_int, default=3, help="warm-up iterations (3)")
     p.add_argument("--iterations", type=positive_int, default=20, help="timed iterations (20)")
     p.add_argument(
+        "--compare-peers",
+        action="store_true",
+        help="set torchinfo's and fvcore's figures beside ours in the report, and say why "
+        'they differ (needs the peers extra: pip install "nin-profile[peers]")',
+    )
+    p.add_argument(
         "--no-charts",
         action="store_true",
         help="write report.md without the PNG charts (faster; no matplotlib)",
@@ -352,6 +358,10 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
 
     device = resolve_device(args.device)
     _check_device(args, device)
+    if args.compare_peers:
+        from nin_profile.peers import import_peers
+
+        import_peers()  # missing peers: one line now, not after the analysis
     out = args.out or (DEFAULT_STATIC_OUT if args.static else DEFAULT_OUT)
     replaces_measured = args.force or not args.static
     check_output_folder(out, replaces_measured)
@@ -379,6 +389,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         cpu_time_budget=args.cpu_time_budget,
         warmup=args.warmup,
         iterations=args.iterations,
+        compare_peers=args.compare_peers,
     )
     with _progress() as on_progress, ExitStack() as stack:
         charts = chart_renderer(not args.no_charts)

@@ -274,6 +274,33 @@ class BatchFit:
 
 
 @dataclass(frozen=True)
+class PeerFigures:
+    """Per batch of `batch`, as each tool reports it (its units converted to ours: bytes)."""
+
+    batch: int
+    torchinfo_params: int
+    torchinfo_mult_adds: int
+    torchinfo_input_bytes: int
+    torchinfo_pass_bytes: int  # its "forward/backward pass size": every output, counted twice
+    torchinfo_param_bytes: int
+    fvcore_flops: int  # what fvcore calls flops: one per multiply-add
+    fvcore_unsupported: dict[str, int] = field(default_factory=dict)  # op → calls it skipped
+    fvcore_by_operator: dict[str, int] = field(default_factory=dict)  # op → its "flops"
+
+    @property
+    def torchinfo_total_bytes(self) -> int:
+        """torchinfo's "estimated total size": input + pass size + parameters."""
+        return self.torchinfo_input_bytes + self.torchinfo_pass_bytes + self.torchinfo_param_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PeerFigures:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """Static analysis of one model at one batch size: counts, FLOPs and predicted memory."""
 
@@ -291,6 +318,7 @@ class ModelProfile:
     measured: Mapping[str, PhaseMeasurement] = field(default_factory=dict)
     sweep: tuple[PhaseMeasurement, ...] = ()
     fits: tuple[BatchFit, ...] = ()
+    peers: PeerFigures | None = None  # torchinfo's and fvcore's figures (--compare-peers)
 
     @property
     def macs_forward(self) -> int:
@@ -327,6 +355,7 @@ class ModelProfile:
             },
             "sweep": [m.to_dict() for m in self.sweep],
             "fits": [f.to_dict() for f in self.fits],
+            "peers": self.peers.to_dict() if self.peers else None,
             "not_counted": [asdict(n) for n in self.not_counted],
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -361,6 +390,7 @@ class ModelProfile:
             },
             sweep=tuple(PhaseMeasurement.from_dict(m) for m in d.get("sweep", ())),
             fits=tuple(BatchFit(**f) for f in d.get("fits", ())),
+            peers=PeerFigures.from_dict(d["peers"]) if d.get("peers") else None,
         )
 
 
@@ -384,6 +414,7 @@ class RunConfig:
     cpu_time_budget: float = 120.0
     warmup: int = 3
     iterations: int = 20
+    compare_peers: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

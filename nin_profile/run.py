@@ -28,6 +28,7 @@ from nin_profile.results import (
     Ceilings,
     MemoryBreakdown,
     ModelProfile,
+    PeerFigures,
     PhaseMeasurement,
     Profile,
     RunConfig,
@@ -208,10 +209,20 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
     for static in statics:
         profile = replace(static, measured=measured.get(static.name, {}))
         profile = replace(profile, sweep=_sweep(run, static))
+        if config.compare_peers:
+            profile = replace(profile, peers=_peers(run, static))
         profile = replace(profile, fits=_fits(run, profile))
         models.append(profile)
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))
+
+
+def _peers(run: Run, static: ModelProfile) -> PeerFigures:
+    from nin_profile.peers import peer_figures
+
+    c = run.config
+    run.on_progress(ProgressEvent(f"{static.name} · torchinfo and fvcore", "peers", 0, 1))
+    return peer_figures(static.name, c.channels, c.image_size, c.classes, c.batch)
 
 
 def _measure_on_cpu(

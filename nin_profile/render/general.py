@@ -31,6 +31,7 @@ from nin_profile.results import (
     MemoryBreakdown,
     MemoryCategory,
     ModelProfile,
+    PeerFigures,
     PhaseMeasurement,
     Profile,
 )
@@ -554,6 +555,108 @@ def needs_comparison(profile: Profile) -> bool:
     return "nin" not in names(profile) or not names(profile) <= CHAPTER
 
 
+# ---- peers -------------------------------------------------------------------------------------
+
+
+def _peer_rows(profile: Profile) -> list[tuple[ModelProfile, PeerFigures]]:
+    return [(m, m.peers) for m in profile.models if m.peers]
+
+
+def peers_section(profile: Profile, charts: bool) -> str:
+    rows = _peer_rows(profile)
+    table = md_table(
+        [
+            "Model",
+            "Params (ours)",
+            "torchinfo params",
+            "Fwd MACs (ours, G)",
+            "torchinfo mult-adds (G)",
+            'fvcore "flops" (G)',
+            "torchinfo total size (MiB)",
+            "Train peak (ours, MiB)",
+            "Inference peak (ours, MiB)",
+            "ops fvcore skipped",
+        ],
+        [
+            [
+                m.name,
+                fmt_int(m.params),
+                fmt_int(p.torchinfo_params),
+                fmt_scaled(m.macs_forward, 1e9),
+                fmt_scaled(p.torchinfo_mult_adds, 1e9),
+                fmt_scaled(p.fvcore_flops, 1e9),
+                fmt_mib(p.torchinfo_total_bytes),
+                fmt_mib(m.train.peak),
+                fmt_mib(m.inference.peak),
+                ", ".join(f"`{op}` ×{n}" for op, n in p.fvcore_unsupported.items()) or "none",
+            ]
+            for m, p in rows
+        ],
+        [False] + [True] * 8 + [False],
+    )
+    return join(
+        "## Beside torchinfo and fvcore",
+        f"*Their figures for batch {profile.config.batch}: each tool run on the CPU at batch 1 "
+        "and 2, and each figure carried to the batch along the line through those two; "
+        "torchinfo's sizes (decimal MB) converted to MiB.*",
+        table,
+        "\n".join(f"- {line}" for line in _peer_differences(rows)),
+    )
+
+
+# What fvcore counts as matrix products (its by_operator names), as our MACs do.
+MATRIX_OPS = frozenset({"conv", "linear", "addmm", "matmul", "bmm", "einsum", "mm"})
+
+
+def _peer_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> list[str]:
+    """Why each figure differs from ours, in one line each, from the numbers."""
+    same_params = [m.name for m, p in rows if p.torchinfo_params == m.params]
+    lines = [
+        "Parameters: torchinfo counts "
+        + (
+            "the same for every model."
+            if len(same_params) == len(rows)
+            else f"the same for {listing(same_params) or 'no model'}, other figures for the rest."
+        )
+    ]
+    fvcore = [(m, p.fvcore_flops - m.macs_forward) for m, p in rows]
+    exact = [m.name for m, d in fvcore if d == 0]
+    differing = [
+        f"{d:+,} for {m.name}, which is what it counts for "
+        + listing(
+            [f"`{op}` ({n:,})" for op, n in p.fvcore_by_operator.items() if op not in MATRIX_OPS]
+        )
+        for (m, d), (_, p) in zip(fvcore, rows, strict=True)
+        if d
+    ]
+    lines.append(
+        'fvcore\'s "flops" are multiply-adds, half of our FLOPs (FLOPs = 2 × MACs): its count '
+        + (f"equals our forward MACs for {listing(exact)}" if exact else "")
+        + ("; it differs by " if exact and differing else "differs by " if differing else "")
+        + "; ".join(differing)
+        + ", ops we list under *not counted*. It skips the ops listed (no formula)."
+    )
+    extra = [(m, p.torchinfo_mult_adds - m.macs_forward) for m, p in rows]
+    lines.append(
+        "torchinfo's mult-adds are our forward MACs plus "
+        + ", ".join(f"{fmt_scaled(d, 1e6)} M for {m.name}" for m, d in extra)
+        + ": it also counts each bias addition of a convolution or linear layer as one."
+    )
+    lines.append(
+        "torchinfo's \"estimated total size\" is the input, every layer's output counted twice "
+        '("forward/backward pass") and the parameters: '
+        + ", ".join(
+            f"{fmt_bytes(p.torchinfo_total_bytes)} for {m.name} against our training peak of "
+            f"{fmt_bytes(m.train.peak)}"
+            for m, p in rows
+        )
+        + ". It has no gradients or optimizer state, and it counts every output, where autograd "
+        "keeps only what the backward needs (an in-place ReLU's output once, a max-pool's int64 "
+        "indices, no output a later layer does not save)."
+    )
+    return lines
+
+
 # ---- sweeps, fits, layers ----------------------------------------------------------------------
 
 
@@ -774,5 +877,6 @@ MEASURED = Section("measured", measured_section, is_measured)
 COMPARISON = Section("comparison", comparison_section, needs_comparison)
 SWEEP = Section("sweep", sweep_section, lambda p: any(m.sweep for m in p.models))
 FITS = Section("fits", fits_section, lambda p: any(m.fits for m in p.models))
+PEERS = Section("peers", peers_section, lambda p: any(m.peers for m in p.models))
 LAYERS = Section("layers", layers_section)
 METHOD_SECTION = Section("method", method_section)

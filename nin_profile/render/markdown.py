@@ -18,6 +18,7 @@ SECTIONS: tuple[Section, ...] = (
     chapter.EXERCISE4,
     chapter.CLAIMS,
     general.COMPARISON,
+    general.PEERS,
     general.SWEEP,
     general.FITS,
     general.LAYERS,

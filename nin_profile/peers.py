@@ -1,0 +1,70 @@
+"""What torchinfo and fvcore say of a model, to set beside our figures (`--compare-peers`).
+
+Both run the model for real, on the CPU: at batch 1 and 2, from which each figure follows at
+the run's batch (mult-adds, FLOPs and activation sizes grow with it; parameters do not).
+They are the `peers` extra: `pip install "nin-profile[peers]"`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nin_profile.errors import ProfileError
+from nin_profile.models import get_model
+from nin_profile.results import PeerFigures
+
+
+def import_peers() -> tuple[Any, Any]:
+    try:
+        import torchinfo
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError as exc:
+        raise ProfileError(
+            f"--compare-peers needs torchinfo and fvcore ({exc.name or exc} is missing): "
+            'pip install "nin-profile[peers]"'
+        ) from exc
+    return torchinfo, FlopCountAnalysis
+
+
+def _at_batch(
+    name: str, channels: int, image_size: int, classes: int, batch: int
+) -> tuple[Any, Any]:
+    """torchinfo's statistics and fvcore's count of `name` run at `batch` on the CPU."""
+    torchinfo, flop_count_analysis = import_peers()
+    torch.manual_seed(0)
+    model = get_model(name, channels=channels, classes=classes, image_size=image_size).eval()
+    shape = (batch, channels, image_size, image_size)
+    stats = torchinfo.summary(model, input_size=shape, verbose=0, device="cpu")
+    with torch.no_grad():
+        count = flop_count_analysis(model, torch.randn(shape))
+        count.unsupported_ops_warnings(False)
+        count.uncalled_modules_warnings(False)
+        count.total()
+    return stats, count
+
+
+def peer_figures(
+    name: str, channels: int, image_size: int, classes: int, batch: int
+) -> PeerFigures:
+    """torchinfo's summary and fvcore's FLOP count of `name` for `batch`, from runs at batch 1
+    and 2: each figure is affine in the batch (torchinfo adds a few bytes to each input's size),
+    so two points give it at any batch without running the model at that batch."""
+    (s1, c1), (s2, c2) = (_at_batch(name, channels, image_size, classes, b) for b in (1, 2))
+
+    def at(one: float, two: float) -> int:
+        return int(one + (two - one) * (batch - 1))
+
+    ops1, ops2 = c1.by_operator(), c2.by_operator()
+    return PeerFigures(
+        batch=batch,
+        torchinfo_params=int(s1.total_params),
+        torchinfo_mult_adds=at(s1.total_mult_adds, s2.total_mult_adds),
+        torchinfo_input_bytes=at(s1.total_input, s2.total_input),
+        torchinfo_pass_bytes=at(s1.total_output_bytes, s2.total_output_bytes),
+        torchinfo_param_bytes=int(s1.total_param_bytes),
+        fvcore_flops=at(c1.total(), c2.total()),
+        fvcore_unsupported={str(op): int(n) for op, n in c1.unsupported_ops().items()},
+        fvcore_by_operator={str(op): at(ops1[op], ops2[op]) for op in ops1},
+    )

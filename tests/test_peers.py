@@ -1,0 +1,79 @@
+"""--compare-peers: torchinfo's and fvcore's figures beside ours, scaled from batch 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchinfo
+from fvcore.nn import FlopCountAnalysis
+from run_configs import small_run
+
+from nin_profile.models import get_model
+from nin_profile.peers import peer_figures
+from nin_profile.render.markdown import render_report
+from nin_profile.run import run_profile
+
+
+def test_figures_at_batch_1_scaled_are_the_tools_own_at_the_batch() -> None:
+    """The oracle is each tool run at batch 4 itself."""
+    peers = peer_figures("nin", channels=1, image_size=224, classes=10, batch=4)
+    model = get_model("nin").eval()
+    stats = torchinfo.summary(model, input_size=(4, 1, 224, 224), verbose=0, device="cpu")
+    assert peers.torchinfo_params == stats.total_params == 1_992_166
+    assert peers.torchinfo_mult_adds == stats.total_mult_adds
+    assert peers.torchinfo_total_bytes == (
+        stats.total_input + stats.total_output_bytes + stats.total_param_bytes
+    )
+    with torch.no_grad():
+        count = FlopCountAnalysis(model, torch.randn(4, 1, 224, 224))
+        count.unsupported_ops_warnings(False)
+        assert peers.fvcore_flops == count.total()
+        assert peers.fvcore_unsupported == {"aten::max_pool2d": 3}
+
+
+def test_the_report_says_why_each_peer_differs() -> None:
+    profile = run_profile(small_run(("nin", "alexnet"), batch=2, static=True, compare_peers=True))
+    nin, alexnet = profile["nin"], profile["alexnet"]
+    assert nin.peers is not None and alexnet.peers is not None
+    text = render_report(profile)
+    assert "## Beside torchinfo and fvcore" in text
+    # fvcore counts NiN's global average pooling, 10×5×5 = 250 a example, that we do not
+    assert nin.peers.fvcore_flops - nin.macs_forward == 250 * 2
+    assert (
+        "it differs by +500 for nin, which is what it counts for `adaptive_avg_pool2d` (500)"
+        in text
+    )
+    assert "equals our forward MACs for alexnet" in text
+    extra = nin.peers.torchinfo_mult_adds - nin.macs_forward
+    assert f"torchinfo's mult-adds are our forward MACs plus {extra / 1e6:,.2f} M for nin" in text
+
+
+def test_without_the_peers_installed_it_is_one_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "fvcore"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text("raise ImportError('fvcore', name='fvcore')\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nin_profile",
+            "--static",
+            "--compare-peers",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "nin-profile: error: --compare-peers needs torchinfo and fvcore (fvcore is missing): "
+        'pip install "nin-profile[peers]"'
+    ]
+    assert not (tmp_path / "o").exists()
