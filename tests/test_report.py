@@ -162,7 +162,7 @@ def with_train_time(m: ModelProfile, t: Timing) -> ModelProfile:
     ("nin_ms", "spread", "verdict"),
     [
         # NiN 8% slower than AlexNet, both timed within a 2% band: a difference
-        (108.0, 0.02, "so NiN is 8% slower per step (beyond the ±2% noise)"),
+        (108.0, 0.02, "so a NiN step takes 8% more time (beyond the ±2% noise)"),
         # 8% slower, but one of them spread over 10%: within noise
         (108.0, 0.10, "within noise (±10%)"),
         # 1% apart with no spread at all: under the 2% floor, within noise

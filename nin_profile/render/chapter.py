@@ -208,8 +208,8 @@ def _timing_words(base: ModelProfile, variant: ModelProfile) -> str:
     if not verdict.differs:
         return f" Measured, its training step takes the same time per example, {verdict.words()}."
     return (
-        f" Measured, its training step is {verdict.words()} per example "
-        f"({change(1.0, verdict.ratio)} time, beyond the ±{100 * verdict.noise:.0f}% noise)."
+        f" Measured, its training step takes {verdict.words()} per example (beyond the "
+        f"±{100 * verdict.noise:.0f}% noise)."
     )
 
 
@@ -435,7 +435,7 @@ def _measured_speed(nin: ModelProfile, alexnet: ModelProfile) -> str:
         )
     holds = "holds" if verdict.ratio > 1 else "does not hold"
     return text + (
-        f", so NiN is {verdict.words()} per step (beyond the ±{100 * verdict.noise:.0f}% "
+        f", so a NiN step takes {verdict.words()} (beyond the ±{100 * verdict.noise:.0f}% "
         f"noise) with {how_many(nin.flops_train_step, alexnet.flops_train_step)} FLOPs and "
         f"{how_many(nin.params, alexnet.params)} parameters: the chapter's remark that NiN can "
         f"take longer {holds} here."

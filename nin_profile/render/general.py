@@ -540,7 +540,7 @@ def time_comparison(profile: Profile) -> str:
             f"Measured, {PHASE_WORDS[phase]} of {display(slow.name)} takes "
             f"{per_example_ms(ps):,.3f} ms per example at batch {ps.batch} and of "
             f"{display(fast.name)} {per_example_ms(pf):,.3f} ms at batch {pf.batch}: "
-            f"{verdict.words()}."
+            + (f"the first takes {verdict.words()}." if verdict.differs else f"{verdict.words()}.")
         )
     return join("### Time", " ".join(lines)) if lines else ""
 

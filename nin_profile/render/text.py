@@ -153,11 +153,16 @@ class TimeVerdict:
     def differs(self) -> bool:
         return abs(self.ratio - 1) > self.noise
 
-    def words(self, slower: str = "slower", faster: str = "faster") -> str:
-        """'11% slower', '2.1× faster', or 'within noise (±4%)'."""
+    def words(self) -> str:
+        """'11% more time', '30% less time', '2.1× the time', or 'within noise (±4%)'."""
         if not self.differs:
             return f"within noise (±{100 * self.noise:.0f}%)"
-        return how_many(self.ratio, 1.0, faster, slower)
+        if self.ratio >= 2:
+            return f"{self.ratio:.1f}× the time"
+        if self.ratio <= 0.5:
+            return f"{1 / self.ratio:.1f}× less time"
+        more = self.ratio > 1
+        return f"{100 * abs(self.ratio - 1):.0f}% {'more' if more else 'less'} time"
 
 
 def time_verdict(a: PhaseMeasurement | None, b: PhaseMeasurement | None) -> TimeVerdict | None:
