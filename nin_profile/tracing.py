@@ -1,6 +1,7 @@
 """Trace a step op by op on the meta device: FLOPs per layer and phase, allocations and frees.
 
-FLOPs come from PyTorch's own per-op formulas (`torch.utils.flop_counter.flop_registry`).
+FLOPs come from PyTorch's own per-op formulas (`torch.utils.flop_counter`), and ours where
+PyTorch's are wrong or missing (`nin_profile.flops`).
 A backward op is charged to the layer whose forward built the autograd node running it: module
 hooks tag each node's `metadata` during forward, and `torch._C._current_autograd_node()` names
 the node during backward.
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
+from nin_profile.flops import flop_formula
 from nin_profile.layer_stack import LayerStack, tensors_in
 from nin_profile.memory import AllocationLog
 from nin_profile.results import PeakSite, Phase
@@ -180,7 +181,7 @@ class StepTracer(TorchDispatchMode):
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func.overloadpacket)
+        formula = flop_formula(func.overloadpacket)
         if formula is not None:
             self.flops[layer, self.phase] += formula(*args, **kwargs, out_val=out)
         elif counts_arithmetic(func):

@@ -907,6 +907,11 @@ METHOD = (
     "FLOPs count a multiply-add as 2 (FLOPs = 2 × MACs). Convolutions and matrix products are "
     "counted with PyTorch's own formulas (`torch.utils.flop_counter`); ops without a formula "
     "are listed as not counted, never as zero.",
+    "Where we differ from PyTorch's `FlopCounterMode`: a convolution's backward is counted as "
+    "one forward for the input gradient and one for the weight gradient, each only where it "
+    "is computed. PyTorch's formula counts the weight gradient of a grouped convolution "
+    "`groups` times too high (every input channel times every output channel): a depthwise "
+    "convolution's backward came out at (1 + channels) times its forward instead of 2.",
     "Bytes: KiB = 2^10 B, MiB = 2^20 B, GiB = 2^30 B.",
     "Estimated figures come from tracing one training step (after a warm-up step, so optimizer "
     "state exists) and one inference pass on meta tensors: nothing of batch size is allocated. "
