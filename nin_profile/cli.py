@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -80,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=positive_int, default=224, help="square image side (224)")
     p.add_argument("--channels", type=positive_int, default=1, help="input channels (1)")
-    p.add_argument("--classes", type=positive_int, default=10, help="number of classes (10)")
+    p.add_argument(
+        "--classes",
+        type=positive_int,
+        default=None,
+        help="number of classes (default: the model's own: 10 for the built-in models, read "
+        "from the output of a model given by import path; one that disagrees is refused)",
+    )
     p.add_argument(
         "--optimizer",
         choices=("sgd", "momentum", "adam"),
@@ -146,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
     p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the traceback as well as the one-line message",
+    )
+    p.add_argument(
         "--check-params",
         type=Path,
         metavar="FILE",
@@ -165,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ProfileError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -179,11 +193,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check_params(args.check_params)
     if args.render:
         return _render(args.render, args.out or args.render.parent, charts=not args.no_charts)
-    from nin_profile.models import ModelConfig
+    from nin_profile.models import DEFAULT_CLASSES, ModelConfig
 
     names = _model_names(args.models)
     model_cfg = ModelConfig(
-        channels=args.channels, classes=args.classes, image_size=args.image_size
+        channels=args.channels,
+        classes=args.classes or DEFAULT_CLASSES,
+        image_size=args.image_size,
     )
     if args.write_params:
         return _write_params(args.write_params, names, model_cfg)
@@ -230,6 +246,11 @@ def _model_names(text: str) -> list[str]:
         raise ProfileError("--models is empty; give at least one model name (see --list-models)")
     from nin_profile.models import list_models
 
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ProfileError(
+            f"--models names {', '.join(twice)} more than once; give each model once"
+        )
     known = [s.name for s in list_models()]
     for name in names:
         if ":" not in name and name not in known:

@@ -12,7 +12,13 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from nin_profile._lazy_imports import without_heavy_imports
-from nin_profile.errors import LayerFailed
+from nin_profile.errors import (
+    LayerFailed,
+    ProfileError,
+    first_line,
+    raised_in_torch,
+    user_error,
+)
 
 ROOT = "(root)"
 
@@ -120,14 +126,31 @@ class LayerStack:
         self.frames.pop()
 
     def failure(self, exc: BaseException) -> LayerFailed:
-        """Name the innermost layer that was running when `exc` was raised."""
+        """Name the innermost layer that was running when `exc` was raised; an error raised
+        outside torch (the user's own `assert` in a forward) says what it was and where."""
         if isinstance(exc, LayerFailed):
             return exc
         frame = self.frames[-1] if self.frames else None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc) or type(exc).__name__
+        if not raised_in_torch(exc):
+            reason = user_error(exc)
         if frame is None:
             return LayerFailed(ROOT, "model", (), reason)
-        return LayerFailed(frame.name, type(frame.module).__name__, frame.input_shape, reason)
+        return LayerFailed(
+            frame.name,
+            type(frame.module).__name__,
+            frame.input_shape,
+            reason,
+            expected_channels(frame.module, frame.input_shape),
+        )
+
+
+def expected_channels(module: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """The input channels `module` wants, where it says (`in_channels`) and gets others."""
+    wanted = getattr(module, "in_channels", None)
+    if isinstance(wanted, int) and len(input_shape) >= 2 and input_shape[1] != wanted:
+        return wanted
+    return None
 
 
 def is_leaf(module: nn.Module) -> bool:
@@ -159,17 +182,18 @@ def leaf_spans(
 
 @contextmanager
 def naming_failures(stack: LayerStack) -> Iterator[LayerStack]:
-    """Turn a RuntimeError inside a forward into a LayerFailed naming the layer."""
+    """Turn an error inside a forward into a LayerFailed naming the layer."""
     with stack:
         try:
             yield stack
-        except (RuntimeError, ValueError, IndexError) as exc:
+        except ProfileError:
+            raise
+        except Exception as exc:  # whatever a forward raises: torch's kernels or the user's code
             raise stack.failure(exc) from exc
 
 
-def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Run `model` (with meta parameters) on a meta input, naming the layer that cannot run."""
+def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """Run `model` (with meta parameters) on a meta input, naming the layer that cannot run;
+    its output as the model returns it (a tensor, a tuple, a dict...)."""
     with naming_failures(LayerStack(model)), torch.no_grad(), without_heavy_imports():
-        out = model(torch.empty(input_shape, device="meta"))
-    assert isinstance(out, torch.Tensor)
-    return out
+        return model(torch.empty(input_shape, device="meta"))

@@ -15,7 +15,7 @@ from nin_profile.errors import LayerFailed, ProfileError
 from nin_profile.measure.plan import Plan, cpu_flops_per_second, largest_fitting, plan_cpu
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
-from nin_profile.models import ModelConfig
+from nin_profile.models import DEFAULT_CLASSES, ModelConfig
 from nin_profile.results import (
     BatchFit,
     MemoryBreakdown,
@@ -55,7 +55,9 @@ def _ignore(event: ProgressEvent) -> None:
 
 def model_config(config: RunConfig) -> ModelConfig:
     return ModelConfig(
-        channels=config.channels, classes=config.classes, image_size=config.image_size
+        channels=config.channels,
+        classes=config.classes or DEFAULT_CLASSES,
+        image_size=config.image_size,
     )
 
 
@@ -82,14 +84,21 @@ def analyse_or_explain(
     except LayerFailed as exc:
         if exc.layer == LOSS:
             raise ProfileError(
-                f"{name}: the training loss cannot take the model's output ({exc.reason}); "
-                "nin_profile trains with cross-entropy, so the model must return "
-                "(batch, classes) logits"
+                f"{name}: the training loss cannot take the model's output ({exc.reason})"
             ) from exc
-        cfg = model_config(config)
-        smallest = None if fits(name, cfg) else smallest_image_size(name, cfg)
-        hint = f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
-        raise ProfileError(f"{name} at --image-size {config.image_size}: {exc}{hint}") from exc
+        raise ProfileError(
+            f"{name} at --image-size {config.image_size}: {exc}{_hint(name, config, exc, batch)}"
+        ) from exc
+
+
+def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> str:
+    """What would make the layer run: the channels the layer expects, where the batch's channels
+    reach it and it wants others; else the smallest image size the step runs at."""
+    if exc.expected_channels and exc.input_shape[1:2] == (config.channels,):
+        return f"; {name} expects --channels {exc.expected_channels}"
+    cfg, batch = model_config(config), batch or config.batch
+    smallest = None if fits(name, cfg, batch) else smallest_image_size(name, cfg, batch)
+    return f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
 
 
 def predicted(profile: ModelProfile, phase: str) -> MemoryBreakdown:
@@ -110,6 +119,7 @@ class Run:
         self.notes: list[str] = []
         self.cpu_rate: float | None = None
         self.measured_context: int | None = None
+        self.classes: dict[str, int | None] = {}  # each model's, as its analysis read them
 
     def analyse(self, name: str, batch: int | None = None) -> ModelProfile:
         self.on_progress(
@@ -117,7 +127,9 @@ class Run:
                 f"{name} · estimate · batch {batch or self.config.batch}", "analysis", 0, 1
             )
         )
-        return analyse_or_explain(name, self.config, batch)
+        profile = analyse_or_explain(name, self.config, batch)
+        self.classes[name] = profile.classes
+        return profile
 
     def request(self, name: str, phase: str, plan: Plan, per_layer: bool = True) -> Request:
         c = self.config
@@ -127,7 +139,7 @@ class Run:
             batch=plan.batch,
             device=c.device,
             channels=c.channels,
-            classes=c.classes,
+            classes=self.classes.get(name, c.classes),
             image_size=c.image_size,
             optimizer=c.optimizer,
             warmup=plan.warmup,

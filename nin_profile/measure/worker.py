@@ -25,8 +25,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from nin_profile.layer_stack import leaf_spans
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.measure.nvml import Nvml
-from nin_profile.models import get_model
-from nin_profile.training import make_batch, make_optimizer, optimizer_state, training_step
+from nin_profile.models import DEFAULT_CLASSES, get_model
+from nin_profile.training import (
+    TrainingLoss,
+    make_batch,
+    make_optimizer,
+    optimizer_state,
+    training_step,
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class Request:
     batch: int
     device: str  # "cuda" or "cpu"
     channels: int = 1
-    classes: int = 10
+    classes: int | None = DEFAULT_CLASSES  # the model's, as the analysis read them from its output
     image_size: int = 224
     optimizer: str = "sgd"
     warmup: int = 3
@@ -285,9 +291,9 @@ def timing(times: list[float], batch: int, clock: str) -> dict[str, Any] | None:
 
 
 def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str, Any]:
-    x, y = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+    x, y = make_batch(req.batch, req.channels, req.image_size, req.classes or 1, req.device)
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = TrainingLoss(req.classes)
     optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
 
     def step() -> None:
@@ -317,7 +323,7 @@ def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str
 
 
 def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[str, Any]:
-    x, _ = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+    x, _ = make_batch(req.batch, req.channels, req.image_size, 1, req.device)
     model.eval()
     with torch.inference_mode():
         for i in range(req.warmup):
@@ -406,7 +412,10 @@ def measure(req: Request) -> dict[str, Any]:
     try:
         torch.manual_seed(0)
         model = get_model(
-            req.model, channels=req.channels, classes=req.classes, image_size=req.image_size
+            req.model,
+            channels=req.channels,
+            classes=req.classes or DEFAULT_CLASSES,
+            image_size=req.image_size,
         ).to(req.device)
         work = measure_training if req.phase == "train" else measure_inference
         result |= work(model, req, device)

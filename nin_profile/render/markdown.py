@@ -90,9 +90,17 @@ def run_header(profile: Profile, figures: str | None = None) -> str:
     c = profile.config
     return (
         f"*{figures or figures_kind(profile)} · device {c.device} · {c.dtype} · batch {c.batch} "
-        f"({c.channels}×{c.image_size}×{c.image_size} input, {c.classes} classes) · optimizer "
-        f"{c.optimizer} · per batch unless marked per example*"
+        f"({c.channels}×{c.image_size}×{c.image_size} input, {_classes_words(profile)}) · "
+        f"optimizer {c.optimizer} · per batch unless marked per example*"
     )
+
+
+def _classes_words(profile: Profile) -> str:
+    """'10 classes' where the run names one count (given, or every model's own), else what
+    each model's output says."""
+    counts = {m.classes for m in profile.models} if profile.config.classes is None else set()
+    classes = profile.config.classes or (counts.pop() if len(counts) == 1 else None)
+    return f"{classes} classes" if classes else "each model's own classes"
 
 
 def chart(profile: Profile, kind: str, alt: str, charts: bool, **where: str) -> str:
@@ -527,12 +535,13 @@ def exercise4_section(profile: Profile, nin: ModelProfile) -> str:
     variant = model_named(profile, "nin_gradual_head")
     if variant is None:
         return ""
+    classes = nin.classes or profile.config.classes
     head = [layer for layer in nin.layers if layer.name.startswith("7.") and layer.params]
     gradual = [layer for layer in variant.layers if layer.name.startswith("7.") and layer.params]
     text = (
-        f"NiN's last block maps 384×5×5 to {profile.config.classes}×5×5 in one 3×3 "
+        f"NiN's last block maps 384×5×5 to {classes}×5×5 in one 3×3 "
         f"convolution ({sum(layer.params for layer in head):,} parameters in the block); "
-        f"narrowing 384→96→24→{profile.config.classes} instead "
+        f"narrowing 384→96→24→{classes} instead "
         f"({sum(layer.params for layer in gradual):,} parameters in the block): "
         f"{_change_words(nin, variant)}."
     )
@@ -545,8 +554,8 @@ def exercise4_section(profile: Profile, nin: ModelProfile) -> str:
             text + _timing_words(nin, variant),
             "The gradual head costs little because it works on 5×5 maps. The trouble with the "
             "one-step reduction is not a resource: one 3×3 convolution (and its ReLU) must "
-            f"compress 384 channels into {profile.config.classes}, and every later layer sees "
-            f"only those {profile.config.classes} channels, a bottleneck whose effect on accuracy "
+            f"compress 384 channels into {classes}, and every later layer sees "
+            f"only those {classes} channels, a bottleneck whose effect on accuracy "
             "training, not this profile, has to judge.",
         ]
         if p
@@ -893,6 +902,7 @@ def layers_section(profile: Profile, charts: bool) -> str:
         parts += [
             f"### {m.name}",
             m.description,
+            f"Training loss: {m.loss}." if m.loss else "",
             run_header(profile),
             layer_table(m, profile),
             not_counted_text(m),
