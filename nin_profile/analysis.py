@@ -18,12 +18,12 @@ from torch import nn
 from nin_profile._lazy_imports import without_heavy_imports
 from nin_profile.allocator import OutOfMemory, steady_reserved
 from nin_profile.errors import InvalidConfig, LayerFailed, ProfileError, UserCodeFailed
+from nin_profile.kernels import DeviceKernels
 from nin_profile.layer_stack import (
     Frame,
     LayerStack,
     ParamCount,
     forward_on_meta,
-    is_leaf,
     layer_names,
     naming_failures,
     params_by_layer,
@@ -98,6 +98,7 @@ class _LayerRecord:
     calls: int = 0
     allocated_delta: int = 0
     input_bytes: int = 0
+    container: bool = False  # other modules' forwards ran inside it
 
 
 class _ForwardRecorder:
@@ -120,14 +121,15 @@ class _ForwardRecorder:
         outputs = tensors_in(output)
         tag_graph(outputs, frame.name)
         start, input_bytes = self._starts.pop()
-        if not is_leaf(frame.module):
-            return
         record = self.records.setdefault(
             frame.name, _LayerRecord(type(frame.module).__name__, frame.module.extra_repr())
         )
         record.calls += 1
         if record.output_shape is None and outputs:
             record.output_shape = tuple(outputs[0].shape)
+        if frame.children:  # a container: what it moves is its layers'
+            record.container = True
+            return
         record.output_bytes += _nbytes(outputs)
         record.input_bytes += input_bytes
         record.allocated_delta += sum(e.delta for e in self.log.events[start:])
@@ -280,7 +282,7 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig, loss: _Loss) -> _Trai
     stack = recorder.stack = LayerStack(
         model, extra={LOSS: loss_fn}, on_enter=recorder.enter, on_exit=recorder.exit
     )
-    tracer = StepTracer(stack, log)
+    tracer = StepTracer(stack, log, scratch=cfg.device == "cpu")
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         key = log.key_of(tensor)
@@ -293,6 +295,7 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig, loss: _Loss) -> _Trai
             naming_failures(stack),
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             FusedDropout() if cfg.rules.fused_dropout else contextlib.nullcontext(),
+            DeviceKernels(cfg.device),
             tracer,
         ):
             training_step(model, loss_fn, optimizer, x, y, on_phase=tracer.set_phase)
@@ -319,9 +322,9 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
         MemoryCategory.INPUT: log.keys_of([x]),
     }
     stack = LayerStack(model)
-    tracer = StepTracer(stack, log)
+    tracer = StepTracer(stack, log, scratch=cfg.device == "cpu")
     try:
-        with naming_failures(stack), torch.no_grad(), tracer:
+        with naming_failures(stack), torch.no_grad(), DeviceKernels(cfg.device), tracer:
             model(x)
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
     finally:
@@ -402,15 +405,17 @@ def _categorizer(
 
 
 def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ...]:
-    """Leaf modules in the order they ran, then any module with parameters, FLOPs or saved bytes
-    of its own (a container's functional ops)."""
+    """The leaves of the run (modules none ran inside) in the order they ran, then any module
+    with parameters, FLOPs or saved bytes of its own: a container's own ops (timm's Attention
+    calling SDPA between its two Linear layers) belong to it, with its calls and output shape."""
     params = params_by_layer(model)
     flops = trace.tracer.flops
     saved: dict[str, int] = {}
     for key, layer in trace.saved_by.items():
         saved[layer] = saved.get(layer, 0) + trace.log.nbytes[key]
     types = {name: type(module).__name__ for module, name in layer_names(model).items()}
-    names = [*trace.records, *params, *saved, *(layer for layer, _ in flops)]
+    leaves = [name for name, record in trace.records.items() if not record.container]
+    names = [*leaves, *params, *saved, *(layer for layer, _ in flops)]
     rows = []
     for name in dict.fromkeys(names):
         record = trace.records.get(name) or _LayerRecord(types.get(name, name))

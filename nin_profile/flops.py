@@ -16,6 +16,8 @@ Audit of PyTorch's formulas (torch 2.13, `torch/utils/flop_counter.py`):
   forward instead of 2. Ours is below.
 - `_scaled_dot_product_flash_attention_for_cpu` and its backward (what the CPU runs for SDPA):
   PyTorch has no formula for them; ours uses PyTorch's attention formulas (below).
+- `mkldnn_rnn_layer` and its backward (oneDNN's LSTM layer, what the CPU runs for `nn.LSTM`):
+  PyTorch has none; ours count the gate products (below).
 """
 
 from __future__ import annotations
@@ -112,3 +114,26 @@ def cpu_flash_attention_backward_flop(
     """The scores recomputed, then the gradients of P·V and Q·Kᵀ: five products (PyTorch's
     formula for its other flash backward kernels)."""
     return int(sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape))
+
+
+@register_flop_formula(aten.mkldnn_rnn_layer)
+def onednn_lstm_layer_flop(
+    input_shape: list[int], w_ih_shape: list[int], w_hh_shape: list[int], *args: Any, **kwargs: Any
+) -> int:
+    """One LSTM layer and direction on oneDNN: at each of T steps, for B sequences, the 4H gate
+    pre-activations from the input (I) and from the last hidden state (H): 2·T·B·4H·(I + H).
+    The gates' elementwise arithmetic is not counted (as for any elementwise op)."""
+    steps_times_batch = input_shape[0] * input_shape[1]
+    gates, input_size = w_ih_shape
+    return 2 * steps_times_batch * gates * (input_size + w_hh_shape[1])
+
+
+@register_flop_formula(aten.mkldnn_rnn_layer_backward)
+def onednn_lstm_layer_backward_flop(
+    input_shape: list[int], w_ih_shape: list[int], w_hh_shape: list[int], *args: Any, **kwargs: Any
+) -> int:
+    """Its backward: the gradients of the input and the hidden state (the gate gradients times
+    each weight) and of both weights (gate gradients times inputs and hidden states), each as
+    many multiply-adds as one of the forward's two products: twice the forward. oneDNN computes
+    all four whether or not the input needs a gradient."""
+    return 2 * onednn_lstm_layer_flop(input_shape, w_ih_shape, w_hh_shape)

@@ -23,11 +23,16 @@ from nin_profile.errors import (
 ROOT = "(root)"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Frame:
+    """A running module. `children`: how many forwards of other modules ran inside it so far;
+    a module none ran inside is a leaf of the run (nn.MultiheadAttention, whose out_proj it
+    uses as weights only, is one), and the ops it runs are its own."""
+
     name: str
     module: nn.Module
     input_shape: tuple[int, ...]
+    children: int = 0
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:
@@ -106,6 +111,8 @@ class LayerStack:
     def _enter(self, module: nn.Module, args: Any) -> None:
         inputs = tensors_in(args)
         frame = Frame(self.names[module], module, tuple(inputs[0].shape) if inputs else ())
+        if self.frames:
+            self.frames[-1].children += 1
         if self._on_enter:
             self._on_enter(frame, args)
         self.frames.append(frame)
@@ -153,17 +160,14 @@ def expected_channels(module: nn.Module, input_shape: tuple[int, ...]) -> int | 
     return None
 
 
-def is_leaf(module: nn.Module) -> bool:
-    return not any(True for _ in module.children())
-
-
 T = TypeVar("T")
 
 
 def leaf_spans(
     model: nn.Module, read: Callable[[], T], run: Callable[[], object]
 ) -> list[tuple[str, T, T]]:
-    """Run `run`; for each leaf module's forward, in order, `read()` just before and just after."""
+    """Run `run`; for each forward of a module none ran inside (a leaf of the run), in order,
+    `read()` just before and just after."""
     spans: list[tuple[str, T, T]] = []
     starts: list[T] = []
 
@@ -172,7 +176,7 @@ def leaf_spans(
 
     def leave(frame: Frame, output: object) -> None:
         start = starts.pop()
-        if is_leaf(frame.module):
+        if not frame.children:
             spans.append((frame.name, start, read()))
 
     with LayerStack(model, on_enter=enter, on_exit=leave):

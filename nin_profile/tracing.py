@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nin_profile.flops import flop_formula
+from nin_profile.kernels import kernel_outputs, kernel_scratch
 from nin_profile.layer_stack import LayerStack, tensors_in
 from nin_profile.memory import AllocationLog
 from nin_profile.results import PeakSite, Phase
@@ -55,6 +56,7 @@ _NO_ARITHMETIC = frozenset(
         "_unsafe_view",
         "set_",
         "resize_",
+        "_fused_sdp_choice",  # which attention kernel to run (kernels.py asks it on the CPU)
     }
 )
 
@@ -151,10 +153,11 @@ def current_backward_layer() -> str:
 class StepTracer(TorchDispatchMode):
     """Sees every aten op of a step: charges its FLOPs and allocations to the running layer."""
 
-    def __init__(self, stack: LayerStack, log: AllocationLog) -> None:
+    def __init__(self, stack: LayerStack, log: AllocationLog, scratch: bool = False) -> None:
         super().__init__()
         self.stack = stack
         self.log = log
+        self.scratch = scratch  # record the scratch CPU kernels allocate inside (kernels.py)
         self.phase = Phase.FORWARD
         self.flops: Counter[tuple[str, Phase]] = Counter()
         self.not_counted: Counter[tuple[str, Phase]] = Counter()
@@ -180,7 +183,7 @@ class StepTracer(TorchDispatchMode):
         kwargs = kwargs or {}
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
-        out = func(*args, **kwargs)
+        out = kernel_outputs(func, args, func(*args, **kwargs))
         formula = flop_formula(func.overloadpacket)
         if formula is not None:
             self.flops[layer, self.phase] += formula(*args, **kwargs, out_val=out)
@@ -188,6 +191,8 @@ class StepTracer(TorchDispatchMode):
             self.not_counted[func.overloadpacket.__name__, self.phase] += 1
         for tensor in tensors_in(out):
             self.log.key_of(tensor)
+        if self.scratch:
+            self.log.scratch(kernel_scratch(func, args))
         self._note_blas(func.overloadpacket.__name__)
         return out
 
