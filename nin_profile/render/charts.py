@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from nin_profile.render.groups import layer_groups
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
 from nin_profile.results import LayerStats, MemoryCategory, ModelProfile, PhaseMeasurement, Profile
 from nin_profile.units import MiB
@@ -171,8 +172,10 @@ def _phase(models: Sequence[ModelProfile], phase: str) -> list[PhaseMeasurement 
 
 
 def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
-    """Per layer: parameters, forward and backward FLOPs, bytes saved for backward (log scales)."""
-    layers = [layer for layer in model.layers if layer.name != "loss"]
+    """Per layer (a large model's blocks, as in the table: render/groups.py): parameters,
+    forward and backward FLOPs, bytes saved for backward (log scales)."""
+    groups = layer_groups(model)
+    layers = [group.stats for group in groups if group.stats.name != "loss"]
     names = [f"{layer.name} {layer.type}" for layer in layers]
     fig = Figure(figsize=(13.0, max(3.5, 0.28 * len(layers) + 1.5)), layout="constrained")
     params_ax, flops_ax, saved_ax = fig.subplots(1, 3, sharey=True)
@@ -202,8 +205,9 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
         _log(ax, "x")
     params_ax.set_yticks(list(ys), names, fontsize="small")
     params_ax.invert_yaxis()
+    by = "block by block" if any(group.grouped for group in groups) else "layer by layer"
     fig.suptitle(
-        f"{model.name}, layer by layer (estimated · {profile.config.device} · "
+        f"{model.name}, {by} (estimated · {profile.config.device} · "
         f"{profile.config.dtype} · batch {profile.config.batch})"
     )
     return fig

@@ -6,10 +6,12 @@ comparisons below are computed, never written in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from statistics import median
+from typing import TypeVar
 
 from nin_profile.columns import TEXT, TITLES, VALUES, Column, cell_text
+from nin_profile.render.groups import grouping_note, layer_groups
 from nin_profile.render.names import chart_file, is_pointwise
 from nin_profile.results import (
     Ceilings,
@@ -34,6 +36,7 @@ DISPLAY = {
     "nin_gradual_head": "NiN with a gradual head",
 }
 PHASE_WORDS = {"train": "a training step", "inference": "inference"}
+T = TypeVar("T", int, float)
 
 
 # ---- small helpers ---------------------------------------------------------------------------
@@ -850,8 +853,9 @@ _SHARED = frozenset(
 
 
 def layer_table(m: ModelProfile, profile: Profile) -> str:
-    """Every layer; beside each cost column, the layer's share of the model's total; measured
-    per-layer figures where this run has them at the same batch."""
+    """Every layer (a large model's blocks, see render/groups.py); beside each cost column, the
+    row's share of the model's total; measured per-layer figures where this run has them at
+    the same batch."""
     totals = {c: sum(int(VALUES[c](r)) for r in m.layers) for c in _SHARED}  # type: ignore[call-overload]
     headers: list[str] = []
     for c in _LAYER_COLUMNS:
@@ -865,16 +869,18 @@ def layer_table(m: ModelProfile, profile: Profile) -> str:
         headers += [f"Fwd ms (meas., batch {infer.batch})", "%"]  # type: ignore[union-attr]
     total_ms = sum(times.values())
     rows = []
-    for r in m.layers:
+    for group in layer_groups(m):
+        r = group.stats
         cells = []
         for c in _LAYER_COLUMNS:
             cells.append(cell_text(c, r))
             if c in _SHARED:
                 cells.append(fmt_percent(VALUES[c](r), totals[c]))  # type: ignore[arg-type]
         if deltas:
-            cells.append(fmt_mib(deltas[r.name], 2) if r.name in deltas else "–")
+            delta = _measured_sum(deltas, group.members)
+            cells.append(fmt_mib(delta, 2) if delta is not None else "–")
         if times:
-            ms = times.get(r.name)
+            ms = _measured_sum(times, group.members)
             cells += [
                 f"{ms:,.3f}" if ms is not None else "–",
                 fmt_percent(ms, total_ms) if ms is not None else "–",
@@ -882,6 +888,12 @@ def layer_table(m: ModelProfile, profile: Profile) -> str:
         rows.append(cells)
     right = [h not in {TITLES[c] for c in TEXT} for h in headers]
     return md_table(headers, rows, right)
+
+
+def _measured_sum(figures: Mapping[str, T], members: tuple[str, ...]) -> T | None:
+    """A group's measured figure: its layers' summed, None where none was measured."""
+    values = [figures[name] for name in members if name in figures]
+    return sum(values[1:], values[0]) if values else None
 
 
 def not_counted_text(m: ModelProfile) -> str:
@@ -905,6 +917,7 @@ def layers_section(profile: Profile, charts: bool) -> str:
             f"Training loss: {m.loss}." if m.loss else "",
             run_header(profile),
             layer_table(m, profile),
+            grouping_note(m, layer_groups(m)),
             not_counted_text(m),
             chart(profile, "layers", f"{m.name} per layer", charts, model=m.name),
         ]
