@@ -30,8 +30,9 @@ def autograd_saved_bytes(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None
 ) -> int:
     """Bytes of the distinct storages autograd saves in a real forward and loss (cross-entropy
-    unless `loss_fn` is given), parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    unless `loss_fn` is given), parameters and buffers excluded (BatchNorm saves its running
+    statistics, a Swin block its position index: state the model holds anyway)."""
+    params = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
