@@ -1,6 +1,6 @@
 """Architectures users bring, against oracles: `python bench/zoo.py [--batch 2] [--models a,b]`.
 
-Needs torchvision (and timm for nothing yet), which do not install beside the CPU build of
+Needs torchvision, which does not install beside the CPU build of
 torch CI uses: run it from a separate environment, e.g.
 
     python3 -m venv /work/venv-zoo

@@ -184,6 +184,32 @@ def leaf_spans(
     return spans
 
 
+Span = tuple[str, T, T, list[tuple[T, T]]]
+
+
+def nested_spans(
+    model: nn.Module, read: Callable[[], T], run: Callable[[], object]
+) -> list[Span[T]]:
+    """Run `run`; for each module's forward, in the order they end: its name, `read()` just
+    before and just after it, and those pairs of the forwards that ran directly inside it."""
+    spans: list[Span[T]] = []
+    open_spans: list[tuple[T, list[tuple[T, T]]]] = []
+
+    def enter(frame: Frame, args: object) -> None:
+        open_spans.append((read(), []))
+
+    def leave(frame: Frame, output: object) -> None:
+        start, inside = open_spans.pop()
+        end = read()
+        spans.append((frame.name, start, end, inside))
+        if open_spans:
+            open_spans[-1][1].append((start, end))
+
+    with LayerStack(model, on_enter=enter, on_exit=leave):
+        run()
+    return spans
+
+
 @contextmanager
 def naming_failures(stack: LayerStack) -> Iterator[LayerStack]:
     """Turn an error inside a forward into a LayerFailed naming the layer."""

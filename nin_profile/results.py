@@ -200,7 +200,8 @@ class PhaseMeasurement:
     """One phase of one model at one batch, measured in a process of its own.
 
     layer_deltas: allocator delta around each leaf module's forward (training, CUDA).
-    layer_ms: median forward time of each leaf module (inference).
+    layer_ms: median time each module spends in its own ops in a forward (inference): a
+    leaf's whole forward, a container's own ops (its forward less its layers').
     """
 
     phase: str

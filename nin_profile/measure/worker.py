@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.layer_stack import leaf_spans
+from nin_profile.layer_stack import leaf_spans, nested_spans
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.measure.nvml import Nvml
 from nin_profile.models import DEFAULT_CLASSES, get_model
@@ -348,12 +348,17 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
 def layer_times(
     model: nn.Module, forward: Callable[[], object], device: Device, repeats: int = 3
 ) -> dict[str, float]:
-    """Median forward time of each leaf module over `repeats` passes, in ms."""
-    spans = leaf_spans(model, device.mark, lambda: [forward() for _ in range(repeats)])
+    """Median time each module spends in its own ops over `repeats` forwards, in ms: its
+    forward less the forwards that ran inside it. A leaf's is its whole forward; a container's
+    is what it runs itself (timm's Attention: SDPA between its two Linear layers), so an op's
+    time belongs to the module that called it, and the times add up to the forward's."""
+    spans = nested_spans(model, device.mark, lambda: [forward() for _ in range(repeats)])
     device.wait()
     samples: dict[str, list[float]] = {}
-    for name, start, end in spans:
-        samples.setdefault(name, []).append(device.elapsed_ms(start, end))
+    for name, start, end, inside in spans:
+        own = device.elapsed_ms(start, end) - sum(device.elapsed_ms(a, b) for a, b in inside)
+        own = max(0.0, own)  # clock noise can make a container without ops of its own negative
+        samples.setdefault(name, []).append(own)
     progress("layers", 1, 1)
     return {name: statistics.median(ms) for name, ms in samples.items()}
 

@@ -222,9 +222,9 @@ def _roofline_points(profile: Profile, m: ModelProfile) -> list[tuple[float, flo
     points = []
     for layer in m.layers:
         ms = pm.layer_ms.get(layer.name)
-        if layer.flops_forward and ms:
+        moved = (layer.input_bytes + layer.output_bytes) * r + layer.param_bytes
+        if layer.flops_forward and ms and ms > 0 and moved:  # a container moves nothing itself
             flops = layer.flops_forward * r
-            moved = (layer.input_bytes + layer.output_bytes) * r + layer.param_bytes
             points.append((flops / moved, flops / (ms / 1e3) / 1e9, layer))
     return points
 
