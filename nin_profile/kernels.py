@@ -25,7 +25,8 @@ CPU
   aten/src/ATen/native/mkldnn/RNN.cpp then transposes a batch-first input to time-first
   (a contiguous copy), and calls `mkldnn_rnn_layer` once per layer and direction. In
   training, each call returns oneDNN's workspace, which backward needs: its size is
-  `onednn_lstm_workspace` below (PyTorch's meta kernel says 0).
+  `onednn_lstm_workspace` below (PyTorch's meta kernel says 0). What a call allocates and
+  frees inside itself (reordered weights, the scratchpad) is `kernel_scratch`.
 - GRU: PyTorch 2.13 has no oneDNN path for it; the CPU runs the composite of RNN.cpp, which
   (`FullLayer`, when the input is on the CPU) projects the whole sequence's input in one
   product where meta projects it step by step: `gru_on_cpu` follows the CPU's order.
@@ -380,13 +381,33 @@ def _onednn_lstm_scratch(steps: int, batch: int, input_size: int, hidden: int) -
     oneDNN's gate layout (I·ld(4H) and H·ld(4H)), and its scratchpad, whose gate buffer is
     T·B·ld(4H) when oneDNN merges the time steps' GEMMs (batch < 128), B·ld(4H) otherwise.
     Not modelled: about 12.6 KiB more of scratchpad per call on this project's 2-core machine
-    (per-thread GEMM buffers), and in eval mode the states oneDNN then keeps in its
-    scratchpad instead of a workspace (measured: the inference peak of a 2-layer LSTM comes
-    out low, see tests/test_kernels.py)."""
+    (per-thread GEMM buffers)."""
     gates_ld = _good_ld(4 * hidden)
     merged = steps if batch < 128 else 1
     floats = 4 * hidden + (input_size + hidden) * gates_ld
     return 4 * floats + _page(4 * merged * batch * gates_ld)
+
+
+def _onednn_lstm_inference_scratch(steps: int, batch: int, input_size: int, hidden: int) -> int:
+    """The same in eval mode (no workspace: oneDNN keeps the states in its scratchpad), as
+    measured at 13 shapes: the summed biases (4H); both weights in a layout of 128-wide gate
+    blocks (I·⌈4H⌉₁₂₈ and H·⌈4H⌉₁₂₈); and a scratchpad of, each on its own page, the layer
+    states (2·(T+1)·B·ld(max(I, H))), the cell states (2·(T+1)·B·H), one step's gates
+    (B·ld(4H)) and hidden state (B·ld(H)). Exact at 12 of the 13 shapes but for about 4.8 KiB
+    of per-thread buffers not modelled (one page more at batch 1)."""
+    gate_blocks = -(-4 * hidden // 128) * 128
+    weights = 4 * (4 * hidden + (input_size + hidden) * gate_blocks)
+    states = 2 * (steps + 1) * batch
+    parts = [
+        states * _good_ld(max(input_size, hidden)),
+        states * hidden,
+        batch * _good_ld(4 * hidden),
+        batch * _good_ld(hidden),
+    ]
+    offset = 0
+    for part in parts:
+        offset = _page(offset) + 4 * part
+    return weights + _page(offset)
 
 
 def kernel_scratch(func: Any, args: tuple[Any, ...]) -> int:
@@ -398,7 +419,10 @@ def kernel_scratch(func: Any, args: tuple[Any, ...]) -> int:
     input, w_ih, w_hh = args[0], args[1], args[2]
     gates, input_size = w_ih.shape
     hidden = w_hh.shape[1]
-    scratch = _onednn_lstm_scratch(input.shape[0], input.shape[1], input_size, hidden)
+    shape = (input.shape[0], input.shape[1], input_size, hidden)
+    if func is aten.mkldnn_rnn_layer.default and not args[-1]:  # eval mode
+        return _onednn_lstm_inference_scratch(*shape)
+    scratch = _onednn_lstm_scratch(*shape)
     if func is aten.mkldnn_rnn_layer_backward.default:
         for width in (input_size, hidden):
             scratch += 4 * gates * _good_ld(width) if _good_ld(width) != width else 0

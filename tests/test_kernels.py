@@ -82,22 +82,7 @@ def test_training_peak_is_within_5_percent_of_the_cpu_allocator(name: str) -> No
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "sdpa_block",
-        "mha_block",
-        "gru",
-        pytest.param(
-            "lstm",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="in eval mode oneDNN keeps the LSTM's states in a scratchpad whose size "
-                "is not modelled: the inference peak comes out 13% low",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("name", SEQUENCE)
 def test_inference_peak_is_within_5_percent_of_the_cpu_allocator(name: str) -> None:
     predicted, measured = profile(name).inference.peak, real_inference_peak(real(name))
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
