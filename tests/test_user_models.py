@@ -5,6 +5,8 @@ smallest image the step really runs at."""
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nin_profile.analysis import AnalysisConfig, analyse_model, smallest_image_size
+from nin_profile.cli import main
 from nin_profile.errors import InvalidConfig
 from nin_profile.models import ModelConfig
 from nin_profile.results import ModelProfile
@@ -179,3 +182,10 @@ def test_smallest_image_is_where_the_real_step_runs(batch: int, smallest: int) -
     found = smallest_image_size("zoo_models:BatchNormToOnePixel", cfg, batch)
     assert found == smallest
     assert step_runs(batch, smallest) and not step_runs(batch, smallest - 1)
+
+
+def test_parameter_counts_of_a_builder_that_needs_real_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "params.json"
+    assert main(["--models", "zoo_models:computed_widths", "--write-params", str(path)]) == 0
+    counts = json.loads(path.read_text())["models"]["zoo_models:computed_widths"]
+    assert counts["params"] == 224 + 1_168 + 170  # as above: 1_562
