@@ -40,7 +40,9 @@ CUDA (written from the source, not yet checked on a GPU)
   q, k, v (no grouped-query attention), head dims divisible by 4 on sm80+ (float32 with
   tensor cores, `minimum_gemm_alignment`), last dim contiguous; else math. The efficient
   kernel keeps the output, a float32 logsumexp of batch × heads × queries rounded up to 32
-  (when an input requires grad), and two int64 RNG scalars.
+  (when an input requires grad), and two int64 RNG scalars. Not modelled: the copy of an
+  attention mask padded to a multiple of 16 (`preprocess_mask`), and the head-dim padding the
+  flash kernel applies to fp16/bf16 inputs.
 - LSTM/GRU: `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), whose reserve (what backward
   needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`, known only on a GPU: the trace keeps
   the composite cell there, and the report says the RNN reserve is not predicted for CUDA.
@@ -119,8 +121,7 @@ def cuda_sdpa_backend(
     alignment = 8 if low_precision else 4  # minimum_gemm_alignment on sm80+
     if (
         q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and same_heads
-        and not enable_gqa
+        and same_heads  # no grouped-query attention
         and q.shape[-1] == k.shape[-1]
         and q.shape[-1] % alignment == 0
         and v.shape[-1] % alignment == 0

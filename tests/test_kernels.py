@@ -173,6 +173,13 @@ CUDA_CHOICES = [
 ]
 
 
+def test_cuda_float32_grouped_query_attention_takes_the_math_path() -> None:
+    # 4 query heads over 2 key/value heads: the memory-efficient kernel needs as many heads
+    # in k and v as in q (check_batch_size_and_num_heads_dense<false>), flash and cuDNN fp16
+    q, kv = qkv(heads=4), qkv(heads=2)
+    assert cuda_sdpa_backend(q, kv, kv, None, 0.0, False, True) == SDPBackend.MATH
+
+
 @pytest.mark.parametrize(("case", "q", "expected"), CUDA_CHOICES)
 def test_cuda_attention_choice_follows_pytorchs_rules(
     case: str, q: torch.Tensor, expected: SDPBackend
