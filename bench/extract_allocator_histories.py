@@ -38,10 +38,16 @@ from typing import Any
 import torch
 
 from nin_profile.allocator import round_size
-from nin_profile.analysis import HELD_FROM_START, AnalysisConfig, _trace_training
+from nin_profile.analysis import (
+    HELD_FROM_START,
+    AnalysisConfig,
+    _loss,
+    _trace_training,
+    build_on_meta,
+    model_config,
+)
 from nin_profile.layer_stack import LayerStack
 from nin_profile.memory import AllocationLog
-from nin_profile.models import get_model
 from nin_profile.results import MemoryCategory
 from nin_profile.tracing import DEVICE_RULES, StepTracer, workspace_size
 from nin_profile.training import make_batch
@@ -108,18 +114,15 @@ def traced_setup(model_name: str, phase: str, batch: int) -> tuple[list[int], li
     """nin_profile's held allocations for the CUDA rules (in the order `analysis._reserved`
     replays them) and the threads x libraries that call cuBLAS, sorted."""
     cfg = AnalysisConfig(batch=batch, device="cuda")
-    with torch.device("meta"):
-        model = get_model(
-            model_name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
-        ).to("meta")
+    model = build_on_meta(model_name, model_config(cfg))
     if phase == "train":
-        trace = _trace_training(model, cfg)
+        trace = _trace_training(model, cfg, _loss(model, cfg, model_name))
         held_cats = (*HELD_FROM_START, MemoryCategory.OPTIMIZER)  # the state: held after step 1
         held_keys = set().union(*(trace.owners.get(cat, set()) for cat in held_cats))
         held = [e.delta for e in trace.log.events if e.key in held_keys and e.delta > 0]
         return held, sorted(f"{t}:{lib}" for t, lib in trace.tracer.blas_users)
     model.eval()  # as analysis._trace_inference does
-    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, cfg.classes, "meta")
+    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, 1, "meta")
     log = AllocationLog(RULES.block_bytes)
     for tensors in (model.parameters(), model.buffers(), [x]):
         log.keys_of(tensors)

@@ -7,6 +7,7 @@ what a batch of 1 does.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -16,20 +17,27 @@ from torch import nn
 
 from nin_profile._lazy_imports import without_heavy_imports
 from nin_profile.allocator import OutOfMemory, steady_reserved
-from nin_profile.errors import LayerFailed, ProfileError
+from nin_profile.errors import InvalidConfig, LayerFailed, ProfileError, UserCodeFailed
+from nin_profile.kernels import DeviceKernels
 from nin_profile.layer_stack import (
     Frame,
     LayerStack,
     ParamCount,
     forward_on_meta,
-    is_leaf,
     layer_names,
     naming_failures,
     params_by_layer,
     tensors_in,
 )
 from nin_profile.memory import AllocationLog, peak_breakdown
-from nin_profile.models import ModelConfig, describe_model, get_model
+from nin_profile.models import (
+    DEFAULT_CLASSES,
+    ModelConfig,
+    build_target,
+    describe_model,
+    get_model,
+    resolve_import_path,
+)
 from nin_profile.results import (
     LayerStats,
     MemoryBreakdown,
@@ -49,7 +57,16 @@ from nin_profile.tracing import (
     workspace_size,
     workspace_sizes,
 )
-from nin_profile.training import make_batch, make_optimizer, optimizer_state, training_step
+from nin_profile.training import (
+    TrainingLoss,
+    describe_loss,
+    floating_outputs,
+    make_batch,
+    make_optimizer,
+    optimizer_state,
+    output_classes,
+    training_step,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,7 @@ class AnalysisConfig:
     batch: int = 128
     channels: int = 1
     image_size: int = 224
-    classes: int = 10
+    classes: int | None = None  # None: the model's own (read from its output)
     optimizer: str = "sgd"
     device: str = "cuda"  # the device whose memory is predicted; the trace itself runs on meta
     # CUDA: the bytes the caching allocator may reserve (device memory less the context); with
@@ -81,6 +98,7 @@ class _LayerRecord:
     calls: int = 0
     allocated_delta: int = 0
     input_bytes: int = 0
+    container: bool = False  # other modules' forwards ran inside it
 
 
 class _ForwardRecorder:
@@ -103,14 +121,15 @@ class _ForwardRecorder:
         outputs = tensors_in(output)
         tag_graph(outputs, frame.name)
         start, input_bytes = self._starts.pop()
-        if not is_leaf(frame.module):
-            return
         record = self.records.setdefault(
             frame.name, _LayerRecord(type(frame.module).__name__, frame.module.extra_repr())
         )
         record.calls += 1
         if record.output_shape is None and outputs:
             record.output_shape = tuple(outputs[0].shape)
+        if frame.children:  # a container: what it moves is its layers'
+            record.container = True
+            return
         record.output_bytes += _nbytes(outputs)
         record.input_bytes += input_bytes
         record.allocated_delta += sum(e.delta for e in self.log.events[start:])
@@ -118,6 +137,17 @@ class _ForwardRecorder:
 
 def _nbytes(tensors: list[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass(frozen=True)
+class _Loss:
+    """The training step's loss for one model: its classes and how the loss takes the output."""
+
+    classes: int | None
+    description: str
+
+    def module(self) -> TrainingLoss:
+        return TrainingLoss(self.classes)
 
 
 @dataclass
@@ -130,12 +160,49 @@ class _TrainingTrace:
 
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
-    """Build a registered (or import-path) model on the meta device and analyse it."""
-    with torch.device("meta"):  # built, and a user's module imported, without the stand-ins
-        model = get_model(
-            name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
-        )
-    return analyse(model.to("meta"), cfg, name=name, description=describe_model(name))
+    """Build a registered (or import-path) model with meta parameters and analyse it."""
+    model = build_on_meta(name, model_config(cfg))
+    return analyse(model, cfg, name=name, description=describe_model(name))
+
+
+def model_config(cfg: AnalysisConfig) -> ModelConfig:
+    return ModelConfig(
+        channels=cfg.channels, classes=cfg.classes or DEFAULT_CLASSES, image_size=cfg.image_size
+    )
+
+
+def build_on_meta(name: str, cfg: ModelConfig) -> nn.Module:
+    """The model with meta parameters. Built-in models are built on meta. A user's model is
+    imported on the CPU and built on meta where its builder allows it; a builder that computes
+    on tensors (`.tolist()` of a width) cannot run on meta, and is run on the CPU as written.
+    What the user's code built is never changed: the analysis works on a meta copy."""
+    if ":" not in name:
+        with torch.device("meta"):
+            return get_model(
+                name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
+            )
+    target = resolve_import_path(name)  # imported outside meta: module-level code runs on CPU
+    try:
+        with torch.device("meta"):
+            model = build_target(name, target)
+    except UserCodeFailed:  # it may need real tensors; on the CPU its own error, if any, shows
+        model = build_target(name, target)
+    return meta_copy(model)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """`model` itself where all its parameters and buffers are on meta; else a copy whose
+    parameters and buffers are meta tensors of the same shapes, strides and dtypes (nothing of
+    their data is copied; `requires_grad` and sharing are kept)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "meta" for t in tensors):
+        return model
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
 
 
 def analyse(
@@ -148,14 +215,39 @@ def analyse(
             "profile (give a model with at least one parameter that requires grad)"
         )
     with _restoring_mode(model), without_heavy_imports():
-        trace = _trace_training(model, cfg)
+        loss = _loss(model, cfg, name)
+        trace = _trace_training(model, cfg, loss)
         inference = _trace_inference(model, cfg)
     train = peak_breakdown(trace.log.events, _categorizer(trace.owners))
     train = replace(
         train,
         reserved=_reserved(trace.log, trace.owners, cfg.rules, trace.tracer, cfg.memory_limit),
     )
-    return _model_profile(model, name, description, trace, train, inference)
+    profile = _model_profile(model, name, description, trace, train, inference)
+    return replace(profile, classes=loss.classes, loss=loss.description)
+
+
+def _loss(model: nn.Module, cfg: AnalysisConfig, name: str) -> _Loss:
+    """The loss of the training step, from the output of one forward in train mode: the classes
+    are the model's own; a `cfg.classes` given that disagrees is refused."""
+    model.train()
+    with naming_failures(LayerStack(model)), torch.no_grad():
+        output = model(
+            torch.empty(cfg.batch, cfg.channels, cfg.image_size, cfg.image_size, device="meta")
+        )
+    classes = output_classes(output, cfg.batch)
+    if cfg.classes is not None and classes is not None and classes != cfg.classes:
+        raise InvalidConfig(
+            f"{name} outputs {classes} classes (its output is {cfg.batch}×{classes}), but "
+            f"--classes {cfg.classes} was given; leave --classes out to use the model's "
+            f"{classes}, or give --classes {classes}"
+        )
+    if not floating_outputs(output):
+        raise ProfileError(
+            f"{name} returns no floating-point tensor: there is no loss to train it with "
+            "(return logits, or any floating-point output to take the mean of)"
+        )
+    return _Loss(classes, describe_loss(output, cfg.batch, classes))
 
 
 @contextlib.contextmanager
@@ -168,10 +260,10 @@ def _restoring_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _trace_training(model: nn.Module, cfg: AnalysisConfig) -> _TrainingTrace:
+def _trace_training(model: nn.Module, cfg: AnalysisConfig, loss: _Loss) -> _TrainingTrace:
     model.train()
-    x, y = make_batch(cfg.batch, cfg.channels, cfg.image_size, cfg.classes, "meta")
-    loss_fn = nn.CrossEntropyLoss()
+    x, y = make_batch(cfg.batch, cfg.channels, cfg.image_size, loss.classes or 1, "meta")
+    loss_fn = loss.module()
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.rules.foreach_optimizer)
     with naming_failures(LayerStack(model, extra={LOSS: loss_fn})):
         training_step(model, loss_fn, optimizer, x, y)  # warm-up: optimizer state, as in step 2+
@@ -190,7 +282,7 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig) -> _TrainingTrace:
     stack = recorder.stack = LayerStack(
         model, extra={LOSS: loss_fn}, on_enter=recorder.enter, on_exit=recorder.exit
     )
-    tracer = StepTracer(stack, log)
+    tracer = StepTracer(stack, log, scratch=cfg.device == "cpu")
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         key = log.key_of(tensor)
@@ -203,6 +295,7 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig) -> _TrainingTrace:
             naming_failures(stack),
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             FusedDropout() if cfg.rules.fused_dropout else contextlib.nullcontext(),
+            DeviceKernels(cfg.device),
             tracer,
         ):
             training_step(model, loss_fn, optimizer, x, y, on_phase=tracer.set_phase)
@@ -221,7 +314,7 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
     dispatch mode sees composite ops whole and misses what they allocate inside, such as the
     int64 indices max_pool2d computes on CUDA)."""
     model.eval()
-    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, cfg.classes, "meta")
+    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, 1, "meta")
     log = AllocationLog(cfg.rules.block_bytes)
     owners = {
         MemoryCategory.PARAMS: log.keys_of(model.parameters()),
@@ -229,9 +322,9 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
         MemoryCategory.INPUT: log.keys_of([x]),
     }
     stack = LayerStack(model)
-    tracer = StepTracer(stack, log)
+    tracer = StepTracer(stack, log, scratch=cfg.device == "cpu")
     try:
-        with naming_failures(stack), torch.no_grad(), tracer:
+        with naming_failures(stack), torch.no_grad(), DeviceKernels(cfg.device), tracer:
             model(x)
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
     finally:
@@ -312,15 +405,17 @@ def _categorizer(
 
 
 def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ...]:
-    """Leaf modules in the order they ran, then any module with parameters, FLOPs or saved bytes
-    of its own (a container's functional ops)."""
+    """The leaves of the run (modules none ran inside) in the order they ran, then any module
+    with parameters, FLOPs or saved bytes of its own: a container's own ops (timm's Attention
+    calling SDPA between its two Linear layers) belong to it, with its calls and output shape."""
     params = params_by_layer(model)
     flops = trace.tracer.flops
     saved: dict[str, int] = {}
     for key, layer in trace.saved_by.items():
         saved[layer] = saved.get(layer, 0) + trace.log.nbytes[key]
     types = {name: type(module).__name__ for module, name in layer_names(model).items()}
-    names = [*trace.records, *params, *saved, *(layer for layer, _ in flops)]
+    leaves = [name for name, record in trace.records.items() if not record.container]
+    names = [*leaves, *params, *saved, *(layer for layer, _ in flops)]
     rows = []
     for name in dict.fromkeys(names):
         record = trace.records.get(name) or _LayerRecord(types.get(name, name))
@@ -378,27 +473,46 @@ def _model_profile(
     )
 
 
-def fits(name: str, cfg: ModelConfig) -> bool:
-    """Whether the model builds and runs a batch of one `cfg.image_size` image."""
+def runs_at(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether `model` (meta parameters) runs a batch of `shape` as the step does: in train
+    mode (BatchNorm refuses one value per channel there) and in eval mode."""
     try:
-        with torch.device("meta"):
-            model = get_model(
-                name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
-            )
-        forward_on_meta(model, (1, cfg.channels, cfg.image_size, cfg.image_size))
+        with _restoring_mode(model):
+            for training in (True, False):
+                model.train(training)
+                forward_on_meta(model, shape)
     except LayerFailed:
         return False
     return True
 
 
-def smallest_image_size(name: str, cfg: ModelConfig, largest: int = 4096) -> int | None:
-    """The smallest square image above `cfg.image_size` the model accepts, by bisection."""
+def fits(name: str, cfg: ModelConfig, batch: int) -> bool:
+    """Whether the model builds and runs a batch of `batch` `cfg.image_size` images."""
+    try:
+        model = build_on_meta(name, cfg)
+    except LayerFailed:
+        return False
+    return runs_at(model, (batch, cfg.channels, cfg.image_size, cfg.image_size))
+
+
+def smallest_image_size(name: str, cfg: ModelConfig, batch: int, largest: int = 4096) -> int | None:
+    """The smallest square image above `cfg.image_size` the model's step runs at, by bisection.
+
+    A built-in model is rebuilt at each size (VGG's dense layer depends on it); a user's is
+    built once (its builder takes no size)."""
+    user_model = build_on_meta(name, cfg) if ":" in name else None
+
+    def runs(size: int) -> bool:
+        if user_model is None:
+            return fits(name, replace(cfg, image_size=size), batch)
+        return runs_at(user_model, (batch, cfg.channels, size, size))
+
     too_small, big_enough = cfg.image_size, largest
-    if not fits(name, replace(cfg, image_size=big_enough)):
+    if not runs(big_enough):
         return None
     while big_enough - too_small > 1:
         middle = (too_small + big_enough) // 2
-        if fits(name, replace(cfg, image_size=middle)):
+        if runs(middle):
             big_enough = middle
         else:
             too_small = middle

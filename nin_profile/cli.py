@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,6 +19,8 @@ if TYPE_CHECKING:  # the package's modules are imported where they are used: `--
 DEFAULT_MODELS = ("nin", "nin_single_1x1", "nin_gradual_head", "alexnet", "vgg11", "vgg11_narrow")
 DEFAULT_OUT = Path("reports/latest")
 DEFAULT_STATIC_OUT = Path("reports/latest-static")  # a static run never replaces a measured one
+# The model options' defaults (None on the command line, to tell what the user gave); classes:
+# the built-in models' own (DEFAULT_CLASSES), a user model's are read from its output.
 MODEL_DEFAULTS = {"channels": 1, "classes": 10, "image_size": 224}
 PROG = "nin-profile"
 
@@ -112,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=positive_int, help="square image side (224)")
     p.add_argument("--channels", type=positive_int, help="input channels (1)")
-    p.add_argument("--classes", type=positive_int, help="number of classes (10)")
+    p.add_argument(
+        "--classes",
+        type=positive_int,
+        default=None,
+        help="number of classes (default: the model's own: 10 for the built-in models, read "
+        "from the output of a model given by import path; one that disagrees is refused)",
+    )
     p.add_argument(
         "--optimizer",
         choices=("sgd", "momentum", "adam"),
@@ -192,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
     p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the traceback as well as the one-line message",
+    )
+    p.add_argument(
         "--check-params",
         type=Path,
         metavar="FILE",
@@ -211,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ProfileError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -274,6 +290,11 @@ def _model_names(text: str) -> list[str]:
         raise ProfileError("--models is empty; give at least one model name (see --list-models)")
     from nin_profile.models import list_models
 
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ProfileError(
+            f"--models names {', '.join(twice)} more than once; give each model once"
+        )
     known = [s.name for s in list_models()]
     for name in names:
         if ":" not in name and name not in known:
@@ -379,7 +400,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         device=device,
         image_size=model_cfg.image_size,
         channels=model_cfg.channels,
-        classes=model_cfg.classes,
+        classes=args.classes,  # None: each model's own, read from its output
         optimizer=args.optimizer,
         static=args.static,
         sweep_batches=args.sweep_batch or (),

@@ -6,10 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from nin_profile.analysis import build_on_meta
 from nin_profile.layer_stack import params_by_layer
-from nin_profile.models import ModelConfig, get_model
+from nin_profile.models import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -25,10 +24,7 @@ class ParamCounts:
 
 
 def count_params(name: str, cfg: ModelConfig) -> ParamCounts:
-    with torch.device("meta"):
-        model = get_model(
-            name, channels=cfg.channels, classes=cfg.classes, image_size=cfg.image_size
-        )
+    model = build_on_meta(name, cfg)  # a user's builder that needs real tensors runs on the CPU
     layers = {layer: count.total for layer, count in params_by_layer(model).items()}
     return ParamCounts(name, sum(layers.values()), layers)
 

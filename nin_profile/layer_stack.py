@@ -12,16 +12,27 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from nin_profile._lazy_imports import without_heavy_imports
-from nin_profile.errors import LayerFailed
+from nin_profile.errors import (
+    LayerFailed,
+    ProfileError,
+    first_line,
+    raised_in_torch,
+    user_error,
+)
 
 ROOT = "(root)"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Frame:
+    """A running module. `children`: how many forwards of other modules ran inside it so far;
+    a module none ran inside is a leaf of the run (nn.MultiheadAttention, whose out_proj it
+    uses as weights only, is one), and the ops it runs are its own."""
+
     name: str
     module: nn.Module
     input_shape: tuple[int, ...]
+    children: int = 0
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:
@@ -100,6 +111,8 @@ class LayerStack:
     def _enter(self, module: nn.Module, args: Any) -> None:
         inputs = tensors_in(args)
         frame = Frame(self.names[module], module, tuple(inputs[0].shape) if inputs else ())
+        if self.frames:
+            self.frames[-1].children += 1
         if self._on_enter:
             self._on_enter(frame, args)
         self.frames.append(frame)
@@ -120,18 +133,31 @@ class LayerStack:
         self.frames.pop()
 
     def failure(self, exc: BaseException) -> LayerFailed:
-        """Name the innermost layer that was running when `exc` was raised."""
+        """Name the innermost layer that was running when `exc` was raised; an error raised
+        outside torch (the user's own `assert` in a forward) says what it was and where."""
         if isinstance(exc, LayerFailed):
             return exc
         frame = self.frames[-1] if self.frames else None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc) or type(exc).__name__
+        if not raised_in_torch(exc):
+            reason = user_error(exc)
         if frame is None:
             return LayerFailed(ROOT, "model", (), reason)
-        return LayerFailed(frame.name, type(frame.module).__name__, frame.input_shape, reason)
+        return LayerFailed(
+            frame.name,
+            type(frame.module).__name__,
+            frame.input_shape,
+            reason,
+            expected_channels(frame.module, frame.input_shape),
+        )
 
 
-def is_leaf(module: nn.Module) -> bool:
-    return not any(True for _ in module.children())
+def expected_channels(module: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """The input channels `module` wants, where it says (`in_channels`) and gets others."""
+    wanted = getattr(module, "in_channels", None)
+    if isinstance(wanted, int) and len(input_shape) >= 2 and input_shape[1] != wanted:
+        return wanted
+    return None
 
 
 T = TypeVar("T")
@@ -140,7 +166,8 @@ T = TypeVar("T")
 def leaf_spans(
     model: nn.Module, read: Callable[[], T], run: Callable[[], object]
 ) -> list[tuple[str, T, T]]:
-    """Run `run`; for each leaf module's forward, in order, `read()` just before and just after."""
+    """Run `run`; for each forward of a module none ran inside (a leaf of the run), in order,
+    `read()` just before and just after."""
     spans: list[tuple[str, T, T]] = []
     starts: list[T] = []
 
@@ -149,8 +176,34 @@ def leaf_spans(
 
     def leave(frame: Frame, output: object) -> None:
         start = starts.pop()
-        if is_leaf(frame.module):
+        if not frame.children:
             spans.append((frame.name, start, read()))
+
+    with LayerStack(model, on_enter=enter, on_exit=leave):
+        run()
+    return spans
+
+
+Span = tuple[str, T, T, list[tuple[T, T]]]
+
+
+def nested_spans(
+    model: nn.Module, read: Callable[[], T], run: Callable[[], object]
+) -> list[Span[T]]:
+    """Run `run`; for each module's forward, in the order they end: its name, `read()` just
+    before and just after it, and those pairs of the forwards that ran directly inside it."""
+    spans: list[Span[T]] = []
+    open_spans: list[tuple[T, list[tuple[T, T]]]] = []
+
+    def enter(frame: Frame, args: object) -> None:
+        open_spans.append((read(), []))
+
+    def leave(frame: Frame, output: object) -> None:
+        start, inside = open_spans.pop()
+        end = read()
+        spans.append((frame.name, start, end, inside))
+        if open_spans:
+            open_spans[-1][1].append((start, end))
 
     with LayerStack(model, on_enter=enter, on_exit=leave):
         run()
@@ -159,17 +212,18 @@ def leaf_spans(
 
 @contextmanager
 def naming_failures(stack: LayerStack) -> Iterator[LayerStack]:
-    """Turn a RuntimeError inside a forward into a LayerFailed naming the layer."""
+    """Turn an error inside a forward into a LayerFailed naming the layer."""
     with stack:
         try:
             yield stack
-        except (RuntimeError, ValueError, IndexError) as exc:
+        except ProfileError:
+            raise
+        except Exception as exc:  # whatever a forward raises: torch's kernels or the user's code
             raise stack.failure(exc) from exc
 
 
-def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Run `model` (with meta parameters) on a meta input, naming the layer that cannot run."""
+def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """Run `model` (with meta parameters) on a meta input, naming the layer that cannot run;
+    its output as the model returns it (a tensor, a tuple, a dict...)."""
     with naming_failures(LayerStack(model)), torch.no_grad(), without_heavy_imports():
-        out = model(torch.empty(input_shape, device="meta"))
-    assert isinstance(out, torch.Tensor)
-    return out
+        return model(torch.empty(input_shape, device="meta"))

@@ -68,6 +68,14 @@ class AllocationLog:
             keys.add(key)
         return keys
 
+    def scratch(self, nbytes: int) -> None:
+        """Record memory an op allocates and frees inside itself (a kernel's scratchpad)."""
+        if nbytes > 0:
+            key = len(self.nbytes)
+            self.nbytes[key] = nbytes
+            self._record(key, +1)
+            self._record(key, -1)
+
     def keys_of(self, tensors: Iterable[torch.Tensor]) -> set[int]:
         return {k for t in tensors if (k := self.key_of(t)) is not None}
 

@@ -216,7 +216,8 @@ class PhaseMeasurement:
     """One phase of one model at one batch, measured in a process of its own.
 
     layer_deltas: allocator delta around each leaf module's forward (training, CUDA).
-    layer_ms: median forward time of each leaf module (inference).
+    layer_ms: median time each module spends in its own ops in a forward (inference): a
+    leaf's whole forward, a container's own ops (its forward less its layers').
     """
 
     phase: str
@@ -315,6 +316,10 @@ class ModelProfile:
     train: MemoryBreakdown
     inference: MemoryBreakdown
     not_counted: tuple[NotCounted, ...] = ()
+    # the classes of the model's output (None: no (batch, classes) output), and the training
+    # step's loss over that output in words
+    classes: int | None = None
+    loss: str = ""
     measured: Mapping[str, PhaseMeasurement] = field(default_factory=dict)
     sweep: tuple[PhaseMeasurement, ...] = ()
     fits: tuple[BatchFit, ...] = ()
@@ -344,6 +349,8 @@ class ModelProfile:
             "flops_backward": self.flops_backward,
             "flops_train_step": self.flops_train_step,
             "activation_bytes_saved": self.activation_bytes_saved,
+            "classes": self.classes,
+            "loss": self.loss,
             "memory": {
                 phase: {"predicted": predicted.to_dict(), "measured": self._measured_memory(phase)}
                 for phase, predicted in (("train", self.train), ("inference", self.inference))
@@ -382,6 +389,8 @@ class ModelProfile:
             train=MemoryBreakdown.from_dict(d["memory"]["train"]["predicted"]),
             inference=MemoryBreakdown.from_dict(d["memory"]["inference"]["predicted"]),
             not_counted=tuple(NotCounted(**n) for n in d.get("not_counted", ())),
+            classes=d.get("classes"),  # not in older files
+            loss=d.get("loss", ""),
             measured={
                 phase: PhaseMeasurement.from_dict(
                     {**m, "memory": d["memory"][phase]["measured"], "timing": d["timing"][phase]}
@@ -403,7 +412,7 @@ class RunConfig:
     device: str
     image_size: int
     channels: int
-    classes: int
+    classes: int | None  # None: each model's own (read from its output)
     optimizer: str
     dtype: str = "float32"
     static: bool = False

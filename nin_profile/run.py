@@ -22,7 +22,7 @@ from nin_profile.measure.plan import (
 )
 from nin_profile.measure.runner import run_worker, timing_of, to_measurement
 from nin_profile.measure.worker import Request, TimingRequest
-from nin_profile.models import ModelConfig
+from nin_profile.models import DEFAULT_CLASSES, ModelConfig
 from nin_profile.results import (
     BatchFit,
     Ceilings,
@@ -60,7 +60,9 @@ def _ignore(event: ProgressEvent) -> None:
 
 def model_config(config: RunConfig) -> ModelConfig:
     return ModelConfig(
-        channels=config.channels, classes=config.classes, image_size=config.image_size
+        channels=config.channels,
+        classes=config.classes or DEFAULT_CLASSES,
+        image_size=config.image_size,
     )
 
 
@@ -87,14 +89,21 @@ def analyse_or_explain(
     except LayerFailed as exc:
         if exc.layer == LOSS:
             raise ProfileError(
-                f"{name}: the training loss cannot take the model's output ({exc.reason}); "
-                "nin_profile trains with cross-entropy, so the model must return "
-                "(batch, classes) logits"
+                f"{name}: the training loss cannot take the model's output ({exc.reason})"
             ) from exc
-        cfg = model_config(config)
-        smallest = None if fits(name, cfg) else smallest_image_size(name, cfg)
-        hint = f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
-        raise ProfileError(f"{name} at --image-size {config.image_size}: {exc}{hint}") from exc
+        raise ProfileError(
+            f"{name} at --image-size {config.image_size}: {exc}{_hint(name, config, exc, batch)}"
+        ) from exc
+
+
+def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> str:
+    """What would make the layer run: the channels the layer expects, where the batch's channels
+    reach it and it wants others; else the smallest image size the step runs at."""
+    if exc.expected_channels and exc.input_shape[1:2] == (config.channels,):
+        return f"; {name} expects --channels {exc.expected_channels}"
+    cfg, batch = model_config(config), batch or config.batch
+    smallest = None if fits(name, cfg, batch) else smallest_image_size(name, cfg, batch)
+    return f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
 
 
 def predicted(profile: ModelProfile, phase: str) -> MemoryBreakdown:
@@ -115,6 +124,7 @@ class Run:
         self.notes: list[str] = []
         self.measured_context: int | None = None
         self._estimates: dict[tuple[str, int], ModelProfile] = {}
+        self.classes: dict[str, int | None] = {}  # each model's, as its analysis read them
 
     def analyse(self, name: str, batch: int | None = None) -> ModelProfile:
         self.on_progress(
@@ -122,7 +132,9 @@ class Run:
                 f"{name} · estimate · batch {batch or self.config.batch}", "analysis", 0, 1
             )
         )
-        return analyse_or_explain(name, self.config, batch)
+        profile = analyse_or_explain(name, self.config, batch)
+        self.classes[name] = profile.classes
+        return profile
 
     def analyse_at(self, static: ModelProfile, batch: int) -> ModelProfile:
         """The estimate at `batch` (the run's own where that is the batch), made once."""
@@ -148,7 +160,7 @@ class Run:
             batch=plan.batch,
             device=c.device,
             channels=c.channels,
-            classes=c.classes,
+            classes=self.classes.get(name, c.classes),
             image_size=c.image_size,
             optimizer=c.optimizer,
             warmup=plan.warmup,
@@ -222,7 +234,8 @@ def _peers(run: Run, static: ModelProfile) -> PeerFigures:
 
     c = run.config
     run.on_progress(ProgressEvent(f"{static.name} · torchinfo and fvcore", "peers", 0, 1))
-    return peer_figures(static.name, c.channels, c.image_size, c.classes, c.batch)
+    classes = c.classes or DEFAULT_CLASSES  # what a built-in model is built with
+    return peer_figures(static.name, c.channels, c.image_size, classes, c.batch)
 
 
 def _measure_on_cpu(

@@ -1,6 +1,7 @@
 """Trace a step op by op on the meta device: FLOPs per layer and phase, allocations and frees.
 
-FLOPs come from PyTorch's own per-op formulas (`torch.utils.flop_counter.flop_registry`).
+FLOPs come from PyTorch's own per-op formulas (`torch.utils.flop_counter`), and ours where
+PyTorch's are wrong or missing (`nin_profile.flops`).
 A backward op is charged to the layer whose forward built the autograd node running it: module
 hooks tag each node's `metadata` during forward, and `torch._C._current_autograd_node()` names
 the node during backward.
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
+from nin_profile.flops import flop_formula
+from nin_profile.kernels import kernel_outputs, kernel_scratch
 from nin_profile.layer_stack import LayerStack, tensors_in
 from nin_profile.memory import AllocationLog
 from nin_profile.results import PeakSite, Phase
@@ -54,6 +56,7 @@ _NO_ARITHMETIC = frozenset(
         "_unsafe_view",
         "set_",
         "resize_",
+        "_fused_sdp_choice",  # which attention kernel to run (kernels.py asks it on the CPU)
     }
 )
 
@@ -150,10 +153,11 @@ def current_backward_layer() -> str:
 class StepTracer(TorchDispatchMode):
     """Sees every aten op of a step: charges its FLOPs and allocations to the running layer."""
 
-    def __init__(self, stack: LayerStack, log: AllocationLog) -> None:
+    def __init__(self, stack: LayerStack, log: AllocationLog, scratch: bool = False) -> None:
         super().__init__()
         self.stack = stack
         self.log = log
+        self.scratch = scratch  # record the scratch CPU kernels allocate inside (kernels.py)
         self.phase = Phase.FORWARD
         self.flops: Counter[tuple[str, Phase]] = Counter()
         self.not_counted: Counter[tuple[str, Phase]] = Counter()
@@ -179,14 +183,16 @@ class StepTracer(TorchDispatchMode):
         kwargs = kwargs or {}
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func.overloadpacket)
+        out = kernel_outputs(func, args, func(*args, **kwargs))
+        formula = flop_formula(func.overloadpacket)
         if formula is not None:
             self.flops[layer, self.phase] += formula(*args, **kwargs, out_val=out)
         elif counts_arithmetic(func):
             self.not_counted[func.overloadpacket.__name__, self.phase] += 1
         for tensor in tensors_in(out):
             self.log.key_of(tensor)
+        if self.scratch:
+            self.log.scratch(kernel_scratch(func, args))
         self._note_blas(func.overloadpacket.__name__)
         return out
 

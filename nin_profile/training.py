@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import keystr, tree_flatten_with_path
 
 from nin_profile.errors import InvalidConfig
 from nin_profile.results import Phase
@@ -46,6 +50,70 @@ def make_batch(
     x = torch.randn(shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
     return x, y
+
+
+def floating_outputs(output: Any) -> list[tuple[str, torch.Tensor]]:
+    """(where, tensor) of each floating-point tensor in a model's output, in order: `` for a
+    bare tensor, else its path (`[0]`, `.aux_logits1`, `['out']`)."""
+    leaves, _ = tree_flatten_with_path(output)
+    return [
+        (keystr(path), leaf)
+        for path, leaf in leaves
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()
+    ]
+
+
+def output_classes(output: Any, batch: int) -> int | None:
+    """The classes of a model's output: the width of its first (batch, classes) floating-point
+    tensor; None where it has none (feature maps, a segmentation's per-pixel scores)."""
+    for _, tensor in floating_outputs(output):
+        if tensor.dim() == 2 and tensor.shape[0] == batch:
+            return int(tensor.shape[1])
+    return None
+
+
+def is_logits(tensor: torch.Tensor, batch: int, classes: int | None) -> bool:
+    return classes is not None and tuple(tensor.shape) == (batch, classes)
+
+
+def describe_loss(output: Any, batch: int, classes: int | None) -> str:
+    """In words, which loss the training step takes over this output (see TrainingLoss)."""
+    outputs = floating_outputs(output)
+    logits = [where for where, t in outputs if is_logits(t, batch, classes)]
+    rest = [where for where, t in outputs if not is_logits(t, batch, classes)]
+    if len(outputs) == 1:
+        return f"cross-entropy over {classes} classes" if logits else "mean of the output"
+    parts = []
+    if logits:
+        parts.append(f"cross-entropy over {classes} classes on output {', '.join(logits)}")
+    if rest:
+        means = "the mean" if len(rest) == 1 else "the means"
+        parts.append(f"{means} of output {', '.join(rest)}")
+    return "sum of " + " and ".join(parts)
+
+
+class TrainingLoss(nn.Module):
+    """The training step's loss over a model's output of any structure (tensor, tuple, list,
+    namedtuple, dict): every floating-point output that requires grad enters, cross-entropy
+    against the targets for those shaped (batch, classes), the mean for the rest; their sum is
+    what backward starts from. A single (batch, classes) output is plain cross-entropy."""
+
+    def __init__(self, classes: int | None) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        batch = target.shape[0]
+        terms = [
+            nn.functional.cross_entropy(t, target)
+            if is_logits(t, batch, self.classes)
+            else t.mean()
+            for _, t in floating_outputs(output)
+            if t.requires_grad
+        ]
+        if not terms:
+            raise ValueError("no floating-point output of the model requires grad")
+        return functools.reduce(operator.add, terms)
 
 
 def _no_phase(phase: Phase) -> None:

@@ -64,13 +64,14 @@ def test_profile_json_keeps_its_contract(static_run: Path) -> None:
         "device": "cuda",
         "image_size": 224,
         "channels": 1,
-        "classes": 10,
+        "classes": None,  # not given: each model's own
         "optimizer": "sgd",
     }
     assert doc["config"].items() >= expected.items()
     assert {"torch", "device_name"} <= doc["environment"].keys()
     nin = doc["models"][0]
     assert nin["name"] == "nin"
+    assert nin["classes"] == 10 and nin["loss"] == "cross-entropy over 10 classes"
     for key in (
         "params",
         "trainable_params",
@@ -125,8 +126,9 @@ BAD_INPUTS = [
     (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
     (["--models", "torch.nn:Identity", "--static"], "has no trainable parameters"),
     (
-        ["--models", "fake_models:FeatureMapsOut", "--static"],
-        "the model must return (batch, classes) logits",
+        ["--models", "fake_models:DetachedOut", "--static"],
+        "the training loss cannot take the model's output (no floating-point output of the "
+        "model requires grad)",
     ),
     (["--max-batch", "--device", "cpu"], "--max-batch runs real training steps"),
     (["--render", "no/such/profile.json"], "profile no/such/profile.json does not exist"),

@@ -3,13 +3,15 @@ pass, and the convolution formula worked by hand."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.analysis import AnalysisConfig, analyse, analyse_model
 from nin_profile.models import get_model
 from nin_profile.results import ModelProfile
 
@@ -95,3 +97,78 @@ def test_ops_without_a_formula_are_listed_not_silently_zero() -> None:
     assert not_counted[("max_pool2d_with_indices", "forward")] == 3
     assert not_counted[("threshold_backward", "backward")] == 12
     assert ("convolution", "forward") not in not_counted
+
+
+# ---- grouped, depthwise, strided, dilated and transposed convolutions -------------------------
+
+GROUPED_CASES = [  # (in, out, kernel, stride, padding, dilation, groups, transposed)
+    (8, 8, 3, 1, 1, 1, 8, False),  # depthwise 3×3
+    (8, 16, 3, 2, 1, 1, 4, False),  # grouped, strided
+    (8, 8, 3, 1, 2, 2, 2, False),  # grouped, dilated
+    (8, 8, 1, 1, 0, 1, 1, False),  # pointwise (groups=1: PyTorch's formula is right)
+    (8, 4, 3, 2, 1, 1, 2, True),  # grouped transposed, strided
+    (8, 8, 4, 2, 1, 1, 8, True),  # depthwise transposed
+]
+SIDE = 10
+
+
+def grouped_conv(
+    c_in: int, c_out: int, k: int, s: int, p: int, d: int, g: int, transposed: bool
+) -> nn.Module:
+    kind = nn.ConvTranspose2d if transposed else nn.Conv2d
+    return kind(c_in, c_out, k, stride=s, padding=p, dilation=d, groups=g)
+
+
+def decomposed_flops(conv: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(forward, backward) FLOPs of `conv` as `groups` separate convolutions of groups=1, each
+    counted by FlopCounterMode on real tensors, where PyTorch's formulas are right."""
+    assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+    g = conv.groups
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    x = x.detach().requires_grad_()
+    xs, ws = x.chunk(g, dim=1), conv.weight.detach().chunk(g, dim=0)
+    ws = tuple(w.clone().requires_grad_() for w in ws)
+    fn: Callable[..., torch.Tensor] = (
+        nn.functional.conv_transpose2d if transposed else nn.functional.conv2d
+    )
+    opts = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
+    with FlopCounterMode(display=False) as forward:
+        out = torch.cat([fn(xi, wi, **opts) for xi, wi in zip(xs, ws, strict=True)], dim=1)
+    with FlopCounterMode(display=False) as backward:
+        out.sum().backward()
+    return forward.get_total_flops(), backward.get_total_flops()
+
+
+@pytest.mark.parametrize("case", GROUPED_CASES)
+def test_grouped_conv_flops_match_the_decomposition_into_groups(case: tuple) -> None:
+    c_in = case[0]
+    torch.manual_seed(0)
+    # a conv in front, so that the grouped conv's input needs a gradient too
+    model = nn.Sequential(nn.Conv2d(c_in, c_in, 1), grouped_conv(*case), nn.Flatten())
+    x = torch.randn(BATCH, c_in, SIDE, SIDE)
+    forward, backward = decomposed_flops(model[1], model[0](x))
+    cfg = AnalysisConfig(batch=BATCH, channels=c_in, image_size=SIDE, device="cpu")
+    layer = {row.name: row for row in analyse(model.to("meta"), cfg, name="g").layers}["1"]
+    assert layer.flops_forward == forward
+    assert layer.flops_backward == backward == 2 * forward
+
+
+def test_depthwise_backward_by_hand() -> None:
+    # depthwise 3×3, 32 channels, 16×16, padding 1: 9 MACs per output, 32*16*16 outputs per
+    # example; the input and the weight gradients cost as much each: backward = 2 × forward
+    # (PyTorch's own formula gives (1 + 32) × forward: it multiplies all 32 channels with all 32)
+    c, side, batch = 32, 16, 2
+    model = nn.Sequential(nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1, groups=c), nn.Flatten())
+    cfg = AnalysisConfig(batch=batch, channels=c, image_size=side, device="cpu")
+    layer = {row.name: row for row in analyse(model.to("meta"), cfg, name="dw").layers}["1"]
+    assert layer.flops_forward == 2 * batch * c * side * side * 9 == 294_912
+    assert layer.flops_backward == 2 * layer.flops_forward == 589_824
+
+
+def test_first_conv_of_a_model_computes_only_its_weight_gradient() -> None:
+    # the batch needs no gradient: output_mask = (False, True, True) → one forward's worth
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Flatten())
+    cfg = AnalysisConfig(batch=1, channels=4, image_size=8, device="cpu")
+    (layer, *_) = analyse(model.to("meta"), cfg, name="first").layers
+    assert layer.flops_forward == 2 * 4 * 6 * 6 * 9  # 4 channels × 6×6 outputs × 9 MACs
+    assert layer.flops_backward == layer.flops_forward

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import zoo_models
 from run_configs import small_run
 from torch import nn
 
@@ -264,7 +265,7 @@ def test_a_layer_is_timed_alone_on_its_input() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Sleeps(), nn.Linear(4, 2))
     x = torch.randn(2, 4)
     times = layer_times(model, lambda: model(x), Device("cpu"), repeats=3)
-    assert list(times) == ["0", "1", "2", "3"]
+    assert set(times) == {"0", "1", "2", "3", "(root)"}  # the root: the model's own ops
     assert 20 <= times["2"] < 40
     assert max(times["0"], times["1"], times["3"]) < 5
 
@@ -335,3 +336,17 @@ def test_leaf_spans_bracket_each_leaf_forward_in_order() -> None:
     assert [name for name, _, _ in spans] == ["0", "1.0", "1.1"]  # containers are not leaves
     assert all(before < after for _, before, after in spans)
     assert spans[0][2] < spans[1][1]  # in the order the layers ran
+
+
+def test_an_ops_time_belongs_to_the_module_that_called_it() -> None:
+    # timm's Attention runs SDPA itself between its two Linear layers: its row gets the time of
+    # its own ops (its forward less theirs); leaves get their whole forward; the model's own
+    # ops (the residual adds, the mean) go to its root. Every module is timed, none twice.
+    torch.manual_seed(0)
+    model = zoo_models.sdpa_block().eval()
+    x = torch.randn(2, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.SIDE)
+    names = {name or "(root)" for name, _ in model.named_modules()}
+    with torch.inference_mode():
+        times = layer_times(model, lambda: model(x), Device("cpu"), repeats=1)
+    assert set(times) == names
+    assert all(ms >= 0 for ms in times.values())

@@ -26,9 +26,13 @@ def profile(
     return analyse_model(name, cfg)
 
 
-def autograd_saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Bytes of the distinct storages autograd saves in a real forward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+def autograd_saved_bytes(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None
+) -> int:
+    """Bytes of the distinct storages autograd saves in a real forward and loss (cross-entropy
+    unless `loss_fn` is given), parameters and buffers excluded (BatchNorm saves its running
+    statistics, a Swin block its position index: state the model holds anyway)."""
+    params = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -38,7 +42,7 @@ def autograd_saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = (loss_fn or nn.CrossEntropyLoss())(model(x), y)
     del loss
     return sum(saved.values())
 

@@ -22,11 +22,17 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.layer_stack import Frame, LayerStack, is_leaf, leaf_spans
+from nin_profile.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.measure.nvml import Nvml
-from nin_profile.models import get_model
-from nin_profile.training import make_batch, make_optimizer, optimizer_state, training_step
+from nin_profile.models import DEFAULT_CLASSES, get_model
+from nin_profile.training import (
+    TrainingLoss,
+    make_batch,
+    make_optimizer,
+    optimizer_state,
+    training_step,
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class Request:
     batch: int
     device: str  # "cuda" or "cpu"
     channels: int = 1
-    classes: int = 10
+    classes: int | None = DEFAULT_CLASSES  # the model's, as the analysis read them from its output
     image_size: int = 224
     optimizer: str = "sgd"
     warmup: int = 3
@@ -301,10 +307,10 @@ class TrainingStep:
 
     @classmethod
     def of(cls, model: nn.Module, req: Request) -> TrainingStep:
-        x, y = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+        x, y = make_batch(req.batch, req.channels, req.image_size, req.classes or 1, req.device)
         model.train()
         optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
-        return cls(model, x, y, nn.CrossEntropyLoss(), optimizer)
+        return cls(model, x, y, TrainingLoss(req.classes), optimizer)
 
     def __call__(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -329,7 +335,7 @@ class InferencePass:
 
     @classmethod
     def of(cls, model: nn.Module, req: Request) -> InferencePass:
-        x, _ = make_batch(req.batch, req.channels, req.image_size, req.classes, req.device)
+        x, _ = make_batch(req.batch, req.channels, req.image_size, 1, req.device)
         model.eval()
         return cls(model, x)
 
@@ -387,19 +393,43 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
 def layer_times(
     model: nn.Module, forward: Callable[[], object], device: Device, repeats: int = 5
 ) -> dict[str, float]:
-    """Median forward time of each leaf module, in ms, each timed alone on its own input.
+    """Median time each module spends in its own ops, in ms, so that an op's time belongs to
+    the module that called it and the times add up to the forward's.
 
-    During one forward pass, each leaf runs once untimed and then `repeats` times back to back
-    before the pass goes on; its figure is the median. Timed inside the whole pass instead, a
-    small layer after a large one measured 15-25 ms where it takes 0.1 ms alone on the project's
-    2-core machine: the pass's other OpenMP thread had gone to sleep and waited for a core
-    (with `OMP_NUM_THREADS=1` the gap was gone). Back to back, the threads stay awake, as they
-    are in a steady forward pass. A leaf must give the same result when run again on its input
-    (true of eval-mode layers; an in-place ReLU is idempotent)."""
+    A leaf of the run (a module none ran inside) is timed alone on its own input: during one
+    forward pass it runs once untimed, then `repeats` times back to back, before the pass goes
+    on. Timed inside the whole pass instead, a small layer after a large one measured 15-25 ms
+    where it takes 0.1 ms alone on the project's 2-core machine: the pass's other OpenMP thread
+    had gone to sleep and waited for a core (with `OMP_NUM_THREADS=1` the gap was gone). A leaf
+    must give the same result when run again on its input (true of eval-mode layers; an
+    in-place ReLU is idempotent). A container's own time (what it runs itself: timm's Attention
+    calls SDPA between its two Linear layers) is its forward less the forwards inside it, over
+    `repeats` passes."""
+    spans = nested_spans(model, device.mark, lambda: [forward() for _ in range(repeats)])
+    device.wait()
     samples: dict[str, list[float]] = {}
+    for name, start, end, inside in spans:
+        own = device.elapsed_ms(start, end) - sum(device.elapsed_ms(a, b) for a, b in inside)
+        samples.setdefault(name, []).append(max(0.0, own))  # clock noise can go below 0
+    alone = _leaves_alone(model, forward, device, repeats)
+    return {
+        name: statistics.median(alone.get(name) or ms) for name, ms in samples.items()
+    }
 
-    def time_alone(frame: Frame, args: object) -> None:
-        if not is_leaf(frame.module) or not isinstance(args, tuple):
+
+def _leaves_alone(
+    model: nn.Module, forward: Callable[[], object], device: Device, repeats: int
+) -> dict[str, list[float]]:
+    """The median of `repeats` back-to-back runs of each leaf of the run on its own input."""
+    samples: dict[str, list[float]] = {}
+    inputs: list[object] = []
+
+    def keep(frame: Frame, args: object) -> None:
+        inputs.append(args)
+
+    def time_alone(frame: Frame, output: object) -> None:
+        args = inputs.pop()
+        if frame.children or not isinstance(args, tuple):
             return
         call = frame.module.forward
         call(*args)
@@ -412,10 +442,10 @@ def layer_times(
             times.append(device.elapsed_ms(start, end))
         samples.setdefault(frame.name, []).append(statistics.median(times))
 
-    with LayerStack(model, on_enter=time_alone):
+    with LayerStack(model, on_enter=keep, on_exit=time_alone):
         forward()
     progress("layers", 1, 1)
-    return {name: statistics.median(ms) for name, ms in samples.items()}
+    return samples
 
 
 def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
@@ -456,6 +486,18 @@ _LIBRARY_ALLOC_FAILED = (
 )
 
 
+def build(req: Request) -> nn.Module:
+    """The request's model with its real weights (seed 0), on the request's device."""
+    torch.manual_seed(0)
+    model = get_model(
+        req.model,
+        channels=req.channels,
+        classes=req.classes or DEFAULT_CLASSES,
+        image_size=req.image_size,
+    )
+    return model.to(req.device)
+
+
 @dataclass(frozen=True)
 class TimingRequest:
     """Every (model, phase) of a run timed in one process, interleaved: each round runs one
@@ -488,10 +530,7 @@ def _time_interleaved(req: TimingRequest, device: Device) -> dict[str, Any]:
     result: dict[str, Any] = {}
     steps: list[TrainingStep | InferencePass] = []
     for entry in req.entries:
-        torch.manual_seed(0)
-        model = get_model(
-            entry.model, channels=entry.channels, classes=entry.classes, image_size=entry.image_size
-        ).to(entry.device)
+        model = build(entry)
         steps.append(
             TrainingStep.of(model, entry)
             if entry.phase == "train"
@@ -537,10 +576,7 @@ def measure(req: Request) -> dict[str, Any]:
         "pid": os.getpid(),
     }
     try:
-        torch.manual_seed(0)
-        model = get_model(
-            req.model, channels=req.channels, classes=req.classes, image_size=req.image_size
-        ).to(req.device)
+        model = build(req)
         work = measure_training if req.phase == "train" else measure_inference
         result |= work(model, req, device)
     except Exception as exc:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
-from nin_profile.errors import ImportPathError, InvalidConfig, UnknownModel
+from nin_profile.errors import (
+    ImportPathError,
+    InvalidConfig,
+    UnknownModel,
+    UserCodeFailed,
+    user_error,
+)
+
+# Fashion-MNIST's, as d2l trains the built-in models; a user model's classes come from its output.
+DEFAULT_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -16,7 +26,7 @@ class ModelConfig:
     """What a builder needs to know about the data: input channels, classes, square image side."""
 
     channels: int = 1
-    classes: int = 10
+    classes: int = DEFAULT_CLASSES
     image_size: int = 224
 
     def __post_init__(self) -> None:
@@ -78,19 +88,64 @@ def get_model(name: str, **cfg: int) -> nn.Module:
 
 def load_import_path(path: str) -> nn.Module:
     """Import `package.module:attr`: the module it names, or that it builds when called bare."""
+    return build_target(path, resolve_import_path(path))
+
+
+def resolve_import_path(path: str) -> object:
+    """What `package.module:attr` names, the module imported (on the current default device)."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ImportPathError(f"import path {path!r} must look like package.module:callable")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # an import can fail in any way; report it in one line
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise UserCodeFailed(f"importing {module_name!r} raised {user_error(exc)}") from exc
         raise ImportPathError(f"cannot import {module_name!r} from {path!r}: {exc}") from exc
-    target = module
+    except Exception as exc:  # the user's module raised while it was imported
+        raise UserCodeFailed(f"importing {module_name!r} raised {user_error(exc)}") from exc
+    target: object = module
     for part in attr.split("."):
         if not hasattr(target, part):
             raise ImportPathError(f"{module_name!r} has no attribute {attr!r} (from {path!r})")
         target = getattr(target, part)
-    built = target() if callable(target) and not isinstance(target, nn.Module) else target
+    return target
+
+
+def _required_arguments(fn: object) -> list[str]:
+    """The parameters of `fn` that have no default (none where Python cannot tell)."""
+    try:
+        signature = inspect.signature(fn)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a signature: calling it will tell
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is inspect.Parameter.empty
+        and (p.kind in kinds or p.kind is inspect.Parameter.KEYWORD_ONLY)
+    ]
+
+
+def build_target(path: str, target: object) -> nn.Module:
+    """The module `target` is, or builds when called with no arguments; what the user's builder
+    raises becomes one line naming it and where it was raised."""
+    if isinstance(target, nn.Module):
+        return target
+    if not callable(target):
+        raise ImportPathError(
+            f"{path!r} gave a {type(target).__name__}, not a torch.nn.Module; "
+            "point it at a module or at a callable that returns one"
+        )
+    if required := _required_arguments(target):
+        raise ImportPathError(
+            f"{path} needs arguments ({', '.join(required)}); nin_profile calls it with none: "
+            "point it at a module or at a callable that builds one with no arguments"
+        )
+    try:
+        built = target()
+    except Exception as exc:  # the user's builder: any error is theirs, said in one line
+        raise UserCodeFailed(f"{path} raised {user_error(exc)}") from exc
     if not isinstance(built, nn.Module):
         raise ImportPathError(
             f"{path!r} gave a {type(built).__name__}, not a torch.nn.Module; "

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
+from nin_profile.render.groups import layer_groups
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
 from nin_profile.results import (
     LayerStats,
@@ -329,10 +330,12 @@ def _size_range(sizes: Sequence[int]) -> str:
 
 
 def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
-    """Per layer: parameters, forward and backward FLOPs, bytes saved for backward, on linear
-    scales, each labelled with the layer's share of the model's total: the point is where they
-    sit (one dense layer of VGG-11 holds most of its parameters)."""
-    layers = [layer for layer in model.layers if layer.name != "loss"]
+    """Per layer (a large model's blocks, as in the table: render/groups.py): parameters,
+    forward and backward FLOPs, bytes saved for backward, on linear scales, each labelled with
+    the row's share of the model's total: the point is where they sit (one dense layer of
+    VGG-11 holds most of its parameters)."""
+    groups = layer_groups(model)
+    layers = [group.stats for group in groups if group.stats.name != "loss"]
     fig = Figure(figsize=(13.0, max(3.5, 0.28 * len(layers) + 2.2)), layout="constrained")
     params_ax, flops_ax, saved_ax = fig.subplots(1, 3, sharey=True)
     ys = list(range(len(layers)))
@@ -352,7 +355,9 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
     params_ax.set_yticks(ys, [f"{layer.name} {layer.type}" for layer in layers], fontsize="small")
     params_ax.invert_yaxis()
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
-    fig.suptitle(f"{model.name}, layer by layer\n{_subtitle(profile, measured=False)}")
+    by = "block by block" if any(group.grouped for group in groups) else "layer by layer"
+    fig.suptitle(f"{model.name}, {by}
+{_subtitle(profile, measured=False)}")
     return fig
 
 
@@ -404,9 +409,9 @@ def _roofline_points(profile: Profile, m: ModelProfile) -> list[tuple[float, flo
     points = []
     for layer in m.layers:
         ms = pm.layer_ms.get(layer.name)
-        if layer.flops_forward and ms:
+        moved = (layer.input_bytes + layer.output_bytes) * r + layer.param_bytes
+        if layer.flops_forward and ms and ms > 0 and moved:  # a container moves nothing itself
             flops = layer.flops_forward * r
-            moved = (layer.input_bytes + layer.output_bytes) * r + layer.param_bytes
             points.append((flops / moved, flops / (ms / 1e3) / 1e9, layer))
     return points
 

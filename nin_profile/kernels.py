@@ -1,0 +1,481 @@
+"""Which kernel the target device runs where the meta device runs another, and what it keeps.
+
+The meta device selects no kernels of its own. `scaled_dot_product_attention` on meta takes
+the math path (`_fused_sdp_choice_meta` answers "math" for anything not CUDA), which keeps the
+attention matrix for backward; `nn.LSTM` on meta runs the composite cell, several ops a step.
+The devices run fused kernels that keep other tensors. `DeviceKernels`, a TorchFunctionMode
+active while a step is traced, sends these calls to the kernel the target device would pick,
+called on meta tensors: PyTorch's own autograd formula for that kernel then saves what the
+real kernel saves, and `kernel_outputs` gives a kernel's outputs the sizes the device gives
+them where PyTorch's meta kernel does not know them.
+
+The selection rules, and the PyTorch source they follow (torch 2.13):
+
+CPU
+- SDPA: `select_sdp_backend_cpp` (aten/src/ATen/native/transformers/sdp_utils_cpp.cpp): the
+  flash kernel (`_scaled_dot_product_flash_attention_for_cpu`, which keeps the output and a
+  float32 logsumexp of batch × heads × queries) where `use_flash_attention_cpp` allows it (no
+  dropout, 4-D dense inputs, equal head dims, last dim contiguous, float/double/bf16/half),
+  else the math path, as on meta. The answer is PyTorch's own: `torch._fused_sdp_choice` asked
+  on CPU tensors of the same sizes, last-dim stride and dtype, expanded from one row so that
+  nothing of batch size is allocated. A boolean mask is first made an additive float mask
+  (`convert_boolean_attn_mask` in aten/src/ATen/native/transformers/attention.cpp).
+- LSTM: `lstm` in aten/src/ATen/native/RNN.cpp takes oneDNN when `use_mkldnn` holds (the
+  input and weights on the CPU, float32, oneDNN enabled, a non-empty input); `mkldnn_rnn` in
+  aten/src/ATen/native/mkldnn/RNN.cpp then transposes a batch-first input to time-first
+  (a contiguous copy), and calls `mkldnn_rnn_layer` once per layer and direction. In
+  training, each call returns oneDNN's workspace, which backward needs: its size is
+  `onednn_lstm_workspace` below (PyTorch's meta kernel says 0). What a call allocates and
+  frees inside itself (reordered weights, the scratchpad) is `kernel_scratch`.
+- GRU: PyTorch 2.13 has no oneDNN path for it; the CPU runs the composite of RNN.cpp, which
+  (`FullLayer`, when the input is on the CPU) projects the whole sequence's input in one
+  product where meta projects it step by step: `gru_on_cpu` follows the CPU's order.
+
+CUDA (written from the source, not yet checked on a GPU)
+- SDPA: `select_sdp_backend` (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) tries
+  cuDNN, flash, memory-efficient, math in that order on sm90/sm100 with cuDNN ≥ 9.9
+  (`check_prefer_cudnn_attention`; flash first elsewhere). cuDNN and flash need fp16 or bf16
+  (`check_dtypes_low_precision`), so float32 attention runs the memory-efficient kernel where
+  `can_use_mem_efficient_attention` allows it: 4-D dense inputs, the same batch and heads for
+  q, k, v (no grouped-query attention), head dims divisible by 4 on sm80+ (float32 with
+  tensor cores, `minimum_gemm_alignment`), last dim contiguous; else math. The efficient
+  kernel keeps the output, a float32 logsumexp of batch × heads × queries rounded up to 32
+  (when an input requires grad), and two int64 RNG scalars. Not modelled: the copy of an
+  attention mask padded to a multiple of 16 (`preprocess_mask`), and the head-dim padding the
+  flash kernel applies to fp16/bf16 inputs.
+- LSTM/GRU: `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), whose reserve (what backward
+  needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`, known only on a GPU: the trace keeps
+  the composite cell there, and the report says the RNN reserve is not predicted for CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+
+aten = torch.ops.aten
+
+LSTM_MODE = 2  # ideep::rnn_kind::LSTM, as `mkldnn_rnn_layer` takes it
+PAGE = 4096  # oneDNN places each workspace part on its own page
+
+
+# ---- scaled dot-product attention -------------------------------------------------------------
+
+
+def _cpu_like(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with `t`'s sizes, dtype and last-dim stride, one row of storage."""
+    last = t.stride(-1) if t.dim() else 1
+    row = torch.zeros(max(1, (t.shape[-1] - 1) * last + 1), dtype=t.dtype)
+    return row.as_strided((t.shape[-1],), (last,)).expand(t.shape)
+
+
+def cpu_sdpa_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> SDPBackend:
+    """The kernel the CPU runs for these inputs, as PyTorch's own selection answers."""
+    mask = None if attn_mask is None else _cpu_like(attn_mask)
+    choice = torch._fused_sdp_choice(
+        _cpu_like(q),
+        _cpu_like(k),
+        _cpu_like(v),
+        mask,
+        dropout_p,
+        is_causal,
+        enable_gqa=enable_gqa,
+    )
+    return SDPBackend(choice)
+
+
+def cuda_sdpa_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> SDPBackend:
+    """The kernel CUDA would run on sm90 (an H100), following `select_sdp_backend`."""
+    dense = all(t.dim() == 4 and t.stride(-1) == 1 for t in (q, k, v))
+    low_precision = q.dtype in (torch.float16, torch.bfloat16)
+    if not dense:
+        return SDPBackend.MATH
+    same_heads = q.shape[:2] == k.shape[:2] == v.shape[:2]
+    head_dims = q.shape[-1], k.shape[-1], v.shape[-1]
+    if low_precision and _cudnn_allows(q, k, v, dropout_p):
+        return SDPBackend.CUDNN_ATTENTION
+    causal_non_square = is_causal and q.shape[-2] != k.shape[-2]
+    flash_dims = len(set(head_dims)) == 1 and head_dims[0] <= 256
+    if low_precision and attn_mask is None and flash_dims and not causal_non_square:
+        return SDPBackend.FLASH_ATTENTION
+    alignment = 8 if low_precision else 4  # minimum_gemm_alignment on sm80+
+    if (
+        q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and same_heads  # no grouped-query attention
+        and q.shape[-1] == k.shape[-1]
+        and q.shape[-1] % alignment == 0
+        and v.shape[-1] % alignment == 0
+        and min(q.shape[-2], k.shape[-2]) > 0
+    ):
+        return SDPBackend.EFFICIENT_ATTENTION
+    return SDPBackend.MATH
+
+
+def _cudnn_allows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+    """`check_cudnn_tensor_shapes` and `check_cudnn_layout` for cuDNN ≥ 9.10 on sm90."""
+    d_qk, d_v, s_k = q.shape[-1], v.shape[-1], k.shape[-2]
+    if d_qk > 256 or d_v > 256 or d_qk % 8 or d_v % 8 or s_k == 1:
+        return False
+    if q.shape[-2] == 1 and dropout_p:
+        return False
+    h, d = q.shape[1], q.shape[-1]
+    return all(t.stride(1) == d and t.stride(2) in (h * d, 3 * h * d) for t in (q, k, v))
+
+
+def _additive_mask(attn_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """`convert_boolean_attn_mask`: a boolean mask becomes 0 where kept, -inf where masked."""
+    if attn_mask is None or attn_mask.dtype != torch.bool:
+        return attn_mask
+    return torch.where(attn_mask.logical_not(), float("-inf"), 0.0).to(dtype)
+
+
+def _needs_logsumexp(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+SdpaChooser = Callable[..., SDPBackend]
+
+
+def sdpa_on(
+    device: str,
+    math: Callable[..., torch.Tensor],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` as `device` runs it, on meta tensors; `math` is
+    PyTorch's own function, which on meta takes the math path."""
+    choose: SdpaChooser = cpu_sdpa_backend if device == "cpu" else cuda_sdpa_backend
+    backend = choose(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
+    if backend == SDPBackend.FLASH_ATTENTION and device == "cpu":
+        mask = _additive_mask(attn_mask, q.dtype)
+        out = aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, dropout_p, is_causal, attn_mask=mask, scale=scale
+        )
+        return out[0]
+    if backend == SDPBackend.EFFICIENT_ATTENTION:
+        mask = _additive_mask(attn_mask, q.dtype)
+        out = aten._scaled_dot_product_efficient_attention(
+            q, k, v, mask, _needs_logsumexp(q, k, v), dropout_p, is_causal, scale=scale
+        )
+        return out[0]
+    if backend == SDPBackend.FLASH_ATTENTION:
+        out = aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)
+        return out[0]
+    if backend == SDPBackend.CUDNN_ATTENTION:
+        mask = _additive_mask(attn_mask, q.dtype)
+        out = aten._scaled_dot_product_cudnn_attention(
+            q, k, v, mask, _needs_logsumexp(q, k, v), dropout_p, is_causal, scale=scale
+        )
+        return out[0]
+    return math(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=enable_gqa,
+    )
+
+
+# ---- LSTM on oneDNN -------------------------------------------------------------------------
+
+
+def _lstm_uses_onednn(input: torch.Tensor, params: list[torch.Tensor]) -> bool:
+    """`use_mkldnn` of aten/src/ATen/native/RNN.cpp, for float32 (the dtype traced here)."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and bool(torch.backends.mkldnn.enabled)
+        and input.dtype == torch.float32
+        and input.numel() > 0
+        and all(p.dim() <= 2 for p in params)
+    )
+
+
+def lstm_on_onednn(
+    input: torch.Tensor,
+    hx: list[torch.Tensor],
+    params: list[torch.Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`mkldnn_rnn` (aten/src/ATen/native/mkldnn/RNN.cpp), op for op, on meta tensors."""
+    h0, c0 = hx
+    layer_input = (input.transpose(0, 1) if batch_first else input).contiguous()
+    directions = 2 if bidirectional else 1
+    per_layer = 4 if has_biases else 2
+    hidden = h0.shape[2]
+    hy, cy = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            w = params[index * per_layer : (index + 1) * per_layer]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (w[0].new_zeros(w[0].shape[0]),) * 2
+            out, h, c, workspace = aten.mkldnn_rnn_layer(
+                layer_input,
+                w[0],
+                w[1],
+                b_ih,
+                b_hh,
+                h0[index],
+                c0[index],
+                direction > 0,
+                [],
+                LSTM_MODE,
+                hidden,
+                num_layers,
+                has_biases,
+                bidirectional,
+                batch_first,
+                train,
+            )
+            del workspace  # autograd keeps it where it must; C++ drops its tuple here
+            outputs.append(out)
+            hy.append(h)
+            cy.append(c)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout and train and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, True)
+    output = layer_input.transpose(0, 1) if batch_first else layer_input
+    return output, torch.stack(hy), torch.stack(cy)
+
+
+def _linear_on_cpu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """`at::linear` of a 3-D input as it runs without a dispatch mode (ATen's Linear.cpp): a
+    contiguous input is flattened into one `addmm`; another is multiplied, then the bias added
+    in place. (Under any dispatch mode ATen adds the bias out of place, one more output-sized
+    tensor, so the trace spells the CPU's path out.)"""
+    if bias is not None and x.is_contiguous():
+        flat = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t())
+        return flat.view(*x.shape[:-1], weight.shape[0])
+    out = torch.matmul(x, weight.t())
+    return out if bias is None else out.add_(bias)
+
+
+def gru_on_cpu(
+    input: torch.Tensor,
+    hx: torch.Tensor,
+    params: list[torch.Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gru` as the CPU runs it (aten/src/ATen/native/RNN.cpp, one direction): `FullLayer`
+    computes the input's gate projections for the whole sequence in one product when the
+    input is on the CPU (on meta, one per step), then `GRUCell` with `pre_compute_input`, op
+    for op: the hidden projection, then in-place gate arithmetic."""
+    x = input.transpose(0, 1) if batch_first else input
+    hiddens = hx.unbind(0)
+    per_layer = 4 if has_biases else 2
+    finals = []
+    for layer in range(num_layers):
+        w = params[layer * per_layer : (layer + 1) * per_layer]
+        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        h = hiddens[layer]
+        outputs = []
+        for gates_in in _linear_on_cpu(x, w[0], b_ih).unbind(0):
+            i_r, i_z, i_n = gates_in.unsafe_chunk(3, 1)
+            h_r, h_z, h_n = F.linear(h, w[1], b_hh).unsafe_chunk(3, 1)
+            reset = h_r.add_(i_r).sigmoid_()
+            update = h_z.add_(i_z).sigmoid_()
+            new = i_n.add(h_n.mul_(reset)).tanh_()
+            h = (h - new).mul_(update).add_(new)
+            outputs.append(h)
+            del i_r, i_z, i_n, h_r, h_z, h_n, reset, update, new  # C++ frees them here
+        finals.append(h)
+        del gates_in  # the last step's view would keep this layer's projection alive
+        x = torch.stack(outputs, 0)
+        del outputs
+        if dropout and train and layer < num_layers - 1:
+            x = F.dropout(x, dropout, True)
+    return (x.transpose(0, 1) if batch_first else x), torch.stack(finals, 0)
+
+
+def _good_ld(dim: int, itemsize: int = 4) -> int:
+    """oneDNN's `get_good_ld`: rounded up to 64 bytes, and not a multiple of 256 elements."""
+    step = 64 // itemsize
+    ld = -(-dim // step) * step
+    return ld + step if ld % 256 == 0 else ld
+
+
+def _page(nbytes: int) -> int:
+    return -(-nbytes // PAGE) * PAGE
+
+
+def onednn_lstm_workspace(steps: int, batch: int, input_size: int, hidden: int) -> int:
+    """Bytes of the workspace oneDNN's LSTM forward keeps for backward, one layer and
+    direction in float32: `set_conf` and `set_offsets` (oneDNN src/cpu/rnn/rnn_utils.*), each
+    part starting on a page of 4096 B. Parts, in order: gates (T·B·ld(4H)), ht (T·B·ld(H)),
+    the layer states and the iteration states twice over ((L+1)·(T+1)·B·ld(max(I, H)) each,
+    with L = 1: the iteration states are registered twice, then share the layer states'
+    place), the cell states and their gradients ((L+1)·(T+1)·B·H each). Checked against the
+    workspace the CPU returned at 26 shapes (tests/test_kernels.py)."""
+    layer_ld = _good_ld(max(input_size, hidden))
+    states = 2 * (steps + 1) * batch
+    parts = [
+        steps * batch * _good_ld(4 * hidden),
+        steps * batch * _good_ld(hidden),
+        states * layer_ld,
+        states * layer_ld,
+        states * layer_ld,
+        states * hidden,
+        states * hidden,
+    ]
+    offset = 0
+    for part in parts:
+        offset = _page(offset) + 4 * part
+    return _page(offset)
+
+
+def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any) -> Any:
+    """`out` with the sizes the CPU's kernel gives where the meta kernel does not know them:
+    oneDNN's LSTM workspace in training (PyTorch's meta kernel returns an empty one)."""
+    if func is aten.mkldnn_rnn_layer.default and args[-1]:  # train
+        input, w_ih, hidden = args[0], args[1], args[10]
+        steps, batch = input.shape[:2]  # time-first: `mkldnn_rnn` transposed a batch-first input
+        size = onednn_lstm_workspace(steps, batch, w_ih.shape[1], hidden)
+        workspace = torch.empty(size, dtype=torch.uint8, device=input.device)
+        return (*out[:3], workspace)
+    return out
+
+
+def _onednn_lstm_scratch(steps: int, batch: int, input_size: int, hidden: int) -> int:
+    """What oneDNN's LSTM layer allocates and frees inside one call (measured with the CPU
+    allocator, one call at a time): the two biases summed (4H), both weights reordered to
+    oneDNN's gate layout (I·ld(4H) and H·ld(4H)), and its scratchpad, whose gate buffer is
+    T·B·ld(4H) when oneDNN merges the time steps' GEMMs (batch < 128), B·ld(4H) otherwise.
+    Not modelled: about 12.6 KiB more of scratchpad per call on this project's 2-core machine
+    (per-thread GEMM buffers)."""
+    gates_ld = _good_ld(4 * hidden)
+    merged = steps if batch < 128 else 1
+    floats = 4 * hidden + (input_size + hidden) * gates_ld
+    return 4 * floats + _page(4 * merged * batch * gates_ld)
+
+
+def _onednn_lstm_inference_scratch(steps: int, batch: int, input_size: int, hidden: int) -> int:
+    """The same in eval mode (no workspace: oneDNN keeps the states in its scratchpad), as
+    measured at 13 shapes: the summed biases (4H); both weights in a layout of 128-wide gate
+    blocks (I·⌈4H⌉₁₂₈ and H·⌈4H⌉₁₂₈); and a scratchpad of, each on its own page, the layer
+    states (2·(T+1)·B·ld(max(I, H))), the cell states (2·(T+1)·B·H), one step's gates
+    (B·ld(4H)) and hidden state (B·ld(H)). Exact at 12 of the 13 shapes but for about 4.8 KiB
+    of per-thread buffers not modelled (one page more at batch 1)."""
+    gate_blocks = -(-4 * hidden // 128) * 128
+    weights = 4 * (4 * hidden + (input_size + hidden) * gate_blocks)
+    states = 2 * (steps + 1) * batch
+    parts = [
+        states * _good_ld(max(input_size, hidden)),
+        states * hidden,
+        batch * _good_ld(4 * hidden),
+        batch * _good_ld(hidden),
+    ]
+    offset = 0
+    for part in parts:
+        offset = _page(offset) + 4 * part
+    return weights + _page(offset)
+
+
+def kernel_scratch(func: Any, args: tuple[Any, ...]) -> int:
+    """Bytes a CPU kernel allocates and frees inside itself, where we know them (oneDNN's LSTM
+    layer and its backward), else 0. Backward reorders the weights to the gradients' layout
+    too where oneDNN pads their rows (ld(I) ≠ I or ld(H) ≠ H)."""
+    if func not in (aten.mkldnn_rnn_layer.default, aten.mkldnn_rnn_layer_backward.default):
+        return 0
+    input, w_ih, w_hh = args[0], args[1], args[2]
+    gates, input_size = w_ih.shape
+    hidden = w_hh.shape[1]
+    shape = (input.shape[0], input.shape[1], input_size, hidden)
+    if func is aten.mkldnn_rnn_layer.default and not args[-1]:  # eval mode
+        return _onednn_lstm_inference_scratch(*shape)
+    scratch = _onednn_lstm_scratch(*shape)
+    if func is aten.mkldnn_rnn_layer_backward.default:
+        for width in (input_size, hidden):
+            scratch += 4 * gates * _good_ld(width) if _good_ld(width) != width else 0
+    return scratch
+
+
+# ---- while a step is traced -------------------------------------------------------------------
+
+
+class DeviceKernels:
+    """While tracing on meta, run SDPA and LSTM as `device` ("cpu" or "cuda") would.
+
+    The two entry points are replaced for the duration of the block, where Python code finds
+    them: `torch.nn.functional.scaled_dot_product_attention` (called by user code and by
+    `F.multi_head_attention_forward`, a Python function a TorchFunctionMode could intercept
+    but not look inside), `torch._VF.lstm` and `torch._VF.gru` (what `nn.LSTM.forward` and
+    `nn.GRU.forward` call)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> DeviceKernels:
+        sdpa, lstm, gru = F.scaled_dot_product_attention, torch._VF.lstm, torch._VF.gru
+        self._saved = {"sdpa": sdpa}
+        device = self.device
+
+        def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+            return sdpa_on(device, sdpa, *args, **kwargs)
+
+        def lstm_layers(*args: Any, **kwargs: Any) -> Any:
+            input, hx, params = args[0], args[1], args[2]
+            if (
+                device == "cpu"
+                and isinstance(hx, (list, tuple))
+                and _lstm_uses_onednn(input, params)
+            ):
+                return lstm_on_onednn(*args, **kwargs)
+            return lstm(*args, **kwargs)
+
+        def gru_layers(*args: Any, **kwargs: Any) -> Any:
+            unpacked = isinstance(args[2], (list, tuple))  # not a packed sequence
+            if device == "cpu" and unpacked and not args[7]:  # one direction
+                return gru_on_cpu(*args, **kwargs)
+            return gru(*args, **kwargs)
+
+        F.scaled_dot_product_attention = scaled_dot_product_attention
+        torch._VF.lstm = lstm_layers
+        torch._VF.gru = gru_layers
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        F.scaled_dot_product_attention = self._saved["sdpa"]
+        del torch._VF.lstm  # the instance attributes: torch._VF answers from torch._C again
+        del torch._VF.gru

@@ -1,0 +1,200 @@
+"""The kernels the device runs (nin_profile/kernels.py) against a real CPU run: what autograd
+saves (each storage once), the CPU allocator's peaks, oneDNN's LSTM workspace as the CPU
+returns it, FLOPs against the dense decomposition and by hand; CUDA's attention choices
+against the rules written out from PyTorch's source (not yet run on a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zoo_models
+from test_memory import autograd_saved_bytes
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.kernels import cuda_sdpa_backend, onednn_lstm_workspace
+from nin_profile.measure.cpu_memory import cpu_peak_during
+from nin_profile.results import ModelProfile
+from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
+
+BATCH = 4
+SEQUENCE = ("sdpa_block", "mha_block", "lstm", "gru")
+
+
+def profile(name: str, device: str = "cpu") -> ModelProfile:
+    cfg = AnalysisConfig(
+        batch=BATCH, channels=zoo_models.CHANNELS, image_size=zoo_models.SIDE, device=device
+    )
+    return analyse_model(f"zoo_models:{name}", cfg)
+
+
+def real(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    built: nn.Module = getattr(zoo_models, name)()
+    return built
+
+
+def real_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+
+
+def held(*tensors: torch.Tensor) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+def real_train_peak(model: nn.Module) -> int:
+    """The CPU allocator's peak over one steady training step, with what it started with."""
+    x, y = real_batch()
+    loss_fn, opt = TrainingLoss(zoo_models.CLASSES), make_optimizer("sgd", model.parameters())
+    training_step(model.train(), loss_fn, opt, x, y)
+    opt.zero_grad(set_to_none=True)
+    step = cpu_peak_during(lambda: training_step(model, loss_fn, opt, x, y))
+    return held(*model.parameters(), x, y) + step
+
+
+def real_inference_peak(model: nn.Module) -> int:
+    """The same for a forward in eval mode under inference_mode, as the worker measures it."""
+    x, _ = real_batch()
+    model.eval()
+    with torch.inference_mode():
+        return held(*model.parameters(), x) + cpu_peak_during(lambda: _discard(model(x)))
+
+
+def _discard(value: object) -> None:
+    pass
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_saved_bytes_are_what_the_cpu_kernels_save(name: str) -> None:
+    # SDPA and nn.MultiheadAttention run the CPU's flash kernel (output and logsumexp saved,
+    # not the attention matrix); nn.LSTM runs oneDNN's layer (its workspace saved); nn.GRU the
+    # CPU's composite with the input projected for the whole sequence at once
+    x, y = real_batch()
+    saved = autograd_saved_bytes(real(name).train(), x, y, TrainingLoss(zoo_models.CLASSES))
+    assert profile(name).activation_bytes_saved == saved
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_training_peak_is_within_5_percent_of_the_cpu_allocator(name: str) -> None:
+    predicted, measured = profile(name).train.peak, real_train_peak(real(name))
+    assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_inference_peak_is_within_5_percent_of_the_cpu_allocator(name: str) -> None:
+    predicted, measured = profile(name).inference.peak, real_inference_peak(real(name))
+    assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
+
+
+ONEDNN_SHAPES = [  # (steps, batch, input, hidden): multiples of 16 and not, 4H = 256 (padded)
+    (16, 4, 48, 32),
+    (16, 4, 32, 32),
+    (7, 3, 5, 9),
+    (5, 13, 7, 9),
+    (1, 2, 300, 64),
+    (4, 8, 16, 64),
+]
+
+
+@pytest.mark.parametrize(("steps", "batch", "input_size", "hidden"), ONEDNN_SHAPES)
+def test_onednn_lstm_workspace_is_the_one_the_cpu_returns(
+    steps: int, batch: int, input_size: int, hidden: int
+) -> None:
+    x = torch.randn(steps, batch, input_size)
+    w_ih, w_hh = torch.randn(4 * hidden, input_size), torch.randn(4 * hidden, hidden)
+    b, h = torch.randn(4 * hidden), torch.zeros(batch, hidden)
+    *_, workspace = torch.ops.aten.mkldnn_rnn_layer(
+        x, w_ih, w_hh, b, b, h, h, False, [], 2, hidden, 1, True, False, False, True
+    )
+    assert workspace.nbytes == onednn_lstm_workspace(steps, batch, input_size, hidden)
+
+
+def test_attention_flops_match_the_dense_decomposition() -> None:
+    # the flash kernel does the products the math path does: Q·Kᵀ and P·V, counted by
+    # FlopCounterMode on the math path of the real model
+    model = real("sdpa_block").train()
+    x, y = real_batch()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as forward:
+        TrainingLoss(zoo_models.CLASSES)(model(x), y)
+    assert profile("sdpa_block").flops_forward == forward.get_total_flops()
+
+
+def test_attention_flops_by_hand() -> None:
+    # 16 tokens (16×16 image in 4×4 patches), 4 heads of 8, batch 4. Forward: Q·Kᵀ and P·V,
+    # 2·4·4·16·16·8 FLOPs each. Backward of the flash kernel: the scores recomputed, then the
+    # gradients of P·V (2 products) and of Q·Kᵀ (2): 5 products.
+    product = 2 * BATCH * 4 * 16 * 16 * 8  # 65_536
+    row = {layer.name: layer for layer in profile("sdpa_block").layers}["attention"]
+    assert row.calls == 1 and row.output_shape == (BATCH, 16, 32)
+    assert row.flops_forward == 2 * product == 131_072
+    assert row.flops_backward == 5 * product == 327_680
+
+
+def test_lstm_flops_by_hand() -> None:
+    # two layers over 16 steps of 48 (then 32) features, hidden 32: 2·T·B·4H·(I + H) each;
+    # oneDNN's backward computes all four gradients: twice the forward
+    forward = 2 * 16 * BATCH * 4 * 32 * ((48 + 32) + (32 + 32))  # 2_359_296
+    row = {layer.name: layer for layer in profile("lstm").layers}["rnn"]
+    assert row.flops_forward == forward == 2_359_296
+    assert row.flops_backward == 2 * forward
+
+
+def test_multihead_attention_is_a_full_row_and_rows_add_up() -> None:
+    p = profile("mha_block")
+    row = {layer.name: layer for layer in p.layers}["attention.attn"]
+    # in-projection 16·3·32·32, out-projection 16·32·32, Q·Kᵀ and P·V 4·16·16·8 each, per
+    # example, ×2 FLOPs per multiply-add, ×4 examples
+    per_example = 16 * 3 * 32 * 32 + 16 * 32 * 32 + 2 * 4 * 16 * 16 * 8
+    assert row.calls == 1 and row.output_shape == (BATCH, 16, 32)
+    assert row.flops_forward == 2 * BATCH * per_example == 655_360
+    assert sum(layer.flops_forward for layer in p.layers) == p.flops_forward
+    assert sum(layer.flops_backward for layer in p.layers) == p.flops_backward
+    assert sum(layer.saved_bytes for layer in p.layers) == p.activation_bytes_saved
+
+
+# ---- CUDA's choices (from aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) -----------------
+
+
+def qkv(heads: int = 4, head_dim: int = 8, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.empty(2, heads, 16, head_dim, dtype=dtype, device="meta")
+
+
+CUDA_CHOICES = [
+    ("float32, head dim 8", qkv(), SDPBackend.EFFICIENT_ATTENTION),
+    ("float32, head dim 6 (not a multiple of 4)", qkv(head_dim=6), SDPBackend.MATH),
+    ("float16, unpacked layout", qkv(dtype=torch.float16), SDPBackend.FLASH_ATTENTION),
+    (
+        "bfloat16 in cuDNN's layout (batch, tokens, heads, dim) transposed",
+        torch.empty(2, 16, 4, 8, dtype=torch.bfloat16, device="meta").transpose(1, 2),
+        SDPBackend.CUDNN_ATTENTION,
+    ),
+]
+
+
+def test_cuda_float32_grouped_query_attention_takes_the_math_path() -> None:
+    # 4 query heads over 2 key/value heads: the memory-efficient kernel needs as many heads
+    # in k and v as in q (check_batch_size_and_num_heads_dense<false>), flash and cuDNN fp16
+    q, kv = qkv(heads=4), qkv(heads=2)
+    assert cuda_sdpa_backend(q, kv, kv, None, 0.0, False, True) == SDPBackend.MATH
+
+
+@pytest.mark.parametrize(("case", "q", "expected"), CUDA_CHOICES)
+def test_cuda_attention_choice_follows_pytorchs_rules(
+    case: str, q: torch.Tensor, expected: SDPBackend
+) -> None:
+    assert cuda_sdpa_backend(q, q, q, None, 0.0, False, False) == expected, case
+
+
+def test_cuda_float32_attention_saves_the_efficient_kernels_logsumexp() -> None:
+    # The attention row saves q, k, v (views of the qkv projection's output, 4·16·96 floats),
+    # the kernel's output (4·16·32 floats) and its logsumexp. The CPU flash kernel's is
+    # 4·4·16 floats; on CUDA, float32 runs the memory-efficient kernel, whose logsumexp has the
+    # 16 queries rounded up to 32, and which keeps two int64 RNG scalars (8 B each; saved
+    # bytes are the storages' own sizes, before the allocator's rounding).
+    qkv_output, output = BATCH * 16 * 96 * 4, BATCH * 16 * 32 * 4  # 24_576, 8_192
+    cpu = {layer.name: layer for layer in profile("sdpa_block").layers}["attention"]
+    cuda = {layer.name: layer for layer in profile("sdpa_block", "cuda").layers}["attention"]
+    assert cpu.saved_bytes == qkv_output + output + BATCH * 4 * 16 * 4 == 33_792
+    assert cuda.saved_bytes == qkv_output + output + BATCH * 4 * 32 * 4 + 2 * 8 == 34_832

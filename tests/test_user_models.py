@@ -1,0 +1,191 @@
+"""Models as users bring them (tests/zoo_models.py): outputs that are not one tensor, classes read
+from the output, builders that need real tensors, the user's own errors in one line, and the
+smallest image the step really runs at."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import zoo_models
+from test_cli import run_cli
+from test_memory import autograd_saved_bytes
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nin_profile.analysis import AnalysisConfig, analyse_model, smallest_image_size
+from nin_profile.cli import main
+from nin_profile.errors import InvalidConfig
+from nin_profile.models import ModelConfig
+from nin_profile.results import ModelProfile
+from nin_profile.training import TrainingLoss, make_batch
+
+BATCH = 4
+
+
+def profile(name: str, batch: int = BATCH, classes: int | None = None) -> ModelProfile:
+    cfg = AnalysisConfig(
+        batch=batch,
+        channels=zoo_models.CHANNELS,
+        image_size=zoo_models.SIDE,
+        classes=classes,
+        device="cpu",
+    )
+    return analyse_model(f"zoo_models:{name}", cfg)
+
+
+def real(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    built = getattr(zoo_models, name)
+    return built if isinstance(built, nn.Module) else built()
+
+
+def real_batch(batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    return make_batch(batch, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+
+
+# ---- outputs of any shape --------------------------------------------------------------------
+
+OUTPUTS = {  # model → the loss the report names
+    "AuxHeads": "sum of cross-entropy over 10 classes on output .logits, .aux_logits",
+    "TupleOut": "sum of cross-entropy over 10 classes on output [0] and the mean of output [1]",
+    "Segmentation": "sum of the means of output ['out'], ['aux']",
+    "Residual": "cross-entropy over 10 classes",
+}
+
+
+@pytest.mark.parametrize("name", OUTPUTS)
+def test_outputs_of_any_shape_train_through_every_output(name: str) -> None:
+    ours = profile(name)
+    assert ours.loss == OUTPUTS[name]
+    model = real(name).train()
+    x, y = real_batch()
+    loss_fn = TrainingLoss(ours.classes)
+    with FlopCounterMode(display=False) as forward:
+        loss = loss_fn(model(x), y)
+    with FlopCounterMode(display=False) as backward:
+        loss.backward()
+    assert ours.flops_forward == forward.get_total_flops()
+    assert ours.flops_backward == backward.get_total_flops()
+
+
+def test_the_loss_by_hand_for_a_tuple() -> None:
+    # (logits, maps): cross-entropy of the logits plus the mean of the maps
+    model = real("TupleOut")
+    x, y = real_batch()
+    logits, maps = model(x)
+    expected = nn.functional.cross_entropy(logits, y) + maps.mean()
+    assert torch.equal(TrainingLoss(10)(model(x), y), expected)
+
+
+def test_saved_bytes_of_a_dict_output_match_autograd() -> None:
+    model = real("Segmentation").train()
+    x, y = real_batch()
+    saved = autograd_saved_bytes(model, x, y, TrainingLoss(None))
+    assert profile("Segmentation").activation_bytes_saved == saved
+
+
+def test_classes_are_read_from_the_output() -> None:
+    assert profile("TupleOut").classes == zoo_models.CLASSES
+    assert profile("Segmentation").classes is None  # per-pixel scores: no (batch, classes)
+    assert profile("TupleOut", classes=zoo_models.CLASSES).classes == zoo_models.CLASSES
+
+
+def test_classes_given_that_disagree_are_refused() -> None:
+    with pytest.raises(InvalidConfig, match=r"outputs 10 classes .* but --classes 7 was given"):
+        profile("TupleOut", classes=7)
+
+
+# ---- builders and instances ------------------------------------------------------------------
+
+
+def test_a_builder_that_computes_with_tensors_is_built_on_the_cpu() -> None:
+    # torch.arange(1, 3) * 8 → widths [8, 16]: conv 3→8 (3*8*9 + 8 = 224), conv 8→16
+    # (8*16*9 + 16 = 1_168), linear 16→10 (170)
+    assert profile("computed_widths").params == 224 + 1_168 + 170 == 1_562
+
+
+def test_the_users_module_is_left_as_it_was() -> None:
+    module = zoo_models.instance
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    module.eval()
+    p = profile("instance")
+    assert p.params == sum(t.numel() for t in before.values())
+    assert not module.training
+    for name, param in module.named_parameters():
+        assert param.device.type == "cpu" and param.grad is None, name
+        assert torch.equal(param, before[name]), name
+
+
+# ---- the user's errors, one line each --------------------------------------------------------
+
+USER_ERRORS = [
+    (["--models", "json:dumps"], "json:dumps needs arguments (obj)"),
+    (
+        ["--models", "zoo_models:raises"],
+        "zoo_models:raises raised ValueError: boom (zoo_models.py:",
+    ),
+    (
+        ["--models", "zoo_models:AssertsSize", "--channels", "3", "--image-size", "20"],
+        "AssertionError: Wrong image width! Expected 16 but got 20! (zoo_models.py:",
+    ),
+    (["--models", "zoo_models:Residual", "--image-size", "16"], "expects --channels 3"),
+    (["--models", "zoo_models:TupleOut", "--channels", "3", "--classes", "7"], "--classes 7"),
+    (["--models", "nin,alexnet,nin"], "--models names nin more than once"),
+    (
+        # 8 → 3 → 1: BatchNorm on one value per channel in train mode cannot run at batch 1;
+        # at 11 → 5 → 2 it can (see the test below)
+        ["--models", "zoo_models:BatchNormToOnePixel", "--channels", "3", "--image-size", "8"],
+        "smallest --image-size zoo_models:BatchNormToOnePixel accepts is 11",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USER_ERRORS)
+def test_user_errors_are_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+    result = run_cli(*args, "--static", "--batch", "1", "--no-charts")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert message in lines[0]
+
+
+def test_debug_shows_the_traceback_too() -> None:
+    result = run_cli("--models", "zoo_models:raises", "--static", "--debug")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and 'raise ValueError("boom")' in result.stderr
+    raise_line = inspect.getsourcelines(zoo_models.raises)[1] + 1  # the line under the def
+    assert result.stderr.strip().splitlines()[-1].endswith(f"(zoo_models.py:{raise_line})")
+
+
+# ---- the smallest image the step runs at ------------------------------------------------------
+
+
+def step_runs(batch: int, side: int) -> bool:
+    """A real training-mode forward of BatchNormToOnePixel on the CPU (the oracle)."""
+    model = real("BatchNormToOnePixel").train()
+    try:
+        model(torch.randn(batch, zoo_models.CHANNELS, side, side))
+    except (ValueError, RuntimeError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("batch", "smallest"), [(1, 11), (2, 7)])
+def test_smallest_image_is_where_the_real_step_runs(batch: int, smallest: int) -> None:
+    # side s → (s-3)//2+1 → (that-3)//2+1 pixels: 1×1 from s = 7 to 10, 2×2 at 11. At batch 1
+    # in train mode BatchNorm refuses a 1×1 map (one value per channel); at batch 2 it runs.
+    cfg = ModelConfig(channels=zoo_models.CHANNELS, image_size=4)
+    found = smallest_image_size("zoo_models:BatchNormToOnePixel", cfg, batch)
+    assert found == smallest
+    assert step_runs(batch, smallest) and not step_runs(batch, smallest - 1)
+
+
+def test_parameter_counts_of_a_builder_that_needs_real_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "params.json"
+    assert main(["--models", "zoo_models:computed_widths", "--write-params", str(path)]) == 0
+    counts = json.loads(path.read_text())["models"]["zoo_models:computed_widths"]
+    assert counts["params"] == 224 + 1_168 + 170  # as above: 1_562

@@ -1,0 +1,186 @@
+"""Every model of the zoo (tests/zoo_models.py) against oracles computed on real CPU tensors:
+its parameter count, FLOPs from FlopCounterMode (grouped convolutions split into one-group
+convolutions, attention on the math path, where PyTorch's formulas are right), what autograd
+saves (each storage once) and the CPU allocator's training peak between ops."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+import zoo_models
+from test_kernels import real_train_peak
+from test_memory import autograd_saved_bytes
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.measure.cpu_memory import cpu_peak_between_ops
+from nin_profile.results import ModelProfile
+from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
+
+BATCH = 4
+# the models the zoo builds; `instance` is one object shared with other tests
+MODELS = [name for name in zoo_models.ZOO if name != "instance"]
+ATTENTION = {"sdpa_block", "mha_block"}
+SEQUENCE_MODELS = {*ATTENTION, "lstm", "gru"}
+
+
+def profile(name: str) -> ModelProfile:
+    cfg = AnalysisConfig(
+        batch=BATCH, channels=zoo_models.CHANNELS, image_size=zoo_models.SIDE, device="cpu"
+    )
+    return analyse_model(f"zoo_models:{name}", cfg)
+
+
+def real(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    built: nn.Module = getattr(zoo_models, name)()
+    return built.train()
+
+
+class OneGroupEach(nn.Module):
+    """A grouped convolution as `groups` convolutions of one group, with the same weights."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, parts = self.conv, self.conv.groups
+        biases = c.bias.chunk(parts) if c.bias is not None else [None] * parts
+        outputs = [
+            nn.functional.conv2d(xi, w, b, c.stride, c.padding, c.dilation)
+            for xi, w, b in zip(x.chunk(parts, 1), c.weight.chunk(parts, 0), biases, strict=True)
+        ]
+        return torch.cat(outputs, 1)
+
+
+def one_group_each(model: nn.Module) -> nn.Module:
+    for name, child in model.named_children():
+        if isinstance(child, nn.Conv2d) and child.groups > 1:
+            setattr(model, name, OneGroupEach(child))
+        else:
+            one_group_each(child)
+    return model
+
+
+@contextlib.contextmanager
+def onednn_off() -> Iterator[None]:
+    """Without oneDNN (torch.backends.mkldnn.flags would also set its TF32 flag, and warn)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
+def oracle_flops(name: str, classes: int | None) -> tuple[int, int]:
+    """FlopCounterMode over a real training step of the model decomposed where PyTorch's
+    formulas are wrong or missing: grouped convolutions split, attention on the math path,
+    the LSTM on its composite cell (oneDNN off)."""
+    model = one_group_each(real(name))
+    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    with sdpa_kernel(SDPBackend.MATH), onednn_off():
+        with FlopCounterMode(display=False) as forward:
+            loss = TrainingLoss(classes)(model(x), y)
+        with FlopCounterMode(display=False) as backward:
+            loss.backward()
+    return forward.get_total_flops(), backward.get_total_flops()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameters_match_the_real_model(name: str) -> None:
+    model = real(name)
+    ours = profile(name)
+    assert ours.params == sum(p.numel() for p in model.parameters())
+    assert ours.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_flops_match_flopcountermode_on_the_decomposed_model(name: str) -> None:
+    ours = profile(name)
+    forward, backward = oracle_flops(name, ours.classes)
+    assert ours.flops_forward == forward
+    if name in ATTENTION:
+        # the CPU's flash backward recomputes Q·Kᵀ (a fifth product); the math path keeps the
+        # scores: one more 2·4·4·16·16·8 = 65_536 FLOPs (4 examples, 4 heads, 16 tokens, dim 8)
+        backward += 2 * BATCH * 4 * 16 * 16 * 8
+    if name == "lstm":
+        # oneDNN computes the gradients the composite cell skips: the first layer's input's
+        # (the image needs none), 2·T·B·4H·I = 2·16·4·128·48 = 786_432 FLOPs, and each layer's
+        # initial hidden state's (zeros), 2·B·4H·H = 2·4·128·32 = 32_768 FLOPs per layer
+        backward += 2 * 16 * BATCH * 4 * 32 * 48 + 2 * (2 * BATCH * 4 * 32 * 32)
+    assert ours.flops_backward == backward
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_saved_bytes_match_what_autograd_saves(name: str) -> None:
+    ours = profile(name)
+    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    saved = autograd_saved_bytes(real(name), x, y, TrainingLoss(ours.classes))
+    assert ours.activation_bytes_saved == saved
+
+
+def test_frozen_backbone_saves_nothing_for_its_frozen_layers() -> None:
+    # only the head trains: the backbone's conv needs no weight gradient and its input none,
+    # so nothing below the Flatten is saved; the head saves its input, 4·16·8·8 floats
+    layers = {layer.name: layer for layer in profile("frozen_backbone").layers}
+    assert layers["0.0"].flops_backward == 0 and layers["0.0"].saved_bytes == 0
+    assert layers["2"].saved_bytes == BATCH * 16 * 8 * 8 * 4 == 16_384
+
+
+def test_a_shared_module_counts_its_parameters_once_and_its_flops_twice() -> None:
+    # 8→8 3×3 conv applied twice to 16×16 maps: 8*8*9 + 8 = 584 parameters, once;
+    # 2·4·8·16·16·8·9 = 1_179_648 FLOPs per call, two calls
+    row = {layer.name: layer for layer in profile("SharedTwice").layers}["shared"]
+    assert row.params == 584 and row.calls == 2
+    assert row.flops_forward == 2 * 1_179_648
+
+
+def real_peak_between_ops(model: nn.Module, classes: int | None) -> int:
+    """The CPU allocator's peak over a steady training step without the scratch a kernel frees
+    inside its op (CPU convolutions' im2col columns and oneDNN reorders, which no trace of
+    tensors sees), with what the step started with."""
+    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    loss_fn, opt = TrainingLoss(classes), make_optimizer("sgd", model.parameters())
+    training_step(model, loss_fn, opt, x, y)
+    opt.zero_grad(set_to_none=True)
+    start = sum(t.untyped_storage().nbytes() for t in [*model.parameters(), x, y])
+    return start + cpu_peak_between_ops(lambda: training_step(model, loss_fn, opt, x, y))
+
+
+HELD_LONGER = pytest.mark.xfail(
+    strict=True,
+    reason="32 KiB (one 4·8·16·16 gradient) high: the feature map feeds two outputs, and "
+    "autograd adds its two gradients in place on the CPU but out of place under the trace's "
+    "dispatch mode (InputBuffer's can_accumulate_inplace takes every tensor for a subclass "
+    "while a dispatch mode is active), holding one gradient more at the peak; the CPU run "
+    "under a no-op dispatch mode peaks exactly at the estimate",
+)
+CONV_MODELS = [
+    pytest.param(name, marks=HELD_LONGER) if name in ("TupleOut", "Segmentation") else name
+    for name in MODELS
+    if name not in SEQUENCE_MODELS
+]
+
+
+@pytest.mark.parametrize("name", CONV_MODELS)
+def test_training_peak_is_within_5_percent_of_the_cpu_peak_between_ops(name: str) -> None:
+    # the sequence models' kernels (attention, LSTM, GRU) are held against the full peak, with
+    # the LSTM's in-kernel scratch, in test_kernels.py
+    ours = profile(name)
+    measured = real_peak_between_ops(real(name), ours.classes)
+    assert abs(ours.train.peak - measured) <= 0.05 * measured, (ours.train.peak, measured)
+
+
+@pytest.mark.parametrize("name", ["grouped", "computed_widths"])
+def test_cpu_convolutions_allocate_scratch_the_estimate_does_not_see(name: str) -> None:
+    # what the issue calls out for NiN's 11×11 convolution holds for these 3×3 ones: the CPU's
+    # full peak is well above the estimate (im2col columns inside the convolution kernels)
+    ours = profile(name)
+    assert ours.train.peak < 0.8 * real_train_peak(real(name))

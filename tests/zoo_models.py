@@ -1,0 +1,297 @@
+"""A zoo of the architectures users bring, tiny, written here (torchvision does not import beside
+the CPU build of torch CI installs). Each takes a batch of images `CHANNELS`×`SIDE`×`SIDE`; the
+sequence models read an image row by row. Loaded in-process or by import path (`zoo_models:...`).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import torch
+from torch import nn
+
+CHANNELS, SIDE, CLASSES = 3, 16, 10
+WIDTH, HEADS = 32, 4  # token width and attention heads of the transformer blocks
+
+
+def depthwise_separable() -> nn.Module:
+    """MobileNet's unit: depthwise 3×3, BatchNorm, ReLU6, pointwise 1×1; then a classifier."""
+    return nn.Sequential(
+        nn.Conv2d(CHANNELS, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(inplace=True),
+        nn.Conv2d(16, 32, 1, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, CLASSES),
+    )
+
+
+def grouped() -> nn.Module:
+    """ResNeXt's grouped 3×3 between two 1×1 convs."""
+    return nn.Sequential(
+        nn.Conv2d(CHANNELS, 16, 1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=2, dilation=2, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, CLASSES),
+    )
+
+
+class Residual(nn.Module):
+    """A ResNet basic block with in-place ReLUs, as torchvision writes it."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(CHANNELS, width, 3, padding=1)
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = self.relu(out + x)
+        return self.head(out.mean(dim=(2, 3)))
+
+
+class Patches(nn.Module):
+    """Image → tokens: a strided conv, flattened to (batch, tokens, WIDTH)."""
+
+    def __init__(self, patch: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(CHANNELS, WIDTH, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x).flatten(2).transpose(1, 2)
+
+
+class SdpaAttention(nn.Module):
+    """timm's Attention: one qkv projection, `F.scaled_dot_product_attention`, a projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(WIDTH, 3 * WIDTH)
+        self.proj = nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class MhaAttention(nn.Module):
+    """`nn.MultiheadAttention` as ViT-B/16 calls it (batch first, no weights returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.attn(x, x, x, need_weights=False)
+        return out
+
+
+class TransformerBlock(nn.Module):
+    """A pre-norm ViT block: x + attention(norm(x)), x + MLP(norm(x)); then a class head."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        self.patches = Patches()
+        self.norm1 = nn.LayerNorm(WIDTH)
+        self.attention = attention
+        self.norm2 = nn.LayerNorm(WIDTH)
+        self.mlp = nn.Sequential(
+            nn.Linear(WIDTH, 2 * WIDTH), nn.GELU(), nn.Linear(2 * WIDTH, WIDTH)
+        )
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patches(x)
+        x = x + self.attention(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(x.mean(dim=1))
+
+
+def sdpa_block() -> nn.Module:
+    return TransformerBlock(SdpaAttention())
+
+
+def mha_block() -> nn.Module:
+    return TransformerBlock(MhaAttention())
+
+
+class RowsClassifier(nn.Module):
+    """An RNN over an image's rows (SIDE steps of CHANNELS·SIDE features); the last hidden
+    state classifies."""
+
+    def __init__(self, kind: type[nn.LSTM] | type[nn.GRU], layers: int = 2) -> None:
+        super().__init__()
+        self.rnn = kind(CHANNELS * SIDE, WIDTH, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.permute(0, 2, 1, 3).flatten(2)  # (batch, SIDE, CHANNELS·SIDE)
+        out, _ = self.rnn(rows)
+        return self.head(out[:, -1])
+
+
+def lstm() -> nn.Module:
+    return RowsClassifier(nn.LSTM)
+
+
+def gru() -> nn.Module:
+    return RowsClassifier(nn.GRU)
+
+
+class BatchNormToOnePixel(nn.Module):
+    """Convs down to a 1×1 map, then BatchNorm: in train mode a batch of 1 cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(CHANNELS, 8, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2),
+            nn.BatchNorm2d(8),
+        )
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def frozen_backbone() -> nn.Module:
+    """A pretrained-style backbone with requires_grad off; only the head trains."""
+    backbone = nn.Sequential(nn.Conv2d(CHANNELS, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    backbone.requires_grad_(False)
+    return nn.Sequential(backbone, nn.Flatten(), nn.Linear(16 * (SIDE // 2) ** 2, CLASSES))
+
+
+class SharedTwice(nn.Module):
+    """One conv applied twice (weights shared): its parameters count once, its FLOPs twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.shared(torch.relu(self.shared(self.stem(x)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+Outputs = namedtuple("Outputs", ["logits", "aux_logits"])
+
+
+class AuxHeads(nn.Module):
+    """GoogLeNet-style: a namedtuple of logits and auxiliary logits in train mode, the logits
+    alone in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(CHANNELS, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8, CLASSES)
+        self.aux = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> Outputs | torch.Tensor:
+        pooled = self.features(x).mean(dim=(2, 3))
+        if self.training:
+            return Outputs(self.head(pooled), self.aux(pooled))
+        return self.head(pooled)
+
+
+class TupleOut(nn.Module):
+    """(logits, feature map): cross-entropy on the first, the mean of the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.features(x)
+        return self.head(maps.mean(dim=(2, 3))), maps
+
+
+class Segmentation(nn.Module):
+    """torchvision's segmentation models: a dict of per-pixel scores ('out', 'aux')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(CHANNELS, 8, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 5, 1)
+        self.aux_classifier = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        return {"out": self.classifier(features), "aux": self.aux_classifier(features)}
+
+
+def computed_widths() -> nn.Module:
+    """RegNet's builder computes its widths with tensors and `.tolist()`: on meta it cannot."""
+    widths = (torch.arange(1, 3) * 8).tolist()  # [8, 16]
+    return nn.Sequential(
+        nn.Conv2d(CHANNELS, widths[0], 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(widths[0], widths[1], 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(widths[1], CLASSES),
+    )
+
+
+# A module instance made when this file is imported, with real CPU weights.
+instance = nn.Sequential(nn.Conv2d(CHANNELS, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, CLASSES))
+
+
+def raises() -> nn.Module:
+    raise ValueError("boom")
+
+
+class AssertsSize(nn.Module):
+    """Like torchvision's ViT: asserts the image size it was built for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] == SIDE, f"Wrong image width! Expected {SIDE} but got {x.shape[-1]}!"
+        return self.head(x.flatten(1))
+
+
+def needs_width(width: int) -> nn.Module:
+    return nn.Linear(width, CLASSES)
+
+
+# What each test may profile, by the name an import path gives it (`zoo_models:NAME`).
+ZOO = (
+    "depthwise_separable",
+    "grouped",
+    "Residual",
+    "sdpa_block",
+    "mha_block",
+    "lstm",
+    "gru",
+    "BatchNormToOnePixel",
+    "frozen_backbone",
+    "SharedTwice",
+    "AuxHeads",
+    "TupleOut",
+    "Segmentation",
+    "computed_widths",
+    "instance",
+)
