@@ -13,7 +13,7 @@ import pytest
 from nin_profile.render.charts import layer_costs
 from nin_profile.render.csv import layers_csv
 from nin_profile.render.groups import MAX_ROWS, REST, layer_groups
-from nin_profile.render.markdown import layer_table
+from nin_profile.render.general import layer_table
 from nin_profile.results import LayerStats, ModelProfile, Profile
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -96,7 +96,9 @@ def test_table_chart_and_csv_agree(base: Profile) -> None:
     profile = replace(base, models=(model,))
     groups = layer_groups(model)
     table_rows = layer_table(model, profile).splitlines()[2:]
-    assert [row.split(" | ")[0].strip("| ") for row in table_rows] == [g.stats.name for g in groups]
+    # the table's first cell: the row's name, then its type and shape
+    first_cells = [row.split(" | ")[0].strip("| ") for row in table_rows]
+    assert [cell.split(" ")[0] for cell in first_cells] == [g.stats.name for g in groups]
     chart_rows = layer_costs(profile, model).axes[0].get_yticklabels()
     assert [label.get_text().split(" ")[0] for label in chart_rows] == [
         g.stats.name for g in groups

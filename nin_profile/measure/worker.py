@@ -412,9 +412,7 @@ def layer_times(
         own = device.elapsed_ms(start, end) - sum(device.elapsed_ms(a, b) for a, b in inside)
         samples.setdefault(name, []).append(max(0.0, own))  # clock noise can go below 0
     alone = _leaves_alone(model, forward, device, repeats)
-    return {
-        name: statistics.median(alone.get(name) or ms) for name, ms in samples.items()
-    }
+    return {name: statistics.median(alone.get(name) or ms) for name, ms in samples.items()}
 
 
 def _leaves_alone(

@@ -230,7 +230,7 @@ def exercise2_section(profile: Profile, charts: bool) -> str:
 def exercise4_section(profile: Profile, charts: bool) -> str:
     nin, variant = _nin(profile), model_named(profile, "nin_gradual_head")
     assert variant is not None
-    classes = profile.config.classes
+    classes = nin.classes or profile.config.classes
     head = [layer for layer in nin.layers if layer.name.startswith("7.") and layer.params]
     gradual = [layer for layer in variant.layers if layer.name.startswith("7.") and layer.params]
     text = (

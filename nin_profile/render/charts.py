@@ -356,8 +356,7 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
     params_ax.invert_yaxis()
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     by = "block by block" if any(group.grouped for group in groups) else "layer by layer"
-    fig.suptitle(f"{model.name}, {by}
-{_subtitle(profile, measured=False)}")
+    fig.suptitle(f"{model.name}, {by}\n{_subtitle(profile, measured=False)}")
     return fig
 
 

@@ -3,9 +3,11 @@ comparison, sweep, largest batch, per-layer figures, method. Pure: no model, no 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from nin_profile.columns import TEXT, TITLES, VALUES, Column, cell_text
+from nin_profile.render.groups import grouping_note, layer_groups
 from nin_profile.render.names import chart_file
 from nin_profile.render.sections import Section, names
 from nin_profile.render.text import (
@@ -42,6 +44,7 @@ CHAPTER = frozenset(
     {"nin", "nin_single_1x1", "nin_gradual_head", "alexnet", "vgg11", "vgg11_narrow"}
 )
 PHASES = ("train", "inference")
+T = TypeVar("T", int, float)
 
 
 def chart(profile: Profile, kind: str, alt: str, charts: bool, **where: str) -> str:
@@ -86,12 +89,20 @@ def measured_batches(profile: Profile) -> dict[str, set[int]]:
     return batches
 
 
+def classes_words(profile: Profile) -> str:
+    """'10 classes' where the run names one count (given, or every model's own), else what
+    each model's output says."""
+    counts = {m.classes for m in profile.models} if profile.config.classes is None else set()
+    classes = profile.config.classes or (counts.pop() if len(counts) == 1 else None)
+    return f"{classes} classes" if classes else "each model's own classes"
+
+
 def conditions(profile: Profile) -> str:
     """The run's conditions, stated once for the whole report."""
     c, env = profile.config, profile.environment
     shape = f"{c.channels}×{c.image_size}×{c.image_size}"
     text = (
-        f"Batch {c.batch} of {shape} images, {c.classes} classes, {c.dtype}, optimizer "
+        f"Batch {c.batch} of {shape} images, {classes_words(profile)}, {c.dtype}, optimizer "
         f"{c.optimizer}. Every figure is per batch unless it says per example. "
     )
     if is_measured(profile):
@@ -752,16 +763,18 @@ def layer_table(m: ModelProfile, profile: Profile) -> str:
         headers += [f"Fwd ms alone (meas., batch {infer.batch})", "%"]  # type: ignore[union-attr]
     total_ms = sum(times.values())
     rows = []
-    for r in m.layers:
+    for group in layer_groups(m):
+        r = group.stats
         cells = [layer_label(r)]
         for c in _LAYER_COLUMNS:
             cells.append(cell_text(c, r))
             if c in _SHARED:
                 cells.append(fmt_percent(VALUES[c](r), totals[c]))  # type: ignore[arg-type]
         if deltas:
-            cells.append(fmt_mib(deltas[r.name], 2) if r.name in deltas else "–")
+            delta = _measured_sum(deltas, group.members)
+            cells.append(fmt_mib(delta, 2) if delta is not None else "–")
         if times:
-            ms = times.get(r.name)
+            ms = _measured_sum(times, group.members)
             cells += [
                 f"{ms:,.3f}" if ms is not None else "–",
                 fmt_percent(ms, total_ms) if ms is not None else "–",
@@ -769,6 +782,12 @@ def layer_table(m: ModelProfile, profile: Profile) -> str:
         rows.append(cells)
     right = [h != "Layer" and h not in {TITLES[c] for c in TEXT} for h in headers]
     return md_table(headers, rows, right)
+
+
+def _measured_sum(figures: Mapping[str, T], members: tuple[str, ...]) -> T | None:
+    """A group's measured figure: its layers' summed, None where none was measured."""
+    values = [figures[name] for name in members if name in figures]
+    return sum(values[1:], values[0]) if values else None
 
 
 def not_counted_text(m: ModelProfile) -> str:
@@ -791,7 +810,9 @@ def layers_section(profile: Profile, charts: bool) -> str:
         parts += [
             f"### {m.name}",
             m.description,
+            f"Training loss: {m.loss}." if m.loss else "",
             layer_table(m, profile),
+            grouping_note(m, layer_groups(m)),
             not_counted_text(m),
             chart(profile, "layers", f"{m.name} per layer", charts, model=m.name),
         ]
@@ -843,6 +864,20 @@ METHOD = (
     "FLOPs count a multiply-add as 2 (FLOPs = 2 × MACs). Convolutions and matrix products are "
     "counted with PyTorch's own formulas (`torch.utils.flop_counter`); ops without a formula "
     "are listed as not counted, never as zero.",
+    "Where we differ from PyTorch's `FlopCounterMode`: a convolution's backward is counted as "
+    "one forward for the input gradient and one for the weight gradient, each only where it "
+    "is computed. PyTorch's formula counts the weight gradient of a grouped convolution "
+    "`groups` times too high (every input channel times every output channel): a depthwise "
+    "convolution's backward came out at (1 + channels) times its forward instead of 2.",
+    "Kernels: the trace runs the kernel the device selects where the meta device would run "
+    "another (`nin_profile/kernels.py`, with the PyTorch source of each rule). On the CPU, "
+    "attention (`scaled_dot_product_attention`, `nn.MultiheadAttention`) runs the flash kernel "
+    "PyTorch's own selection picks, which keeps a logsumexp instead of the attention matrix; "
+    "`nn.LSTM` runs oneDNN's layer with its workspace; `nn.GRU` the CPU's composite. For "
+    "CUDA, float32 attention runs the memory-efficient kernel (flash and cuDNN need fp16 or "
+    "bf16): these CUDA choices follow PyTorch's source and are not yet validated on a GPU, and "
+    "the reserve cuDNN's RNN keeps is not predicted (LSTM and GRU are traced as their "
+    "composite cell for CUDA).",
     "Bytes: KiB = 2^10 B, MiB = 2^20 B, GiB = 2^30 B.",
     "Estimated figures come from tracing one training step (after a warm-up step, so optimizer "
     "state exists) and one inference pass on meta tensors: nothing of batch size is allocated. "
