@@ -194,16 +194,19 @@ class Timing:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """What the device sustains, measured once: a large float32 matrix product (FLOP/s) and a
-    large copy (bytes read plus written per second). The roofline's two roofs.
+    """What the device sustains, measured once: the faster of a large float32 matrix product
+    and a large convolution (FLOP/s; `kernel` says which), and a large copy (bytes read plus
+    written per second). The roofline's two roofs.
 
-    matmul_precision: "tf32" where the product ran on TF32 tensor cores, as cuDNN runs float32
-    convolutions by default (`torch.backends.cudnn.allow_tf32`); "fp32" for full float32
-    arithmetic (and in profiles written before the field existed, whose products ran so)."""
+    matmul_precision: "tf32" where the arithmetic ran on TF32 tensor cores, as cuDNN runs
+    float32 convolutions by default (`torch.backends.cudnn.allow_tf32`); "fp32" for full float32
+    arithmetic (and in profiles written before the field existed, whose products ran so).
+    kernel: "matrix product" in profiles written before the convolution was timed too."""
 
     flops_per_s: float
     bytes_per_s: float
     matmul_precision: str = "fp32"
+    kernel: str = "matrix product"
 
     @property
     def ridge(self) -> float:

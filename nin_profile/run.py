@@ -5,6 +5,7 @@ Progress goes out as plain events (`on_progress`); printing them is the CLI's bu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -124,6 +125,7 @@ class Run:
         self.notes: list[str] = []
         self.measured_context: int | None = None
         self._estimates: dict[tuple[str, int], ModelProfile] = {}
+        self.started = time.monotonic()
         self.classes: dict[str, int | None] = {}  # each model's, as its analysis read them
 
     def analyse(self, name: str, batch: int | None = None) -> ModelProfile:
@@ -144,6 +146,11 @@ class Run:
         if key not in self._estimates:
             self._estimates[key] = self.analyse(static.name, batch)
         return self._estimates[key]
+
+    def budget_left(self) -> float | None:
+        """Seconds of --cpu-time-budget this run has not spent yet (None: no budget)."""
+        budget = self.config.cpu_time_budget
+        return max(1.0, budget - (time.monotonic() - self.started)) if budget > 0 else None
 
     @property
     def cpu_rate(self) -> float:
@@ -268,7 +275,12 @@ def _measure_on_cpu(
         if measured[static.name][phase].memory is not None
     ]
     if timed:
-        _time_interleaved(run, plan.rounds, plan.time_limit_s, timed, measured)
+        rounds = max(plan.rounds, c.iterations)
+        left = run.budget_left()
+        if left is not None:  # the per-layer timing comes after the rounds: six passes
+            layers_s = 6 * flops_at["inference"](plan.batches["inference"]) / run.cpu_rate
+            left = max(1.0, left - layers_s)
+        _time_interleaved(run, rounds, left, timed, measured)
     return measured
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from nin_profile.render.charts import layer_costs
 from nin_profile.render.csv import layers_csv
-from nin_profile.render.groups import MAX_ROWS, REST, layer_groups
 from nin_profile.render.general import layer_table
+from nin_profile.render.groups import MAX_ROWS, REST, layer_groups
 from nin_profile.results import LayerStats, ModelProfile, Profile
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -161,10 +161,13 @@ def with_train_time(m: ModelProfile, t: Timing) -> ModelProfile:
 @pytest.mark.parametrize(
     ("nin_ms", "spread", "verdict"),
     [
-        # NiN 8% slower than AlexNet, both timed within a 2% band: a difference
+        # Nine iterations each; a median's standard error is 0.929 × IQR / √9. NiN 8% slower
+        # than AlexNet, both within a 2% band: errors 0.62% each, twice their combined
+        # 1.75%, under the 2% floor: a difference beyond ±2%
         (108.0, 0.02, "so a NiN step takes 8% more time (beyond the ±2% noise)"),
-        # 8% slower, but one of them spread over 10%: within noise
-        (108.0, 0.10, "within noise (±10%)"),
+        # NiN spread over 20%: error 6.19%, combined with AlexNet's 6.22%, twice 12.4%: 8% is
+        # within it
+        (108.0, 0.20, "within noise (±12%)"),
         # 1% apart with no spread at all: under the 2% floor, within noise
         (101.0, 0.0, "within noise (±2%)"),
     ],

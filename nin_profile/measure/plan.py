@@ -17,11 +17,12 @@ class Plan:
     time_limit_s: float | None = None
 
 
-# What a CPU plan assumes a thread computes: the counted FLOPs of the default models' steps ran
-# at 45-57 GFLOP/s per thread on the project's 2-core machine at batch 64 (reports/cpu), less
-# at small batches; a plan assumes 20. An assumption, not a measurement: it makes the same
-# command pick the same batch on the same machine, whatever else the machine is doing.
-CPU_PLANNING_FLOPS_PER_THREAD = 20e9
+# What a CPU plan assumes a thread computes: the counted FLOPs of the default models' training
+# steps ran at 45-78 GFLOP/s per thread on the project's 2-core machine at batch 4 (NiN 78,
+# AlexNet 48, VGG-11 60; `make report` on an idle machine, 2026-11-27); a plan assumes 40. An
+# assumption, not a measurement: it makes the same command pick the same batch on the same
+# machine, whatever else the machine is doing.
+CPU_PLANNING_FLOPS_PER_THREAD = 40e9
 MIN_ROUNDS = 5  # timed rounds a CPU plan keeps, whatever the budget: a median and a spread
 # Iterations each (model, phase) runs besides the timed rounds: warm-up and memory step in its
 # memory worker, warm-up in the timing worker; inference also times each layer alone (one

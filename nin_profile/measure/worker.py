@@ -447,27 +447,38 @@ def _leaves_alone(
 
 
 def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
-    """The device's two roofs: a large float32 matrix product (FLOP/s) and a large copy (bytes
-    read plus written per second), each the best of `repeats` after a warm-up, on random data.
-    On CUDA the product runs in the precision cuDNN runs float32 convolutions in (TF32 unless
-    `torch.backends.cudnn.allow_tf32` is off): the roof the convolution layers work under."""
-    n, nbytes = (8192, 2**30) if device.kind == "cuda" else (2048, 2**27)
-    tf32 = device.kind == "cuda" and torch.backends.cudnn.allow_tf32
+    """The device's two roofs, each the best of `repeats` after a warm-up, on random data: the
+    arithmetic one is the faster of a large float32 matrix product and a large 3×3 convolution
+    (on the project's CPU, oneDNN's convolutions ran at 230 GFLOP/s where a 2048² product ran
+    at 170: a product alone put the layers above the roof), the memory one a large copy (bytes
+    read plus written per second). On CUDA both run in the precision cuDNN runs float32
+    convolutions in (TF32 unless `torch.backends.cudnn.allow_tf32` is off)."""
+    cuda = device.kind == "cuda"
+    n, nbytes = (8192, 2**30) if cuda else (2048, 2**27)
+    batch, channels, side = (64, 512, 28) if cuda else (16, 256, 28)
+    tf32 = cuda and torch.backends.cudnn.allow_tf32
     a, b = torch.randn(n, n, device=device.kind), torch.randn(n, n, device=device.kind)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device.kind)
+    x = torch.randn(batch, channels, side, side, device=device.kind)
     src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device.kind)
     dst = torch.empty_like(src)
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        matmul_ms = min(device.milliseconds(lambda: a @ b, repeats + 1)[1:])
+        with torch.inference_mode():
+            matmul_ms = min(device.milliseconds(lambda: a @ b, repeats + 1)[1:])
+            conv_ms = min(device.milliseconds(lambda: conv(x), repeats + 1)[1:])
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     copy_ms = min(device.milliseconds(lambda: dst.copy_(src), repeats + 1)[1:])
     progress("ceilings", 1, 1)
+    matmul = 2 * n**3 / (matmul_ms / 1e3)
+    convolution = 2 * batch * channels * channels * 9 * side * side / (conv_ms / 1e3)
     return {
-        "flops_per_s": 2 * n**3 / (matmul_ms / 1e3),
+        "flops_per_s": max(matmul, convolution),
         "bytes_per_s": 2 * nbytes / (copy_ms / 1e3),
         "matmul_precision": "tf32" if tf32 else "fp32",
+        "kernel": "convolution" if convolution > matmul else "matrix product",
     }
 
 
@@ -498,10 +509,11 @@ def build(req: Request) -> nn.Module:
 
 @dataclass(frozen=True)
 class TimingRequest:
-    """Every (model, phase) of a run timed in one process, interleaved: each round runs one
-    iteration of each in turn (A B C A B C ...), so that a change in the machine's speed while
-    they run (another process, the clock, the temperature) hits all of them alike. After at
-    least `min_rounds`, no round starts past `time_limit_s`. Then each model's layers are timed
+    """Every (model, phase) of a run timed in one process, interleaved: each round runs each in
+    turn (A B C A B C ...), so that a change in the machine's speed while they run (another
+    process, the clock, the temperature) hits all of them alike; a fast one runs a few
+    iterations a round (balanced_repeats). At most `rounds`; after at least `min_rounds`, no
+    round starts past `time_limit_s`. Then each model's layers are timed
     (its inference entry) and the device's two roofs measured, in the same process and with the
     same threads as the layers."""
 
@@ -524,6 +536,19 @@ def time_interleaved(req: TimingRequest) -> dict[str, Any]:
     return result
 
 
+# A round gives each (model, phase) about a quarter of the slowest one's iteration, in whole
+# iterations: a model 12× faster than VGG-11 runs 3 a round, and its median rests on 3× the
+# samples, where a verdict between two fast models needs them most.
+ROUND_SHARE = 0.25
+MAX_REPEATS = 16
+
+
+def balanced_repeats(ms: list[float]) -> list[int]:
+    """Iterations a round gives each entry, from one timed iteration of each."""
+    share = ROUND_SHARE * max(ms, default=0.0)
+    return [max(1, min(MAX_REPEATS, round(share / t))) if t > 0 else 1 for t in ms]
+
+
 def _time_interleaved(req: TimingRequest, device: Device) -> dict[str, Any]:
     result: dict[str, Any] = {}
     steps: list[TrainingStep | InferencePass] = []
@@ -534,17 +559,20 @@ def _time_interleaved(req: TimingRequest, device: Device) -> dict[str, Any]:
             if entry.phase == "train"
             else InferencePass.of(model, entry)
         )
+    warm: list[float] = []
     for done, (entry, step) in enumerate(zip(req.entries, steps, strict=True)):
-        for _ in range(entry.warmup):
+        for _ in range(max(0, entry.warmup - 1)):
             step()
+        warm += device.milliseconds(step, 1)  # the last warm-up, timed: how many a round
         progress("warm-up", done + 1, len(steps))
+    repeats = balanced_repeats(warm)
     samples: list[list[float]] = [[] for _ in steps]
     deadline = _received + req.time_limit_s if req.time_limit_s else None
     for done in range(req.rounds):
         if done >= req.min_rounds and deadline is not None and time.monotonic() > deadline:
             break
-        for times, step in zip(samples, steps, strict=True):
-            times += device.milliseconds(step, 1)
+        for times, step, n in zip(samples, steps, repeats, strict=True):
+            times += device.milliseconds(step, n)
         progress("timing rounds", done + 1, req.rounds)
     result["timings"] = [
         timing(times, entry.batch, device.clock, interleaved=True)

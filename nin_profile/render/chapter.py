@@ -332,8 +332,8 @@ def speed_part(profile: Profile, charts: bool) -> str:
 
 def _roof_sentence(profile: Profile, ceilings: Ceilings) -> str:
     text = (
-        f"On {profile.environment.device_name} a large {ceilings.matmul_precision} matrix "
-        f"product ran at {ceilings.flops_per_s / 1e12:.2f} TFLOP/s and a large copy at "
+        f"On {profile.environment.device_name} a large {ceilings.matmul_precision} "
+        f"{ceilings.kernel} ran at {ceilings.flops_per_s / 1e12:.2f} TFLOP/s and a large copy at "
         f"{ceilings.bytes_per_s / 1e9:.0f} GB/s (measured in the process that timed the "
         f"layers): a layer below {ceilings.ridge:.0f} FLOP/B cannot keep the arithmetic units "
         "busy and is bound by memory bandwidth."
@@ -344,7 +344,9 @@ def _roof_sentence(profile: Profile, ceilings: Ceilings) -> str:
         if (pm := m.measured.get("inference"))
         for layer in m.layers
         if pm.layer_ms.get(layer.name)
-        and layer.flops_forward / pm.layer_ms[layer.name] * 1e3 > ceilings.flops_per_s
+        # the layer's FLOPs at the batch it was timed at (they are linear in the batch)
+        and layer.flops_forward * pm.batch / profile.config.batch / pm.layer_ms[layer.name] * 1e3
+        > ceilings.flops_per_s
     ]
     if above and ceilings.matmul_precision == "fp32" and profile.config.device == "cuda":
         text += (

@@ -520,7 +520,8 @@ def _roofs(ax: Axes, profile: Profile, low: float, high: float) -> None:
         color="black",
         linestyle="--",
         label=f"roofs (measured): {ceilings.flops_per_s / 1e12:.2f} TFLOP/s "
-        f"{ceilings.matmul_precision} matmul,\n{ceilings.bytes_per_s / 1e9:.0f} GB/s copy",
+        f"{ceilings.matmul_precision} {ceilings.kernel},\n"
+        f"{ceilings.bytes_per_s / 1e9:.0f} GB/s copy",
     )
 
 

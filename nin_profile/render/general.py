@@ -289,8 +289,8 @@ def _how_timed(profile: Profile) -> str:
     interleaved = any(pm.timing and pm.timing.interleaved for _, pm in _measured_rows(profile))
     if interleaved:
         return (
-            "All models were timed in one process, in rounds (one iteration of each in turn), "
-            "so that a change in the machine's speed hit them alike"
+            "All models were timed in one process, in rounds (each in turn, a fast one for a few "
+            "iterations), so that a change in the machine's speed hit them alike"
         )
     return "Each model and phase was timed in a process of its own, iteration after iteration"
 
@@ -349,8 +349,9 @@ def measured_section(profile: Profile, charts: bool) -> str:
         why + _largest_miss(profile),
         md_table_title("Time", measured_time_table(profile)),
         f"{_how_timed(profile)}. The middle half of the iterations lies within the interval "
-        "shown; this report calls two times different only where they differ by more than "
-        "that spread (and at least 2%).",
+        "shown. This report calls two times different only where they differ by more than "
+        "twice the standard error of the difference of their medians (estimated from those "
+        "intervals and the numbers of iterations), and at least 2%.",
     )
 
 

@@ -35,6 +35,11 @@ PER_EXAMPLE = (MemoryCategory.INPUT, MemoryCategory.ACTIVATIONS, MemoryCategory.
 # The least relative difference between two timings that a verdict reads as a difference, even
 # when both are steadier than that: clocks and caches move a few percent from run to run.
 NOISE_FLOOR = 0.02
+# The standard error of a median, in interquartile ranges, for n samples of a normal spread:
+# 1.2533 σ / √n with σ = IQR / 1.349, so 0.929 IQR / √n.
+MEDIAN_SE_PER_IQR = 1.2533 / 1.349
+# A difference is read as one beyond this many standard errors of the difference (~95%).
+SIGNIFICANCE = 2.0
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
@@ -143,8 +148,9 @@ def layer_label(layer: LayerStats) -> str:
 @dataclass(frozen=True)
 class TimeVerdict:
     """Two timings per example: a/b, the noise they were measured with, and what it allows
-    saying. `differs` only where |a/b − 1| exceeds the noise: the larger interquartile range of
-    the two relative to its median, and at least NOISE_FLOOR."""
+    saying. `differs` only where |a/b − 1| exceeds the noise: twice the standard error of the
+    difference of their medians (each estimated from its interquartile range and its number of
+    iterations), and at least NOISE_FLOOR."""
 
     ratio: float
     noise: float
@@ -171,11 +177,15 @@ def time_verdict(a: PhaseMeasurement | None, b: PhaseMeasurement | None) -> Time
     if a is None or b is None or ta is None or tb is None:
         return None
     ratio = (ta.ms_per_iter / a.batch) / (tb.ms_per_iter / b.batch)
-    return TimeVerdict(ratio, max(noise(ta), noise(tb), NOISE_FLOOR))
+    spread = SIGNIFICANCE * (median_error(ta) ** 2 + median_error(tb) ** 2) ** 0.5
+    return TimeVerdict(ratio, max(spread, NOISE_FLOOR))
 
 
-def noise(t: Timing) -> float:
-    return t.noise if t.iterations >= 2 else 1.0  # one iteration says nothing of its spread
+def median_error(t: Timing) -> float:
+    """The standard error of a timing's median, relative to it; one iteration tells nothing."""
+    if t.iterations < 2:
+        return 1.0
+    return MEDIAN_SE_PER_IQR * t.noise / t.iterations**0.5
 
 
 def interval(t: Timing) -> str:
