@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -448,17 +449,19 @@ def _leaves_alone(
 
 def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
     """The device's two roofs, each the best of `repeats` after a warm-up, on random data: the
-    arithmetic one is the faster of a large float32 matrix product and a large 3×3 convolution
-    (on the project's CPU, oneDNN's convolutions ran at 230 GFLOP/s where a 2048² product ran
-    at 170: a product alone put the layers above the roof), the memory one a large copy (bytes
-    read plus written per second). On CUDA both run in the precision cuDNN runs float32
-    convolutions in (TF32 unless `torch.backends.cudnn.allow_tf32` is off)."""
+    arithmetic one is the fastest of a large float32 matrix product and large 3×3 and 5×5
+    convolutions (on the project's CPU, oneDNN's convolutions ran at up to 235 GFLOP/s where a
+    2048² product ran at 170: a product alone put the layers above the roof), the memory one a
+    large copy (bytes read plus written per second). On CUDA both run in the precision cuDNN
+    runs float32 convolutions in (TF32 unless `torch.backends.cudnn.allow_tf32` is off)."""
     cuda = device.kind == "cuda"
     n, nbytes = (8192, 2**30) if cuda else (2048, 2**27)
     batch, channels, side = (64, 512, 28) if cuda else (16, 256, 28)
     tf32 = cuda and torch.backends.cudnn.allow_tf32
     a, b = torch.randn(n, n, device=device.kind), torch.randn(n, n, device=device.kind)
-    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device.kind)
+    convs = [
+        nn.Conv2d(channels, channels, k, padding=k // 2, bias=False).to(device.kind) for k in (3, 5)
+    ]
     x = torch.randn(batch, channels, side, side, device=device.kind)
     src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device.kind)
     dst = torch.empty_like(src)
@@ -467,13 +470,16 @@ def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
     try:
         with torch.inference_mode():
             matmul_ms = min(device.milliseconds(lambda: a @ b, repeats + 1)[1:])
-            conv_ms = min(device.milliseconds(lambda: conv(x), repeats + 1)[1:])
+            conv_ms = [min(device.milliseconds(partial(c, x), repeats + 1)[1:]) for c in convs]
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     copy_ms = min(device.milliseconds(lambda: dst.copy_(src), repeats + 1)[1:])
     progress("ceilings", 1, 1)
     matmul = 2 * n**3 / (matmul_ms / 1e3)
-    convolution = 2 * batch * channels * channels * 9 * side * side / (conv_ms / 1e3)
+    convolution = max(
+        2 * batch * channels * channels * c.kernel_size[0] ** 2 * side * side / (ms / 1e3)
+        for c, ms in zip(convs, conv_ms, strict=True)
+    )
     return {
         "flops_per_s": max(matmul, convolution),
         "bytes_per_s": 2 * nbytes / (copy_ms / 1e3),

@@ -339,7 +339,7 @@ def _roof_sentence(profile: Profile, ceilings: Ceilings) -> str:
         "busy and is bound by memory bandwidth."
     )
     above = [
-        layer.name
+        f"{m.name} {layer.name}"
         for m in profile.models
         if (pm := m.measured.get("inference"))
         for layer in m.layers
