@@ -36,6 +36,7 @@ from nin_profile.models import (
     build_target,
     describe_model,
     get_model,
+    instance,
     resolve_import_path,
 )
 from nin_profile.results import (
@@ -176,6 +177,8 @@ def build_on_meta(name: str, cfg: ModelConfig) -> nn.Module:
     imported on the CPU and built on meta where its builder allows it; a builder that computes
     on tensors (`.tolist()` of a width) cannot run on meta, and is run on the CPU as written.
     What the user's code built is never changed: the analysis works on a meta copy."""
+    if (module := instance(name)) is not None:  # handed to the Python API: never changed
+        return meta_copy(module, always=True)
     if ":" not in name:
         with torch.device("meta"):
             return get_model(
@@ -190,12 +193,13 @@ def build_on_meta(name: str, cfg: ModelConfig) -> nn.Module:
     return meta_copy(model)
 
 
-def meta_copy(model: nn.Module) -> nn.Module:
-    """`model` itself where all its parameters and buffers are on meta; else a copy whose
-    parameters and buffers are meta tensors of the same shapes, strides and dtypes (nothing of
-    their data is copied; `requires_grad` and sharing are kept)."""
+def meta_copy(model: nn.Module, always: bool = False) -> nn.Module:
+    """`model` itself where all its parameters and buffers are on meta (unless `always`: a
+    module someone else holds, whose gradients and mode the analysis must not touch); else a
+    copy whose parameters and buffers are meta tensors of the same shapes, strides and dtypes
+    (nothing of their data is copied; `requires_grad` and sharing are kept)."""
     tensors = [*model.parameters(), *model.buffers()]
-    if all(t.device.type == "meta" for t in tensors):
+    if not always and all(t.device.type == "meta" for t in tensors):
         return model
     memo: dict[int, object] = {}
     for p in model.parameters():
@@ -500,7 +504,8 @@ def smallest_image_size(name: str, cfg: ModelConfig, batch: int, largest: int = 
 
     A built-in model is rebuilt at each size (VGG's dense layer depends on it); a user's is
     built once (its builder takes no size)."""
-    user_model = build_on_meta(name, cfg) if ":" in name else None
+    built_once = ":" in name or instance(name) is not None
+    user_model = build_on_meta(name, cfg) if built_once else None
 
     def runs(size: int) -> bool:
         if user_model is None:

@@ -10,7 +10,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from nin_profile.errors import DeviceUnavailable, ProfileError, UnknownModel
+from nin_profile.errors import ProfileError
 
 if TYPE_CHECKING:  # the package's modules are imported where they are used: `--help` needs none
     from nin_profile.models import ModelConfig
@@ -285,21 +285,12 @@ def _list_models() -> int:
 
 
 def _model_names(text: str) -> list[str]:
+    from nin_profile.api import model_names
+
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ProfileError("--models is empty; give at least one model name (see --list-models)")
-    from nin_profile.models import list_models
-
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ProfileError(
-            f"--models names {', '.join(twice)} more than once; give each model once"
-        )
-    known = [s.name for s in list_models()]
-    for name in names:
-        if ":" not in name and name not in known:
-            raise UnknownModel(name, known)
-    return names
+    return list(model_names(names))
 
 
 def _check_params(path: Path, args: argparse.Namespace) -> int:
@@ -356,29 +347,11 @@ def _write_params(path: Path, names: list[str], cfg: ModelConfig) -> int:
     return 0
 
 
-def _check_device(args: argparse.Namespace, device: str) -> None:
-    from nin_profile.environment import cuda_available
-
-    if device == "cuda" and not args.static and not cuda_available():
-        raise DeviceUnavailable(
-            "--device cuda asks for a measurement, but CUDA is not available here; "
-            "use --device cpu to measure on the CPU, or --static --device cuda to predict "
-            "CUDA memory without a GPU"
-        )
-    if args.max_batch and (args.static or device != "cuda"):
-        raise ProfileError(
-            "--max-batch runs real training steps until one runs out of GPU memory, so it needs "
-            "--device cuda without --static (on the CPU, running out of memory swaps or kills "
-            "the machine); to predict instead, use --memory-budget SIZE"
-        )
-
-
 def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig) -> int:
-    from nin_profile.environment import resolve_device
+    from nin_profile.api import check_device
     from nin_profile.files import check_output_folder
 
-    device = resolve_device(args.device)
-    _check_device(args, device)
+    device = check_device(args.device, args.static, args.max_batch)
     if args.compare_peers:
         from nin_profile.peers import import_peers
 
@@ -388,11 +361,12 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
     check_output_folder(out, replaces_measured)
     from rich.console import Console
 
+    from nin_profile.api import run
     from nin_profile.files import write_output_folder
     from nin_profile.render.terminal import notes_lines, tables
     from nin_profile.report import chart_renderer, report_files
     from nin_profile.results import RunConfig
-    from nin_profile.run import ProgressEvent, run_profile
+    from nin_profile.run import ProgressEvent
 
     config = RunConfig(
         models=tuple(names),
@@ -417,7 +391,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         # A static run starts the chart workers now, beside the analysis; a measured run only
         # after it, so that they never share the CPU with a timed step.
         render_charts = stack.enter_context(charts) if args.static else None
-        profile = run_profile(config, on_progress)
+        profile = run(config, on_progress)
         render_charts = render_charts or stack.enter_context(charts)
 
         def on_chart(done: int, total: int) -> None:

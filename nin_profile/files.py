@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from nin_profile.errors import ProfileError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from nin_profile.results import Profile
 
 PROFILE_JSON = "profile.json"
@@ -117,6 +120,21 @@ def read_json(path: Path, what: str) -> Any:
         raise ProfileError(f"{what} {path} does not exist") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProfileError(f"{what} {path} is not readable JSON: {exc}") from exc
+
+
+def save_for_worker(module: nn.Module) -> Path:
+    """A copy of `module` on disk (torch.save) for a worker process to load: how an instance
+    handed to the Python API reaches the process that measures it. Removed when this process
+    ends."""
+    import atexit
+
+    import torch
+
+    folder = Path(tempfile.mkdtemp(prefix="nin_profile-model-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "model.pt"
+    torch.save(module, path)
+    return path
 
 
 def read_profile(path: Path) -> Profile:

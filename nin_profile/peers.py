@@ -7,12 +7,13 @@ They are the `peers` extra: `pip install "nin-profile[peers]"`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 
 from nin_profile.errors import ProfileError
-from nin_profile.models import get_model
+from nin_profile.models import get_model, instance
 from nin_profile.results import PeerFigures
 
 
@@ -34,7 +35,10 @@ def _at_batch(
     """torchinfo's statistics and fvcore's count of `name` run at `batch` on the CPU."""
     torchinfo, flop_count_analysis = import_peers()
     torch.manual_seed(0)
-    model = get_model(name, channels=channels, classes=classes, image_size=image_size).eval()
+    model = get_model(name, channels=channels, classes=classes, image_size=image_size)
+    if instance(name) is not None:  # a module handed to the Python API: theirs, not ours
+        model = copy.deepcopy(model).to("cpu")
+    model.eval()
     shape = (batch, channels, image_size, image_size)
     stats = torchinfo.summary(model, input_size=shape, verbose=0, device="cpu")
     with torch.no_grad():

@@ -13,6 +13,7 @@ from typing import Any
 from nin_profile.analysis import AnalysisConfig, analyse_model, fits, smallest_image_size
 from nin_profile.environment import collect_environment
 from nin_profile.errors import LayerFailed, ProfileError
+from nin_profile.files import save_for_worker
 from nin_profile.measure.plan import (
     CPU_PLANNING_FLOPS_PER_THREAD,
     MIN_ROUNDS,
@@ -23,7 +24,7 @@ from nin_profile.measure.plan import (
 )
 from nin_profile.measure.runner import run_worker, timing_of, to_measurement
 from nin_profile.measure.worker import Request, TimingRequest
-from nin_profile.models import DEFAULT_CLASSES, ModelConfig
+from nin_profile.models import DEFAULT_CLASSES, SAVED_PREFIX, ModelConfig, instance
 from nin_profile.results import (
     BatchFit,
     Ceilings,
@@ -126,6 +127,7 @@ class Run:
         self.measured_context: int | None = None
         self._estimates: dict[tuple[str, int], ModelProfile] = {}
         self.started = time.monotonic()
+        self._saved: dict[str, str] = {}
         self.classes: dict[str, int | None] = {}  # each model's, as its analysis read them
 
     def analyse(self, name: str, batch: int | None = None) -> ModelProfile:
@@ -159,10 +161,20 @@ class Run:
 
         return CPU_PLANNING_FLOPS_PER_THREAD * torch.get_num_threads()
 
+    def worker_model(self, name: str) -> str:
+        """How a worker process gets the model: its name, or the copy of an instance handed
+        to the Python API, saved once for all its measurements."""
+        module = instance(name)
+        if module is None:
+            return name
+        if name not in self._saved:
+            self._saved[name] = SAVED_PREFIX + str(save_for_worker(module))
+        return self._saved[name]
+
     def request(self, name: str, phase: str, plan: Plan, per_layer: bool = True) -> Request:
         c = self.config
         return Request(
-            model=name,
+            model=self.worker_model(name),
             phase=phase,
             batch=plan.batch,
             device=c.device,

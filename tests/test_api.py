@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+import nin_profile
+from nin_profile.errors import ProfileError
 from nin_profile.results import MemoryCategory, Profile
+
+TESTS = Path(__file__).parent
 
 GOLDEN = Path(__file__).parent / "golden" / "profile_cpu.json"
 
@@ -67,3 +75,131 @@ def test_save_writes_what_the_command_line_writes_and_load_reads_it(
     assert (tmp_path / "out" / "report.md").read_text() == profile.report()
     assert Profile.load(tmp_path / "out") == profile
     assert Profile.load(tmp_path / "out" / "profile.json") == profile
+
+
+# ---- nin_profile.profile -------------------------------------------------------------------
+
+
+def snapshot(model: nn.Module) -> dict[str, object]:
+    """Everything of a module the API promises not to change."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "devices": {p.device.type for p in model.parameters()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+    }
+
+
+def assert_untouched(before: dict[str, object], model: nn.Module) -> None:
+    after = snapshot(model)
+    state_before, state_after = before.pop("state"), after.pop("state")
+    assert isinstance(state_before, dict) and isinstance(state_after, dict)
+    assert state_before.keys() == state_after.keys()
+    assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
+    assert before == after
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+    net[1].eval()  # a mixed mode the call must leave as it was
+    net[0].weight.requires_grad_(False)
+    net.register_forward_hook(lambda module, args, output: None)
+    return net
+
+
+def test_a_module_instance_is_profiled_and_left_as_it_was() -> None:
+    net = small_net()
+    before = snapshot(net)
+    profile = nin_profile.profile(net, "nin", input_size=(1, 96, 96), batch=4)
+    assert profile.names == ("Sequential", "nin")
+    # 1*8*3*3 + 8 (conv) + 8 + 8 (batch norm) + 8*5 + 5 (linear) = 141; the conv's weight,
+    # 1*8*3*3 = 72, frozen
+    assert profile["Sequential"].params == 141
+    assert profile["Sequential"].trainable_params == 141 - 72
+    assert profile["nin"].params == 1_992_166
+    assert_untouched(before, net)
+
+
+def test_on_error_the_module_is_left_as_it_was_and_the_error_is_one_line() -> None:
+    net = small_net()
+    before = snapshot(net)
+    with pytest.raises(ProfileError, match="smallest --image-size Sequential accepts is 3") as exc:
+        nin_profile.profile(net, input_size=(1, 2, 2), batch=4)
+    assert "\n" not in str(exc.value)
+    assert_untouched(before, net)
+
+
+def test_a_measured_module_is_measured_on_a_copy_in_its_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker loads the copy saved for it: the class must be importable there."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
+    import zoo_models
+
+    net = zoo_models.depthwise_separable()
+    before = snapshot(net)
+    profile = nin_profile.profile(
+        net,
+        input_size=(zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.SIDE),
+        batch=2,
+        measure=True,
+        device="cpu",
+        cpu_time_budget=0,
+        warmup=1,
+        iterations=2,
+    )
+    measured = profile.models[0].measured["train"]
+    assert measured.error is None and measured.memory is not None and measured.timing is not None
+    assert_untouched(before, net)
+
+
+def test_a_module_defined_in_main_cannot_be_measured_and_says_so() -> None:
+    Local = type("Local", (nn.Sequential,), {"__module__": "__main__"})
+    net = Local(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ProfileError, match="measure=True needs the worker process to import Local"):
+        nin_profile.profile(net, measure=True, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_size": (1, 96, 64)}, "nin_profile profiles square images"),
+        ({"batch": 0}, "batch must be a positive whole number, got 0"),
+        ({"optimizer": "lbfgs"}, "optimizer 'lbfgs': choose one of sgd, momentum, adam"),
+        ({"memory_budget": "6"}, "memory_budget: give a unit: 6GiB"),
+        ({"device": "tpu"}, "device 'tpu': choose one of auto, cpu, cuda"),
+    ],
+)
+def test_bad_keywords_are_one_line(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ProfileError, match=re.escape(message)):
+        nin_profile.profile("nin", **kwargs)  # type: ignore[arg-type]
+
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_the_readmes_notebook_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python example, as a user pastes it into a notebook cell."""
+    text = README.read_text()
+    block = text.split("## Use it from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    profile = namespace["profile"]
+    assert isinstance(profile, Profile)
+    assert (tmp_path / "nin-vs-alexnet" / "report.md").exists()

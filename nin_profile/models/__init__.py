@@ -61,6 +61,34 @@ def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
     return decorator
 
 
+# Module instances handed to the Python API (`nin_profile.profile(my_model)`), by the name the
+# profile gives them, for this process; a worker process loads the copy saved for it
+# (SAVED_PREFIX + path, written with torch.save).
+_INSTANCES: dict[str, nn.Module] = {}
+SAVED_PREFIX = "saved:"
+
+
+def register_instance(module: nn.Module, taken: set[str]) -> str:
+    """A name for `module` in this process (its class name, numbered where taken), by which
+    the analysis finds it; the module itself is never changed."""
+    base = type(module).__name__
+    name, n = base, 1
+    while name in taken or name in _REGISTRY or name in _INSTANCES:
+        n += 1
+        name = f"{base}-{n}"
+    _INSTANCES[name] = module
+    return name
+
+
+def instance(name: str) -> nn.Module | None:
+    """The module instance registered under `name` in this process, if any."""
+    return _INSTANCES.get(name)
+
+
+def forget_instance(name: str) -> None:
+    _INSTANCES.pop(name, None)
+
+
 def list_models() -> list[ModelSpec]:
     """The registered models, in registration order."""
     return list(_REGISTRY.values())
@@ -68,7 +96,11 @@ def list_models() -> list[ModelSpec]:
 
 def describe_model(name: str) -> str:
     spec = _REGISTRY.get(name)
-    return spec.description if spec else f"user model from {name}"
+    if spec:
+        return spec.description
+    if name in _INSTANCES:
+        return f"a {type(_INSTANCES[name]).__module__}.{type(_INSTANCES[name]).__qualname__}"
+    return f"user model from {name}"
 
 
 def get_model(name: str, **cfg: int) -> nn.Module:
@@ -78,6 +110,12 @@ def get_model(name: str, **cfg: int) -> nn.Module:
     model with no storage behind its parameters.
     """
     config = ModelConfig(**cfg)
+    if name.startswith(SAVED_PREFIX):  # a worker's copy of an instance handed to the API
+        import torch
+
+        return torch.load(name.removeprefix(SAVED_PREFIX), weights_only=False)
+    if name in _INSTANCES:
+        return _INSTANCES[name]
     if ":" in name:
         return load_import_path(name)
     spec = _REGISTRY.get(name)

@@ -1,0 +1,184 @@
+"""nin_profile from Python: one call, `profile(...)`, that the command line uses too.
+
+>>> import nin_profile
+>>> p = nin_profile.profile("nin", "alexnet", batch=128)           # doctest: +SKIP
+>>> p.models_frame()[["params", "flops_forward", "train_peak_bytes"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from nin_profile.environment import resolve_device
+from nin_profile.errors import DeviceUnavailable, ProfileError, UnknownModel
+from nin_profile.results import Profile, RunConfig
+
+ModelLike = nn.Module | str
+"""A model: an nn.Module instance, a registered name ('nin') or an import path
+('torchvision.models:resnet18')."""
+
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def model_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Registered names and import paths, each once; one line on anything else."""
+    from nin_profile.models import instance, list_models
+
+    if not names:
+        raise ProfileError("no model given; name at least one (see --list-models)")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ProfileError(f"--models names {', '.join(twice)} more than once; give each once")
+    known = [s.name for s in list_models()]
+    for name in names:
+        if ":" not in name and name not in known and instance(name) is None:
+            raise UnknownModel(name, known)
+    return tuple(names)
+
+
+def check_device(device: str, static: bool, max_batch: bool) -> str:
+    """The device a run measures on or predicts for ('auto' resolved), or one line why not."""
+    from nin_profile.environment import cuda_available
+
+    if device not in DEVICES:
+        raise ProfileError(f"device {device!r}: choose one of {', '.join(DEVICES)}")
+    resolved = resolve_device(device)
+    if resolved == "cuda" and not static and not cuda_available():
+        raise DeviceUnavailable(
+            "--device cuda asks for a measurement, but CUDA is not available here; "
+            "use --device cpu to measure on the CPU, or --static --device cuda to predict "
+            "CUDA memory without a GPU"
+        )
+    if max_batch and (static or resolved != "cuda"):
+        raise ProfileError(
+            "--max-batch runs real training steps until one runs out of GPU memory, so it needs "
+            "--device cuda without --static (on the CPU, running out of memory swaps or kills "
+            "the machine); to predict instead, use --memory-budget SIZE"
+        )
+    return resolved
+
+
+def run(config: RunConfig, on_progress: Callable[[Any], None] | None = None) -> Profile:
+    """Analyse, measure, sweep and fit as `config` says: what `profile` and the CLI call."""
+    from nin_profile.run import run_profile
+
+    if config.compare_peers:
+        from nin_profile.peers import import_peers
+
+        import_peers()  # missing peers: one line now, not after the analysis
+    return run_profile(config, on_progress) if on_progress else run_profile(config)
+
+
+def profile(
+    *models: ModelLike,
+    input_size: tuple[int, int, int] = (1, 224, 224),
+    batch: int = 128,
+    device: str = "auto",
+    optimizer: str = "sgd",
+    classes: int | None = None,
+    measure: bool = False,
+    sweep_batches: Iterable[int] = (),
+    memory_budget: int | str | None = None,
+    cuda_context: int | str | None = None,
+    max_batch: bool = False,
+    cpu_time_budget: float = 120.0,
+    warmup: int = 3,
+    iterations: int = 20,
+    compare_peers: bool = False,
+) -> Profile:
+    """Profile `models` (nn.Module instances, registered names such as "nin", or import paths
+    "package.module:callable") for one batch of `input_size` (channels, height, width) images.
+
+    Estimates every figure without running (static analysis on meta tensors); with
+    `measure=True` also measures on `device` ("auto": CUDA where present, else the CPU), each
+    measurement in a process of its own. A module instance is never changed: the analysis
+    works on a meta copy (no weight is copied), a measurement on a copy loaded in its worker
+    process (whose class must be importable there: not defined in a notebook). The other
+    keywords are the command line's flags (`--sweep-batch`, `--memory-budget 6GiB`, ...);
+    sizes are bytes or strings with a unit. Returns the Profile the command line writes as
+    profile.json. Bad input raises ProfileError with one line saying why."""
+    from nin_profile.models import forget_instance, register_instance
+
+    channels, side = _image(input_size)
+    static = not measure
+    resolved = check_device(device, static, max_batch)
+    if optimizer not in OPTIMIZERS:
+        raise ProfileError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    names: list[str] = []
+    registered: list[str] = []
+    try:
+        for model in models:
+            if isinstance(model, nn.Module):
+                _check_importable(model, measure)
+                name = register_instance(model, set(names))
+                registered.append(name)
+                names.append(name)
+            elif isinstance(model, str):
+                names.append(model)
+            else:
+                raise ProfileError(
+                    f"a model must be an nn.Module, a name or an import path, not a "
+                    f"{type(model).__name__}"
+                )
+        config = RunConfig(
+            models=model_names(names),
+            batch=_positive("batch", batch),
+            device=resolved,
+            image_size=side,
+            channels=channels,
+            classes=classes,
+            optimizer=optimizer,
+            static=static,
+            sweep_batches=tuple(_positive("sweep batch", b) for b in sweep_batches),
+            max_batch=max_batch,
+            memory_budget=_size("memory_budget", memory_budget),
+            cuda_context=_size("cuda_context", cuda_context),
+            cpu_time_budget=cpu_time_budget,
+            warmup=_positive("warmup", warmup),
+            iterations=_positive("iterations", iterations),
+            compare_peers=compare_peers,
+        )
+        return run(config)
+    finally:
+        for name in registered:
+            forget_instance(name)
+
+
+def _image(input_size: tuple[int, int, int]) -> tuple[int, int]:
+    """(channels, side) of a square image size (channels, height, width)."""
+    if len(input_size) != 3 or any(not isinstance(n, int) or n <= 0 for n in input_size):
+        raise ProfileError(f"input_size {input_size!r}: give (channels, height, width), positive")
+    channels, height, width = input_size
+    if height != width:
+        raise ProfileError(f"input_size {input_size!r}: nin_profile profiles square images")
+    return channels, height
+
+
+def _positive(what: str, value: int) -> int:
+    if not isinstance(value, int) or value <= 0:
+        raise ProfileError(f"{what} must be a positive whole number, got {value!r}")
+    return value
+
+
+def _size(what: str, value: int | str | None) -> int | None:
+    from nin_profile.measure.plan import parse_bytes
+
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        raise ProfileError(f"{what}: {exc}") from exc
+
+
+def _check_importable(model: nn.Module, measure: bool) -> None:
+    if measure and type(model).__module__ == "__main__":
+        raise ProfileError(
+            f"measure=True needs the worker process to import {type(model).__name__}, which "
+            "is defined in __main__ (a notebook or a script): define it in a module (a .py "
+            "file), or profile it with measure=False"
+        )
