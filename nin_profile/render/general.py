@@ -467,10 +467,10 @@ def memory_table(models: Sequence[ModelProfile], phase: str, batch: int) -> str:
 
 
 def peak_site(m: ModelProfile, b: MemoryBreakdown) -> str:
-    """'backward, 4.5 ReLU (threshold_backward)'."""
+    """'backward, 4.5 ReLU, `threshold_backward`': the pass, the layer and the op."""
     layer = next((layer for layer in m.layers if layer.name == b.site.layer), None)
     where = layer_label(layer) if layer else b.site.layer or "–"
-    return f"{b.site.phase}, {where}" + (f" (`{b.site.op}`)" if b.site.op else "")
+    return f"{b.site.phase}, {where}" + (f", `{b.site.op}`" if b.site.op else "")
 
 
 def memory_sentence(m: ModelProfile, phase: str, batch: int) -> str:
