@@ -243,6 +243,10 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
         if config.compare_peers:
             profile = replace(profile, peers=_peers(run, static))
         profile = replace(profile, fits=_fits(run, profile))
+        if config.parallel != "none":  # per rank under DDP or FSDP2 (parallel_run.py)
+            from nin_profile.parallel_run import parallel_profile
+
+            profile = replace(profile, parallel=parallel_profile(run, profile))
         models.append(profile)
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))

@@ -1,0 +1,188 @@
+"""A run's per-rank figures (--parallel ddp|fsdp): rank 0 predicted at each world size (and the
+largest per-rank batch for --memory-budget), and, unless --static, real ranks measured beside
+one process at the same batch where this machine has a core (or a GPU) for each."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from nin_profile.errors import ProfileError
+from nin_profile.measure.plan import largest_fitting
+from nin_profile.measure.ranks import RankRequest, backend, default_threads
+from nin_profile.measure.runner import run_worker
+from nin_profile.parallel import Parallel, analyse_rank, rank_train_peak
+from nin_profile.parallel_results import (
+    ParallelProfile,
+    RankCheck,
+    RankMeasurement,
+    RankProfile,
+)
+from nin_profile.results import BatchFit, ModelProfile, RunConfig
+from nin_profile.run import ProgressEvent, Run, _context, analysis_config
+from nin_profile.units import fmt_bytes
+
+T = TypeVar("T")
+
+
+def parallel_of(config: RunConfig, world_size: int) -> Parallel:
+    return Parallel(
+        strategy=config.parallel,
+        world_size=world_size,
+        bucket_cap_mb=config.bucket_cap_mb,
+        gradient_as_bucket_view=config.gradient_as_bucket_view,
+        reshard_after_forward=config.reshard_after_forward,
+    )
+
+
+def parallel_profile(run: Run, profile: ModelProfile) -> ParallelProfile:
+    """Every world size of the run for one model; measured ones where the machine allows."""
+    c = run.config
+    points = tuple(_point(run, profile, size) for size in c.world_sizes)
+    checks: tuple[RankCheck, ...] = ()
+    if not c.static:
+        measurable = [size for size in c.world_sizes if size <= real_ranks(c.device)]
+        skipped = [size for size in c.world_sizes if size not in measurable]
+        note = (
+            f"world sizes {', '.join(map(str, skipped))} are predicted only: this machine "
+            f"runs at most {real_ranks(c.device)} real ranks at once (one per "
+            f"{'GPU' if c.device == 'cuda' else 'core'})"
+        )
+        if skipped and note not in run.notes:
+            run.notes.append(note)
+        checks = tuple(_check(run, profile, size) for size in measurable)
+    return ParallelProfile(c.parallel, points, checks)
+
+
+def real_ranks(device: str) -> int:
+    """How many ranks this machine runs at once: a GPU each, or a core each."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.device_count()
+    return os.cpu_count() or 1
+
+
+def rank_profile(
+    run: Run, name: str, batch: int, world_size: int, classes: int | None
+) -> RankProfile:
+    """Rank 0 at `world_size` with `batch` examples a rank; one line on a failure."""
+    c = run.config
+    return _explained(
+        name,
+        world_size,
+        c.parallel,
+        lambda: analyse_rank(name, analysis_config(c, batch), parallel_of(c, world_size), classes),
+    )
+
+
+def _explained(name: str, world_size: int, strategy: str, work: Callable[[], T]) -> T:
+    try:
+        return work()
+    except ProfileError:
+        raise
+    except Exception as exc:  # a model PyTorch's wrappers refuse, or one they break
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ProfileError(
+            f"{name} under {strategy.upper()} at world size {world_size}: "
+            f"{type(exc).__name__}: {first}"
+        ) from exc
+
+
+def _point(run: Run, profile: ModelProfile, world_size: int) -> RankProfile:
+    c = run.config
+    run.on_progress(
+        ProgressEvent(f"{profile.name} · {c.parallel} · {world_size} ranks", "per rank", 0, 1)
+    )
+    point = rank_profile(run, profile.name, c.batch, world_size, profile.classes)
+    if c.memory_budget:
+        point = replace(point, fits=(_fit(run, profile, point, c.memory_budget),))
+    return point
+
+
+def _fit(run: Run, profile: ModelProfile, point: RankProfile, budget: int) -> BatchFit:
+    """The largest per-rank batch whose predicted training peak, with the CUDA context on a
+    GPU, is within `budget`: a search over traced steps, from where the peak (nearly affine
+    in the batch) would reach it."""
+    c = run.config
+    context, source = _context(run) if c.device == "cuda" else (0, "")
+
+    parallel = parallel_of(c, point.world_size)
+
+    def peak(batch: int) -> int:
+        cfg = analysis_config(c, batch)
+        return _explained(
+            profile.name,
+            point.world_size,
+            c.parallel,
+            lambda: rank_train_peak(profile.name, cfg, parallel, profile.classes),
+        )
+
+    at_one = peak(1)
+    per_example = max(1.0, (point.train.peak - at_one) / max(1, c.batch - 1))
+    guess = max(1, int((budget - context - at_one) / per_example) + 1)
+    # the peak is nearly affine in the batch: the guess is checked with its neighbour first,
+    # then steps of 2, 4, 8... examples
+    fits = lambda b: peak(b) + context <= budget  # noqa: E731
+    batch, _ = largest_fitting(fits, guess, first_step=1 / guess)
+    how = f"predicted: rank 0's training peak within {fmt_bytes(budget)}"
+    if c.device == "cuda":
+        how += (
+            f" less a CUDA context of {fmt_bytes(context)} ({source}); the caching allocator's "
+            "reserve and NCCL's own buffers are not counted"
+        )
+    return BatchFit("train", batch or None, budget, how)
+
+
+def _check(run: Run, profile: ModelProfile, world_size: int) -> RankCheck:
+    """Real ranks at the batch the training step was measured at, beside one process
+    measured the same way (same batch, same threads) and both predictions at that batch."""
+    c = run.config
+    measured = profile.measured.get("train")
+    batch = measured.batch if measured else c.batch
+    threads = default_threads(world_size) if c.device == "cpu" else 1
+    predicted_rank = rank_profile(run, profile.name, batch, world_size, profile.classes)
+    request = RankRequest(
+        model=run.worker_model(profile.name),
+        strategy=c.parallel,
+        world_size=world_size,
+        batch=batch,
+        device=c.device,
+        channels=c.channels,
+        classes=run.classes.get(profile.name, c.classes),
+        image_size=c.image_size,
+        optimizer=c.optimizer,
+        bucket_cap_mb=c.bucket_cap_mb,
+        gradient_as_bucket_view=c.gradient_as_bucket_view,
+        reshard_after_forward=c.reshard_after_forward,
+        threads=threads,
+    )
+    task = f"{profile.name} · {c.parallel} · {world_size} real ranks · batch {batch}"
+    ranks = _run(run, request, task)
+    single = _run(run, replace(request, strategy="none", world_size=1), f"{task} · one process")
+    error = ranks.get("error") or single.get("error")
+    return RankCheck(
+        world_size=world_size,
+        batch=batch,
+        device=c.device,
+        threads=threads,
+        backend=backend(c.device),
+        predicted_rank=predicted_rank.train.peak,
+        predicted_single=run.analyse_at(profile, batch).train.peak,
+        ranks=tuple(_measurement(r) for r in ranks.get("ranks", ())),
+        single=next((_measurement(r) for r in single.get("ranks", ())), None),
+        error=error["message"] if error else None,
+    )
+
+
+def _run(run: Run, request: RankRequest, task: str) -> dict[str, Any]:
+    """The launcher's result: it runs in a worker process, as any measurement does."""
+    return run_worker(
+        request, lambda stage, done, total: run.on_progress(ProgressEvent(task, stage, done, total))
+    )
+
+
+def _measurement(raw: dict[str, object]) -> RankMeasurement:
+    return RankMeasurement(**raw)  # type: ignore[arg-type]
