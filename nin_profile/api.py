@@ -69,8 +69,10 @@ def check_parallel(
     bucket_cap_mb: float | None = None,
     gradient_as_bucket_view: bool = False,
     reshard_after_forward: bool = True,
+    measured_on: str | None = None,
 ) -> dict[str, Any]:
-    """RunConfig's per-rank fields, or one line on options that do not go together."""
+    """RunConfig's per-rank fields, or one line on options that do not go together.
+    measured_on: the device real ranks are measured on (None for --static)."""
     if parallel not in PARALLEL:
         raise ProfileError(f"parallel {parallel!r}: choose one of {', '.join(PARALLEL)}")
     if parallel == "none":
@@ -101,6 +103,10 @@ def check_parallel(
         raise ProfileError("--no-reshard-after-forward is FSDP2's option; DDP does not shard")
     if bucket_cap_mb is not None and bucket_cap_mb <= 0:
         raise ProfileError(f"--bucket-cap-mb must be more than 0, got {bucket_cap_mb:g}")
+    if measured_on is not None:
+        from nin_profile.parallel_run import check_real_ranks
+
+        check_real_ranks(world_sizes, measured_on)
     return {
         "parallel": parallel,
         "world_sizes": tuple(dict.fromkeys(world_sizes)),
@@ -164,7 +170,12 @@ def profile(
         raise ProfileError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     sizes = (world_size,) if isinstance(world_size, int) else tuple(world_size)
     per_rank = check_parallel(
-        parallel, sizes, bucket_cap_mb, gradient_as_bucket_view, reshard_after_forward
+        parallel,
+        sizes,
+        bucket_cap_mb,
+        gradient_as_bucket_view,
+        reshard_after_forward,
+        None if static else resolved,
     )
     names: list[str] = []
     registered: list[str] = []

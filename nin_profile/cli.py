@@ -400,6 +400,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         args.bucket_cap_mb,
         args.gradient_as_bucket_view,
         not args.no_reshard_after_forward,
+        None if args.static else device,
     )
     if args.compare_peers:
         from nin_profile.peers import import_peers

@@ -5,7 +5,7 @@ one process at the same batch where this machine has a core (or a GPU) for each.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -38,22 +38,32 @@ def parallel_of(config: RunConfig, world_size: int) -> Parallel:
 
 
 def parallel_profile(run: Run, profile: ModelProfile) -> ParallelProfile:
-    """Every world size of the run for one model; measured ones where the machine allows."""
+    """Every world size of the run for one model, predicted; unless --static, real ranks
+    measured at the one world size (check_real_ranks refused any other run)."""
     c = run.config
     points = tuple(_point(run, profile, size) for size in c.world_sizes)
-    checks: tuple[RankCheck, ...] = ()
-    if not c.static:
-        measurable = [size for size in c.world_sizes if size <= real_ranks(c.device)]
-        skipped = [size for size in c.world_sizes if size not in measurable]
-        note = (
-            f"world sizes {', '.join(map(str, skipped))} are predicted only: this machine "
-            f"runs at most {real_ranks(c.device)} real ranks at once (one per "
-            f"{'GPU' if c.device == 'cuda' else 'core'})"
-        )
-        if skipped and note not in run.notes:
-            run.notes.append(note)
-        checks = tuple(_check(run, profile, size) for size in measurable)
+    checks = () if c.static else tuple(_check(run, profile, size) for size in c.world_sizes)
     return ParallelProfile(c.parallel, points, checks)
+
+
+def check_real_ranks(world_sizes: Sequence[int], device: str) -> None:
+    """One line, before any work, where a measured run cannot start its ranks: several
+    world sizes (each would be a run of its own), or more ranks than this machine has cores
+    (or GPUs) for."""
+    listed = ",".join(map(str, world_sizes))
+    if len(world_sizes) > 1:
+        raise ProfileError(
+            f"--world-size {listed} with a measured run: real ranks are started for one world "
+            "size; predict several with --static, or measure one (--world-size 2)"
+        )
+    (size,) = world_sizes
+    room = real_ranks(device)
+    unit = "GPU" if device == "cuda" else "core"
+    if size > room:
+        raise ProfileError(
+            f"--world-size {size} with a measured run needs a {unit} for each rank and this "
+            f"machine has {room}: measure at most {room} ranks, or predict {size} with --static"
+        )
 
 
 def real_ranks(device: str) -> int:
@@ -127,7 +137,7 @@ def _fit(run: Run, profile: ModelProfile, point: RankProfile, budget: int) -> Ba
     # then steps of 2, 4, 8... examples
     fits = lambda b: peak(b) + context <= budget  # noqa: E731
     batch, _ = largest_fitting(fits, guess, first_step=1 / guess)
-    how = f"predicted: rank 0's training peak within {fmt_bytes(budget)}"
+    how = f"predicted: the largest whose training peak on rank 0 is within {fmt_bytes(budget)}"
     if c.device == "cuda":
         how += (
             f" less a CUDA context of {fmt_bytes(context)} ({source}); the caching allocator's "

@@ -8,13 +8,18 @@ the system picks, so that two runs never collide) and starts the ranks; each ran
 figures back through a queue. strategy "none" runs one process without a wrapper and without a
 group, measured the same way (the same threads), for the comparison: what the wrapper adds.
 
-On the CPU the peak comes from the profiler's allocation records, as for one process, with one
-difference: gloo runs each collective on threads of its own, which the profiler does not
-follow. A tensor the collective's work holds (gloo's reduce-scatter copies its input first) is
-then freed on gloo's thread when the work is done, and the profiler records the allocation but
-never the free. Such an allocation, made inside a collective, is taken as freed when that
-collective returns; any other allocation whose free is missing, when its address is handed out
-again (it was free by then). `unseen_frees` counts them.
+On the CPU the peak comes from the profiler's allocation records, as for one process. Gloo runs
+each collective on a thread of its own and makes copies for it there and in the calling
+thread (its reduce-scatter copies its input; its all-gather fills a temporary before the
+output), held by the collective's work until gloo's thread lets go of it, a moment after the
+collective returns or, for a prefetching all-gather, while the step goes on. Two figures come
+of it: the peak allocated, with those copies where the profiler saw them freed; and the peak
+between ops, without what an op allocated and freed before it was done (a convolution's
+unfolded input) nor what a collective made for its own work: what a trace of the program's
+tensors predicts, as the peak between ops on CUDA. Where the profiler records an allocation
+but not its free (freed on a thread it did not follow), a collective's copy is taken as freed
+when the collective returns, anything else when its address is handed out again (it was free
+by then); `unseen_frees` counts them.
 """
 
 from __future__ import annotations
@@ -224,8 +229,13 @@ class _Block:
 
     @property
     def scratch(self) -> bool:
-        """Freed before the op that made it returned: memory inside one op."""
-        return self.freed is not None and self.op_end is not None and self.freed <= self.op_end
+        """Memory inside one op: freed before the op that made it returned, or made by a
+        collective for its own work (gloo's copies, released when gloo's thread is done)."""
+        if self.freed is None:
+            return False
+        if self.collective_end is not None:
+            return True
+        return self.op_end is not None and self.freed <= self.op_end
 
 
 class CpuTimeline:
@@ -292,6 +302,8 @@ class CpuTimeline:
 
 
 _OPS = ("aten::", "c10d::", "fsdp::", "gloo:")  # what bounds a kernel's scratch
+# A collective, as the calling thread sees it (c10d::) and as gloo's thread runs it (gloo:).
+_COLLECTIVES = ("c10d::", "gloo:")
 
 
 def _allocations(prof: Any) -> Iterator[tuple[int, int, int, int | None, int | None]]:
@@ -311,7 +323,7 @@ def _allocations(prof: Any) -> Iterator[tuple[int, int, int, int | None, int | N
             continue
         if op_end is None and event.name.startswith(_OPS):
             op_end = event.end_time_ns
-        if collective_end is None and event.name.startswith("c10d::"):
+        if collective_end is None and event.name.startswith(_COLLECTIVES):
             collective_end = event.end_time_ns
         pending.extend((child, op_end, collective_end) for child in event.children)
 
