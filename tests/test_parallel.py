@@ -19,6 +19,7 @@ from nin_profile.measure.ranks import RankRequest, measure_ranks
 from nin_profile.parallel import (
     Parallel,
     RankTrace,
+    _Chunks,
     analyse_rank,
     breakdown,
     held_bytes,
@@ -152,6 +153,20 @@ def test_fsdp_momentum_is_kept_for_the_shard_only() -> None:
 def test_the_trace_costs_the_same_at_any_world_size() -> None:
     """No process per rank, no tensor of a rank's size: 1,024 ranks trace as many events."""
     assert len(trace("fsdp", 8).log.events) == len(trace("fsdp", 1024).log.events)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 7, 96])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8, 1024])
+def test_chunks_on_demand_are_fsdp2s_chunks(rows: int, world_size: int) -> None:
+    from torch.distributed.fsdp._fully_shard._fsdp_common import _chunk_with_empty
+
+    tensor = torch.empty(rows, 3, device="meta")
+    expected = _chunk_with_empty(tensor, world_size, dim=0)  # PyTorch's own: the oracle
+    got = _Chunks(tensor, world_size, dim=0)
+    assert len(got) == len(expected) == world_size
+    for rank in {0, 1 % world_size, world_size - 1}:
+        assert got[rank].shape == expected[rank].shape
+        assert got[rank].storage_offset() == expected[rank].storage_offset()
 
 
 def test_estimators_follow_their_published_formulas() -> None:
