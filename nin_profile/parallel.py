@@ -38,7 +38,7 @@ import contextlib
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
 import torch
@@ -128,8 +128,8 @@ def analyse_rank(
     return RankProfile(
         world_size=parallel.world_size,
         batch=cfg.batch,
-        train=breakdown(train),
-        inference=breakdown(inference),
+        train=breakdown(train, cfg),
+        inference=breakdown(inference, cfg),
         collective_bytes=train.collective_bytes,
         estimators=estimates,
     )
@@ -177,9 +177,11 @@ def trace_rank(
 
 
 def rank_train_peak(name: str, cfg: AnalysisConfig, parallel: Parallel, classes: int | None) -> int:
-    """Rank 0's predicted training peak alone (a --memory-budget search probes many)."""
+    """Rank 0's predicted training peak alone (a --memory-budget search probes many): on
+    CUDA what the caching allocator reserves (within `cfg.memory_limit`), else the peak."""
     train, _ = trace_rank(build_on_meta(name, model_config(cfg)), cfg, parallel, classes, False)
-    return breakdown(train).peak
+    b = breakdown(train, cfg)
+    return b.peak if b.reserved is None else b.reserved
 
 
 @contextlib.contextmanager
@@ -233,18 +235,43 @@ def _chunks_on_demand() -> Iterator[None]:
         _fsdp_param._chunk_with_empty = original
 
 
-def breakdown(trace: RankTrace) -> MemoryBreakdown:
-    """The peak of the traced step, by category, with what was held when it began."""
-    held: dict[int, int] = {}
-    for event in trace.log.events[: trace.start]:
-        held[event.key] = held.get(event.key, 0) + event.delta
+def breakdown(trace: RankTrace, cfg: AnalysisConfig | None = None) -> MemoryBreakdown:
+    """The peak of the traced step, by category, with what was held when it began; for a
+    CUDA `cfg`, what the caching allocator reserves as the step repeats."""
+    held = _held_at_start(trace)
     setup = PeakSite("setup", "", "")
     events = [Event(key, size, setup) for key, size in held.items() if size]
     events += trace.log.events[trace.start :]
     category: dict[int, MemoryCategory] = {}
     for cat in reversed(PRIORITY):
         category.update(dict.fromkeys(trace.owners.get(cat, ()), cat))
-    return peak_breakdown(events, lambda key: category.get(key, trace.default))
+    peak = peak_breakdown(events, lambda key: category.get(key, trace.default))
+    if cfg is None or cfg.rules.name != "cuda":
+        return peak
+    return replace(peak, reserved=reserved(trace, cfg.memory_limit))
+
+
+def _held_at_start(trace: RankTrace) -> dict[int, int]:
+    held: dict[int, int] = {}
+    for event in trace.log.events[: trace.start]:
+        held[event.key] = held.get(event.key, 0) + event.delta
+    return held
+
+
+def reserved(trace: RankTrace, limit: int | None) -> int:
+    """CUDA's caching allocator (allocator.py) over the traced step as a run repeats it, as
+    for one process: what was alive when the step began allocated first and held, then the
+    step's allocations and frees (FSDP2's resizes among them), repeated until the allocator
+    stops growing. A free of something held from the start is not replayed (it stays held):
+    an over-estimate where the step frees what an earlier one made."""
+    from nin_profile.allocator import OutOfMemory, steady_reserved
+
+    first = [size for size in _held_at_start(trace).values() if size > 0]
+    step = [(e.key, e.delta) for e in trace.log.events[trace.start :]]
+    try:
+        return steady_reserved(first, step, None, limit).peak_reserved
+    except OutOfMemory as exc:
+        return exc.needed
 
 
 # ---- the fake group and the rank's tensors ------------------------------------------------

@@ -113,16 +113,17 @@ def _point(run: Run, profile: ModelProfile, world_size: int) -> RankProfile:
 
 
 def _fit(run: Run, profile: ModelProfile, point: RankProfile, budget: int) -> BatchFit:
-    """The largest per-rank batch whose predicted training peak, with the CUDA context on a
-    GPU, is within `budget`: a search over traced steps, from where the peak (nearly affine
-    in the batch) would reach it."""
+    """The largest per-rank batch whose predicted training step fits `budget`: on a GPU, the
+    caching allocator simulated within `budget` less the CUDA context (as for one process);
+    on the CPU, the peak. A search over traced steps, from where the peak (nearly affine in
+    the batch) would reach it."""
     c = run.config
     context, source = _context(run) if c.device == "cuda" else (0, "")
-
+    within = budget - context
     parallel = parallel_of(c, point.world_size)
 
-    def peak(batch: int) -> int:
-        cfg = analysis_config(c, batch)
+    def needs(batch: int) -> int:
+        cfg = analysis_config(c, batch, memory_limit=within if c.device == "cuda" else None)
         return _explained(
             profile.name,
             point.world_size,
@@ -130,18 +131,18 @@ def _fit(run: Run, profile: ModelProfile, point: RankProfile, budget: int) -> Ba
             lambda: rank_train_peak(profile.name, cfg, parallel, profile.classes),
         )
 
-    at_one = peak(1)
-    per_example = max(1.0, (point.train.peak - at_one) / max(1, c.batch - 1))
-    guess = max(1, int((budget - context - at_one) / per_example) + 1)
-    # the peak is nearly affine in the batch: the guess is checked with its neighbour first,
-    # then steps of 2, 4, 8... examples
-    fits = lambda b: peak(b) + context <= budget  # noqa: E731
-    batch, _ = largest_fitting(fits, guess, first_step=1 / guess)
-    how = f"predicted: the largest whose training peak on rank 0 is within {fmt_bytes(budget)}"
+    at_one = needs(1)
+    at_batch = point.train.peak if point.train.reserved is None else point.train.reserved
+    per_example = max(1.0, (at_batch - at_one) / max(1, c.batch - 1))
+    guess = max(1, int((within - at_one) / per_example) + 1)
+    # nearly affine in the batch: the guess is checked with its neighbour first, then steps
+    # of 2, 4, 8... examples
+    batch, _ = largest_fitting(lambda b: needs(b) <= within, guess, first_step=1 / guess)
+    how = f"predicted: the largest whose training step on rank 0 fits in {fmt_bytes(budget)}"
     if c.device == "cuda":
         how += (
-            f" less a CUDA context of {fmt_bytes(context)} ({source}); the caching allocator's "
-            "reserve and NCCL's own buffers are not counted"
+            f" less a CUDA context of {fmt_bytes(context)} ({source}), the caching allocator "
+            "simulated as for one process; NCCL's own buffers are not counted"
         )
     return BatchFit("train", batch or None, budget, how)
 

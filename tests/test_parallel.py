@@ -184,6 +184,17 @@ def test_vgg11s_largest_layer_is_the_chapters_first_dense_layer() -> None:
     assert profile.estimators.zero3 - int(18 * 128_806_154 / 64) == 4 * 102_764_544
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_on_cuda_a_rank_reserves_whole_segments_over_its_peak(strategy: str) -> None:
+    cfg = AnalysisConfig(batch=4, channels=1, image_size=8, device="cuda")
+    train, _ = trace_rank(small_net(), cfg, Parallel(strategy, 4), CLASSES, inference=False)
+    at_peak = breakdown(train, cfg)
+    assert at_peak.reserved is not None and at_peak.reserved >= at_peak.peak
+    # every block here is under 1 MiB: the caching allocator serves it from 2 MiB segments
+    assert at_peak.reserved % (2 * 2**20) == 0
+    assert breakdown(train).reserved is None  # no device given: the peak alone
+
+
 # ---- real ranks on the CPU -----------------------------------------------------------------
 
 NIN_SMALL = {"model": "nin", "batch": 2, "image_size": 96, "threads": 1}

@@ -11,7 +11,7 @@ from nin_profile.parallel_results import ParallelProfile, RankCheck, RankProfile
 from nin_profile.render.general import chart, join
 from nin_profile.render.sections import Section
 from nin_profile.render.text import display, listing, md_table, rel_error
-from nin_profile.results import MemoryBreakdown, MemoryCategory, ModelProfile, Profile
+from nin_profile.results import BatchFit, MemoryBreakdown, MemoryCategory, ModelProfile, Profile
 from nin_profile.units import fmt_bytes, fmt_int, fmt_mib, fmt_percent
 
 STRATEGY_NAMES = {"ddp": "DistributedDataParallel", "fsdp": "FSDP2 (fully_shard)"}
@@ -101,10 +101,12 @@ def rank_table(points: Sequence[RankProfile], single: ModelProfile) -> str:
     """One row per world size, with one process (no wrapper) at the top."""
     shown = shown_categories([p.train for p in points])
     budget = any(p.fits for p in points)
+    cuda = single.train.reserved is not None and all(p.train.reserved for p in points)
     headers = [
         "Ranks",
         *(f"{RANK_TITLES[cat]} (MiB)" for cat in shown),
         "train peak (MiB)",
+        *(["train reserved, simulated (MiB)"] if cuda else []),
         "inference peak (MiB)",
         "collectives / step (MiB)",
     ]
@@ -115,24 +117,32 @@ def rank_table(points: Sequence[RankProfile], single: ModelProfile) -> str:
             "one process",
             *(fmt_mib(single.train[cat]) for cat in shown),
             fmt_mib(single.train.peak),
+            *([fmt_mib(single.train.reserved)] if cuda else []),
             fmt_mib(single.inference.peak),
             "–",
-            *(["–"] if budget else []),
+            *([_fit_words(single.fits)] if budget else []),
         ]
     ]
     for p in points:
-        fit = p.fits[0].batch if p.fits else None
         rows.append(
             [
                 fmt_int(p.world_size),
                 *(fmt_mib(p.train[cat]) for cat in shown),
                 fmt_mib(p.train.peak),
+                *([fmt_mib(p.train.reserved)] if cuda else []),
                 fmt_mib(p.inference.peak),
                 fmt_mib(p.collective_bytes),
-                *([fmt_int(fit) if fit else "none"] if budget else []),
+                *([_fit_words(p.fits)] if budget else []),
             ]
         )
     return md_table(headers, rows, [False] + [True] * (len(headers) - 1))
+
+
+def _fit_words(fits: Sequence[BatchFit]) -> str:
+    fit = next((f for f in fits if f.phase == "train"), None)
+    if fit is None:
+        return "–"
+    return fmt_int(fit.batch) if fit.batch else "none"
 
 
 def scaling_sentence(m: ModelProfile, par: ParallelProfile) -> str:
@@ -328,7 +338,10 @@ def parallel_section(profile: Profile, charts: bool) -> str:
     parts = [title, intro(profile)]
     fit = next((f for _, par in _parallel(profile) for p in par.points for f in p.fits), None)
     if fit:
-        parts.append(f"The largest batch a rank fits is {fit.how}.")
+        parts.append(
+            f"Largest batch a rank fits: {fit.how}. One process's, in each table's first row, "
+            "is found the same way."
+        )
     for m, par in _parallel(profile):
         parts += [
             f"### {display(m.name)}",
