@@ -488,6 +488,7 @@ def _wrap_fsdp(model: nn.Module, parallel: Parallel) -> _Wrapped:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    _check_shardable(model)
     with unset_fake_temporarily():
         mesh = init_device_mesh("cpu", (parallel.world_size,))
         for block in [*default_blocks(model), model]:
@@ -500,6 +501,22 @@ def _wrap_fsdp(model: nn.Module, parallel: Parallel) -> _Wrapped:
     finally:
         mode.allow_non_fake_inputs = False
     return _Wrapped(model, model)
+
+
+def _check_shardable(model: nn.Module) -> None:
+    """One line where the default wrapping cannot shard `model`: a parameter shared by two
+    blocks (tied weights), which FSDP2 would need in one `fully_shard` group."""
+    owner: dict[int, str] = {}
+    names = {id(child): name for name, child in model.named_children()}
+    for block in default_blocks(model):
+        for param_name, param in block.named_parameters():
+            if (first := owner.setdefault(id(param), names[id(block)])) != names[id(block)]:
+                raise ProfileError(
+                    f"parameter {names[id(block)]}.{param_name} is shared by blocks {first} and "
+                    f"{names[id(block)]}: FSDP2 is applied to each top-level block on its own "
+                    "here, and a tied parameter needs its blocks in one fully_shard group; "
+                    "profile it with --parallel ddp"
+                )
 
 
 def gathered_storages(model: nn.Module) -> list[torch.UntypedStorage]:

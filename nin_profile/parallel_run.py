@@ -37,11 +37,17 @@ def parallel_of(config: RunConfig, world_size: int) -> Parallel:
     )
 
 
-def parallel_profile(run: Run, profile: ModelProfile) -> ParallelProfile:
-    """Every world size of the run for one model, predicted; unless --static, real ranks
-    measured at the one world size (check_real_ranks refused any other run)."""
+def rank_points(run: Run, static: ModelProfile) -> tuple[RankProfile, ...]:
+    """Rank 0 predicted at every world size of the run (and its --memory-budget fit)."""
+    return tuple(_point(run, static, size) for size in run.config.world_sizes)
+
+
+def parallel_profile(
+    run: Run, profile: ModelProfile, points: tuple[RankProfile, ...]
+) -> ParallelProfile:
+    """The predicted `points`; unless --static, real ranks measured beside at the one world
+    size (check_real_ranks refused any other run)."""
     c = run.config
-    points = tuple(_point(run, profile, size) for size in c.world_sizes)
     checks = () if c.static else tuple(_check(run, profile, size) for size in c.world_sizes)
     return ParallelProfile(c.parallel, points, checks)
 
@@ -89,16 +95,14 @@ def rank_profile(
 
 
 def _explained(name: str, world_size: int, strategy: str, work: Callable[[], T]) -> T:
+    where = f"{name} under {strategy.upper()} at world size {world_size}"
     try:
         return work()
-    except ProfileError:
-        raise
+    except ProfileError as exc:
+        raise ProfileError(f"{where}: {exc}") from exc
     except Exception as exc:  # a model PyTorch's wrappers refuse, or one they break
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise ProfileError(
-            f"{name} under {strategy.upper()} at world size {world_size}: "
-            f"{type(exc).__name__}: {first}"
-        ) from exc
+        raise ProfileError(f"{where}: {type(exc).__name__}: {first}") from exc
 
 
 def _point(run: Run, profile: ModelProfile, world_size: int) -> RankProfile:

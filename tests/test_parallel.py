@@ -304,6 +304,28 @@ class _no_exit:
         pass
 
 
+class TiedBlocks(nn.Module):
+    """Two top-level blocks sharing one weight: FSDP2's default wrapping cannot shard it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)))
+
+
+def test_fsdp_refuses_tied_blocks_in_one_line_and_ddp_takes_them() -> None:
+    with pytest.raises(ProfileError, match=r"b\.weight is shared by blocks a and b") as info:
+        nin_profile.profile(TiedBlocks(), input_size=(1, 8, 8), parallel="fsdp", world_size=8)
+    assert "\n" not in str(info.value)
+    profile = nin_profile.profile(TiedBlocks(), input_size=(1, 8, 8), parallel="ddp", world_size=8)
+    assert profile.models[0].parallel is not None
+
+
 def test_the_api_refuses_a_world_size_without_a_strategy() -> None:
     with pytest.raises(ProfileError, match="needs --parallel"):
         nin_profile.profile("nin", world_size=8)
