@@ -250,18 +250,21 @@ def estimators_table(profile: Profile) -> str:
 def estimators_words(profile: Profile) -> str:
     optimizer = profile.config.optimizer
     return (
-        "DeepSpeed's `estimate_zero2_model_states_mem_needs` and "
-        "`estimate_zero3_model_states_mem_needs` (without offload) give 2·P + 18·P/N and "
-        "4·L + 18·P/N bytes a GPU (P parameters, N ranks, L the largest layer's own "
-        "parameters): the model states of fp16 training with Adam and fp32 master weights, "
-        "whatever the batch. `accelerate estimate-memory` gives, for float32 training with Adam, "
-        "4 × the model's size, for one device whatever N. All three count model states only: "
-        "none counts saved activations, the input, the gradients flowing back, the buckets or "
-        "the all-gather and reduce-scatter buffers, and ZeRO-3's one gathered layer stands "
-        "where FSDP2 gathers a whole block; they assume Adam (this run trains with "
-        f"{optimizer}) and, for DeepSpeed, mixed precision. Ours counts what the wrapper "
-        "allocates in this run; 'model states' is our parameters, gradients and optimizer "
-        "state at the peak, 'the rest' what the estimators leave out."
+        "DeepSpeed's `estimate_zero2_model_states_mem_needs` "
+        "(deepspeed/runtime/zero/stage_1_and_2.py) and `estimate_zero3_model_states_mem_needs` "
+        "(stage3.py), without offload, for N GPUs on one node, give `2 * P + int(18 * P / N)` "
+        "and `4 * L + int(18 * P / N)` bytes a GPU, P the parameters counted once, L the "
+        "largest module's own parameters; DeepSpeed's comment reads 2 = fp16 parameters and "
+        "18 = fp16 and fp32 gradients, fp32 parameters and Adam's two fp32 moments: the model "
+        "states of fp16 training with Adam, whatever the batch. `accelerate estimate-memory` "
+        "(accelerate/commands/estimate.py) gives for float32 training with Adam the largest "
+        "of its stages, the step's 4 × the model's size, for one device whatever N. All three "
+        "count model states only: none counts saved activations, the input, the gradients "
+        "flowing back, DDP's buckets or FSDP2's all-gather and reduce-scatter buffers, and "
+        "ZeRO-3's one gathered layer stands where FSDP2 gathers a whole block; they assume "
+        f"Adam (this run trains with {optimizer}) and, for DeepSpeed, mixed precision. Ours "
+        "counts what the wrapper allocates in this run; 'model states' is our parameters, "
+        "gradients and optimizer state at the peak, 'the rest' what the estimators leave out."
     )
 
 
