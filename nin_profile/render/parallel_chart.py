@@ -6,9 +6,11 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 
 from nin_profile.render.charts import CATEGORY_COLORS, LEGEND_WIDTH, LEGIBLE_TITLE_WIDTH
-from nin_profile.render.parallel import RANK_TITLES, STRATEGY_NAMES, shown_categories
+from nin_profile.render.parallel import RANK_TITLES, shown_categories
 from nin_profile.results import Profile
 from nin_profile.units import MiB, fmt_int
+
+SHORT_NAMES = {"ddp": "DDP", "fsdp": "FSDP2"}
 
 
 def rank_memory(profile: Profile, model: str) -> Figure:
@@ -51,8 +53,8 @@ def rank_memory(profile: Profile, model: str) -> Figure:
     c = profile.config
     ax.set_ylabel(f"MiB alive at rank 0's peak, batch of {c.batch} a rank")
     ax.set_title(
-        f"{model}: memory per rank of a training step under "
-        f"{STRATEGY_NAMES.get(c.parallel, c.parallel)}\nestimated · {c.device} · {c.dtype}"
+        f"{model}: memory per rank, a training step under "
+        f"{SHORT_NAMES.get(c.parallel, c.parallel)}\nestimated · {c.device} · {c.dtype}"
     )
     handles, names = ax.get_legend_handles_labels()
     fig.legend(handles[::-1], names[::-1], loc="outside right upper", fontsize="small")

@@ -128,20 +128,16 @@ def rank_table(profile: Profile) -> Table | None:
     if not points:
         return None
     c = profile.config
+    budget = bool(c.memory_budget)
     table = _table(
         f"per rank · {c.parallel} · batch {c.batch} a rank · estimated for {c.device}",
-        "peaks of rank 0 · fits: the largest batch a rank fits in --memory-budget",
+        "peaks of rank 0" + (" · fits: the largest batch a rank fits in --memory-budget" * budget),
     )
-    _columns(table, ["Model", "Ranks", "Train peak\nMiB", "Infer peak\nMiB", "fits"])
+    _columns(table, ["Model", "Ranks", "Train peak\nMiB", "Infer peak\nMiB"] + ["fits"] * budget)
     for m, p in points:
         fit = p.fits[0].batch if p.fits else None
-        table.add_row(
-            m.name,
-            f"{p.world_size:,}",
-            fmt_mib(p.train.peak, 0),
-            fmt_mib(p.inference.peak, 0),
-            f"{fit:,}" if fit else "–",
-        )
+        row = [m.name, f"{p.world_size:,}", fmt_mib(p.train.peak, 0), fmt_mib(p.inference.peak, 0)]
+        table.add_row(*row, *([f"{fit:,}" if fit else "none"] * budget))
     return table
 
 
