@@ -77,7 +77,8 @@ def how_wrapped(profile: Profile) -> str:
     )
     return (
         "FSDP2: `fully_shard` on each block (each direct child of the model that holds "
-        f"parameters), then on the model itself; {reshard}, as FSDP2 does by default"
+        f"parameters), then on the model itself; {reshard}; no mixed-precision policy "
+        "(parameters, gradients and collectives in the model's dtype)"
     )
 
 
@@ -175,7 +176,7 @@ def scaling_sentence(m: ModelProfile, par: ParallelProfile) -> str:
     if stops is None:
         return text + f" (each step saves at least {100 * STILL_PAYS:.0f}%)."
     text += (
-        f". Beyond {ranks(stops.world_size)} sharding saves less than "
+        f". From {ranks(stops.world_size)} on, more ranks save less than "
         f"{100 * STILL_PAYS:.0f}% a step: {_held_words(name, points[-1])}."
     )
     return text + _padding_words(points)
@@ -206,14 +207,16 @@ def _held_words(name: str, point: RankProfile) -> str:
     b = point.train
     states = sum(b[c] for c in MODEL_STATES)
     left = b.peak - states
+    flowing = b[MemoryCategory.INPUT] + b[MemoryCategory.TRANSIENT]
     return (
         f"at {ranks(point.world_size)} the shards of parameters, gradients and "
         f"optimizer state are {fmt_bytes(states)}, and the rest of the peak, "
         f"{fmt_bytes(left)} ({fmt_percent(left, b.peak, 0)}), is what sharding leaves whole: "
-        f"saved activations {fmt_bytes(b[MemoryCategory.ACTIVATIONS])}, the gathered block "
-        f"{fmt_bytes(b[MemoryCategory.UNSHARDED_PARAMS])}, communication buffers "
-        f"{fmt_bytes(b[MemoryCategory.COMMUNICATION])}, the input and what flows back "
-        f"{fmt_bytes(b[MemoryCategory.INPUT] + b[MemoryCategory.TRANSIENT])}"
+        f"saved activations {fmt_bytes(b[MemoryCategory.ACTIVATIONS])} "
+        f"({fmt_percent(b[MemoryCategory.ACTIVATIONS], b.peak, 0)} of the peak), "
+        f"the gathered block {fmt_bytes(b[MemoryCategory.UNSHARDED_PARAMS])}, "
+        f"communication buffers {fmt_bytes(b[MemoryCategory.COMMUNICATION])}, "
+        f"the input and what flows back {fmt_bytes(flowing)}"
     )
 
 
