@@ -26,9 +26,10 @@ from nin_profile.parallel import (
     trace_rank,
     zero_estimates,
 )
-from nin_profile.parallel_results import ParallelProfile
+from nin_profile.parallel_results import ParallelProfile, RankProfile, ZeroEstimates
+from nin_profile.render.parallel import scaling_sentence
+from nin_profile.results import MemoryBreakdown, ModelProfile, PeakSite
 from nin_profile.results import MemoryCategory as C
-from nin_profile.results import ModelProfile
 
 F32 = 4  # bytes of a float32
 CFG = AnalysisConfig(batch=4, channels=1, image_size=8, device="cpu")
@@ -336,3 +337,26 @@ def test_a_profile_without_parallel_reads_as_before() -> None:
     assert d["parallel"] is None
     del d["parallel"]  # profile.json written before --parallel
     assert ModelProfile.from_dict(d).parallel is None
+
+
+def _point(world_size: int, params: int, activations: int) -> RankProfile:
+    site = PeakSite("forward", "", "")
+    train = MemoryBreakdown(
+        params + activations, {C.PARAMS: params, C.ACTIVATIONS: activations}, site
+    )
+    return RankProfile(world_size, 8, train, train, 0, ZeroEstimates(0, 0, 0))
+
+
+def test_where_more_ranks_stop_paying_is_computed_from_the_peaks() -> None:
+    single = analyse_model("nin", AnalysisConfig(batch=1))
+    # params 800 MiB shared out, activations 200 MiB whole: peaks 1,000, 300, 212.5, 200.8
+    points = tuple(_point(n, 800 * 2**20 // n, 200 * 2**20) for n in (1, 8, 64, 1024))
+    words = scaling_sentence(single, ParallelProfile("fsdp", points))
+    # 1→8: 70% lower, 8→64: 29.2% lower (212.5 / 300), 64→1,024: 5.5% lower (200.8 / 212.5)
+    assert "from 1 to 8 ranks 70.0% lower, from 8 to 64 ranks 29.2% lower" in words
+    assert "from 64 to 1,024 ranks 5.5% lower" in words
+    assert "each step saves at least 5%" in words
+    points = (*points, _point(4096, 800 * 2**20 // 4096, 200 * 2**20))  # 0.3% lower (200.2 / 200.8)
+    words = scaling_sentence(single, ParallelProfile("fsdp", points))
+    assert "From 1,024 ranks on, more ranks save less than 5% a step" in words
+    assert "saved activations 200.0 MiB (100% of the peak)" in words
