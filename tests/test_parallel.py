@@ -360,3 +360,26 @@ def test_where_more_ranks_stop_paying_is_computed_from_the_peaks() -> None:
     words = scaling_sentence(single, ParallelProfile("fsdp", points))
     assert "From 1,024 ranks on, more ranks save less than 5% a step" in words
     assert "saved activations 200.0 MiB (100% of the peak)" in words
+
+
+def test_the_largest_batch_a_rank_fits_is_the_edge_of_the_budget() -> None:
+    profile = nin_profile.profile(
+        "nin",
+        input_size=(1, 96, 96),
+        batch=8,
+        parallel="fsdp",
+        world_size=8,
+        memory_budget="64MiB",
+        device="cpu",
+    )
+    par = profile["nin"].parallel
+    assert par is not None
+    (fit,) = par.points[0].fits
+    assert fit.batch is not None and fit.limit_bytes == 64 * 2**20
+
+    def peak(batch: int) -> int:
+        cfg = AnalysisConfig(batch=batch, image_size=96, device="cpu")
+        return analyse_rank("nin", cfg, Parallel("fsdp", 8), 10).train.peak
+
+    # the largest: its step fits the budget on the CPU, one example more does not
+    assert peak(fit.batch) <= fit.limit_bytes < peak(fit.batch + 1)
