@@ -22,6 +22,7 @@ ModelLike = nn.Module | str
 
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "momentum", "adam")
+PARALLEL = ("none", "ddp", "fsdp")
 
 
 def model_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -62,6 +63,59 @@ def check_device(device: str, static: bool, max_batch: bool) -> str:
     return resolved
 
 
+def check_parallel(
+    parallel: str,
+    world_sizes: Sequence[int],
+    bucket_cap_mb: float | None = None,
+    gradient_as_bucket_view: bool = False,
+    reshard_after_forward: bool = True,
+    measured_on: str | None = None,
+) -> dict[str, Any]:
+    """RunConfig's per-rank fields, or one line on options that do not go together.
+    measured_on: the device real ranks are measured on (None for --static)."""
+    if parallel not in PARALLEL:
+        raise ProfileError(f"parallel {parallel!r}: choose one of {', '.join(PARALLEL)}")
+    if parallel == "none":
+        given = [
+            name
+            for name, value in (
+                ("--world-size", world_sizes),
+                ("--bucket-cap-mb", bucket_cap_mb),
+                ("--gradient-as-bucket-view", gradient_as_bucket_view),
+                ("--no-reshard-after-forward", not reshard_after_forward),
+            )
+            if value
+        ]
+        if given:
+            raise ProfileError(f"{', '.join(given)} needs --parallel ddp or --parallel fsdp")
+        return {}
+    if not world_sizes:
+        raise ProfileError(
+            f"--parallel {parallel} needs --world-size N (or several: --world-size 1,8,64,1024)"
+        )
+    if any(not isinstance(n, int) or n <= 0 for n in world_sizes):
+        raise ProfileError(f"world sizes must be positive whole numbers, got {list(world_sizes)}")
+    if parallel == "fsdp" and (bucket_cap_mb is not None or gradient_as_bucket_view):
+        raise ProfileError(
+            "--bucket-cap-mb and --gradient-as-bucket-view are DDP's options; FSDP2 has no buckets"
+        )
+    if parallel == "ddp" and not reshard_after_forward:
+        raise ProfileError("--no-reshard-after-forward is FSDP2's option; DDP does not shard")
+    if bucket_cap_mb is not None and bucket_cap_mb <= 0:
+        raise ProfileError(f"--bucket-cap-mb must be more than 0, got {bucket_cap_mb:g}")
+    if measured_on is not None:
+        from nin_profile.parallel_run import check_real_ranks
+
+        check_real_ranks(world_sizes, measured_on)
+    return {
+        "parallel": parallel,
+        "world_sizes": tuple(dict.fromkeys(world_sizes)),
+        "bucket_cap_mb": bucket_cap_mb,
+        "gradient_as_bucket_view": gradient_as_bucket_view,
+        "reshard_after_forward": reshard_after_forward,
+    }
+
+
 def run(config: RunConfig, on_progress: Callable[[Any], None] | None = None) -> Profile:
     """Analyse, measure, sweep and fit as `config` says: what `profile` and the CLI call."""
     from nin_profile.run import run_profile
@@ -89,6 +143,11 @@ def profile(
     warmup: int = 3,
     iterations: int = 20,
     compare_peers: bool = False,
+    parallel: str = "none",
+    world_size: int | Iterable[int] = (),
+    bucket_cap_mb: float | None = None,
+    gradient_as_bucket_view: bool = False,
+    reshard_after_forward: bool = True,
 ) -> Profile:
     """Profile `models` (nn.Module instances, registered names such as "nin", or import paths
     "package.module:callable") for one batch of `input_size` (channels, height, width) images.
@@ -98,8 +157,9 @@ def profile(
     measurement in a process of its own. A module instance is never changed: the analysis
     works on a meta copy (no weight is copied), a measurement on a copy loaded in its worker
     process (whose class must be importable there: not defined in a notebook). The other
-    keywords are the command line's flags (`--sweep-batch`, `--memory-budget 6GiB`, ...);
-    sizes are bytes or strings with a unit. Returns the Profile the command line writes as
+    keywords are the command line's flags (`--sweep-batch`, `--memory-budget 6GiB`,
+    `parallel="fsdp", world_size=(8, 64)`, ...); sizes are bytes or strings with a unit; with
+    `parallel`, `batch` is each rank's batch. Returns the Profile the command line writes as
     profile.json. Bad input raises ProfileError with one line saying why."""
     from nin_profile.models import forget_instance, register_instance
 
@@ -108,6 +168,15 @@ def profile(
     resolved = check_device(device, static, max_batch)
     if optimizer not in OPTIMIZERS:
         raise ProfileError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    sizes = (world_size,) if isinstance(world_size, int) else tuple(world_size)
+    per_rank = check_parallel(
+        parallel,
+        sizes,
+        bucket_cap_mb,
+        gradient_as_bucket_view,
+        reshard_after_forward,
+        None if static else resolved,
+    )
     names: list[str] = []
     registered: list[str] = []
     try:
@@ -141,6 +210,7 @@ def profile(
             warmup=_positive("warmup", warmup),
             iterations=_positive("iterations", iterations),
             compare_peers=compare_peers,
+            **per_rank,
         )
         return run(config)
     finally:

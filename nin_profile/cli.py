@@ -60,6 +60,16 @@ def size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value:g}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -78,6 +88,8 @@ examples:
   python -m nin_profile --models torchvision.models:resnet18 --channels 3 --classes 1000
   python -m nin_profile --static --device cuda --memory-budget 8GiB   largest batch for 8 GiB
   python -m nin_profile --render reports/latest/profile.json          redo report and charts
+  python -m nin_profile --static --models vgg11 --parallel fsdp --world-size 1,8,64,1024
+  python -m nin_profile --models nin --batch 8 --device cpu --parallel ddp --world-size 2
 
 models (--models):
 {models}
@@ -186,6 +198,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="set torchinfo's and fvcore's figures beside ours in the report, and say why "
         'they differ (needs the peers extra: pip install "nin-profile[peers]")',
+    )
+    p.add_argument(
+        "--parallel",
+        choices=("none", "ddp", "fsdp"),
+        default="none",
+        help="per-rank memory under DistributedDataParallel or FSDP2 (fully_shard on each "
+        "block, then the model), predicted for any world size; --batch is each rank's batch",
+    )
+    p.add_argument(
+        "--world-size",
+        type=batch_list,
+        metavar="N1,N2,...",
+        help="ranks to predict per-rank memory for (with --parallel); measured with real "
+        "ranks (gloo on the CPU, NCCL on GPUs) where this machine has a core or GPU for each",
+    )
+    p.add_argument(
+        "--bucket-cap-mb",
+        type=positive_float,
+        metavar="MB",
+        help="DDP's bucket size in MiB (default: DDP's, 25 with a first bucket of 1)",
+    )
+    p.add_argument(
+        "--gradient-as-bucket-view",
+        action="store_true",
+        help="DDP: gradients are views into its buckets (no separate copy)",
+    )
+    p.add_argument(
+        "--no-reshard-after-forward",
+        action="store_true",
+        help="FSDP2: keep each block's gathered parameters from its forward to its backward",
     )
     p.add_argument(
         "--no-charts",
@@ -348,10 +390,18 @@ def _write_params(path: Path, names: list[str], cfg: ModelConfig) -> int:
 
 
 def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig) -> int:
-    from nin_profile.api import check_device
+    from nin_profile.api import check_device, check_parallel
     from nin_profile.files import check_output_folder
 
     device = check_device(args.device, args.static, args.max_batch)
+    per_rank = check_parallel(
+        args.parallel,
+        args.world_size or (),
+        args.bucket_cap_mb,
+        args.gradient_as_bucket_view,
+        not args.no_reshard_after_forward,
+        None if args.static else device,
+    )
     if args.compare_peers:
         from nin_profile.peers import import_peers
 
@@ -385,6 +435,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         warmup=args.warmup,
         iterations=args.iterations,
         compare_peers=args.compare_peers,
+        **per_rank,
     )
     with _progress() as on_progress, ExitStack() as stack:
         charts = chart_renderer(not args.no_charts)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is imported where a frame is made: the CLI never needs it
     import pandas as pd
 
+    from nin_profile.parallel_results import ParallelProfile
+
 
 class Phase(str, Enum):
     FORWARD = "forward"
@@ -32,6 +34,10 @@ class MemoryCategory(str, Enum):
     GRADS: the `.grad` of each trainable parameter.
     ACTIVATIONS: in training, storages autograd saved for backward; in inference, layer outputs.
     TRANSIENT: anything else alive at that moment: gradients flowing back, an op's temporaries.
+    Per rank of a data-parallel or sharded run (parallel.py), two more: COMMUNICATION, the
+    buffers collectives read or write (DDP's gradient buckets, FSDP2's all-gather and
+    reduce-scatter buffers) beyond the gradients themselves; UNSHARDED_PARAMS, FSDP2's
+    parameters gathered whole for a block's forward or backward (PARAMS: this rank's shards).
     """
 
     PARAMS = "params"
@@ -42,6 +48,8 @@ class MemoryCategory(str, Enum):
     GRADS = "grads"
     ACTIVATIONS = "activations"
     TRANSIENT = "transient"
+    COMMUNICATION = "communication"
+    UNSHARDED_PARAMS = "unsharded_params"
 
 
 @dataclass(frozen=True)
@@ -327,6 +335,7 @@ class ModelProfile:
     sweep: tuple[PhaseMeasurement, ...] = ()
     fits: tuple[BatchFit, ...] = ()
     peers: PeerFigures | None = None  # torchinfo's and fvcore's figures (--compare-peers)
+    parallel: ParallelProfile | None = None  # per rank under DDP or FSDP2 (--parallel)
 
     @property
     def macs_forward(self) -> int:
@@ -366,6 +375,7 @@ class ModelProfile:
             "sweep": [m.to_dict() for m in self.sweep],
             "fits": [f.to_dict() for f in self.fits],
             "peers": self.peers.to_dict() if self.peers else None,
+            "parallel": self.parallel.to_dict() if self.parallel else None,
             "not_counted": [asdict(n) for n in self.not_counted],
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -403,7 +413,14 @@ class ModelProfile:
             sweep=tuple(PhaseMeasurement.from_dict(m) for m in d.get("sweep", ())),
             fits=tuple(BatchFit(**f) for f in d.get("fits", ())),
             peers=PeerFigures.from_dict(d["peers"]) if d.get("peers") else None,
+            parallel=_parallel_from_dict(d.get("parallel")),
         )
+
+
+def _parallel_from_dict(d: Mapping[str, Any] | None) -> ParallelProfile | None:
+    from nin_profile.parallel_results import ParallelProfile
+
+    return ParallelProfile.from_dict(d) if d else None
 
 
 @dataclass(frozen=True)
@@ -427,11 +444,18 @@ class RunConfig:
     warmup: int = 3
     iterations: int = 20
     compare_peers: bool = False
+    # --parallel ddp|fsdp: per-rank memory at each of `world_sizes`, `batch` examples a rank
+    parallel: str = "none"
+    world_sizes: tuple[int, ...] = ()
+    bucket_cap_mb: float | None = None  # DDP; None: DDP's default
+    gradient_as_bucket_view: bool = False  # DDP
+    reshard_after_forward: bool = True  # FSDP2
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["models"] = list(self.models)
         d["sweep_batches"] = list(self.sweep_batches)
+        d["world_sizes"] = list(self.world_sizes)
         return d
 
     @classmethod
@@ -441,6 +465,7 @@ class RunConfig:
                 **d,
                 "models": tuple(d["models"]),
                 "sweep_batches": tuple(d.get("sweep_batches", ())),
+                "world_sizes": tuple(d.get("world_sizes", ())),
             }
         )
 

@@ -231,6 +231,10 @@ def per_batch_flops(static: ModelProfile, phase: str, batch: int) -> Callable[[i
 def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profile:
     run = Run(config, on_progress)
     statics = [run.analyse(name) for name in config.models]
+    if config.parallel != "none":  # per rank under DDP or FSDP2, predicted before measuring
+        from nin_profile.parallel_run import parallel_profile, rank_points
+
+        points = {s.name: rank_points(run, s) for s in statics}
     measured: dict[str, dict[str, PhaseMeasurement]] = {}
     if not config.static and config.device == "cpu":
         measured = _measure_on_cpu(run, statics)
@@ -243,6 +247,8 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
         if config.compare_peers:
             profile = replace(profile, peers=_peers(run, static))
         profile = replace(profile, fits=_fits(run, profile))
+        if config.parallel != "none":  # real ranks measured beside (parallel_run.py)
+            profile = replace(profile, parallel=parallel_profile(run, profile, points[static.name]))
         models.append(profile)
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))

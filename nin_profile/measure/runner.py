@@ -11,9 +11,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nin_profile.measure.worker import Request, TimingRequest
+
+if TYPE_CHECKING:
+    from nin_profile.measure.ranks import RankRequest
 from nin_profile.results import (
     Ceilings,
     MeasuredMemory,
@@ -49,7 +52,7 @@ class _Worker:
         """Still waiting, and started under the environment a new worker would get now."""
         return self.proc.poll() is None and self.env == dict(os.environ)
 
-    def send(self, request: Request | TimingRequest) -> None:
+    def send(self, request: Request | TimingRequest | RankRequest) -> None:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(asdict(request)) + "\n")
@@ -88,7 +91,7 @@ def _take_worker() -> _Worker:
 
 
 def run_worker(
-    request: Request | TimingRequest,
+    request: Request | TimingRequest | RankRequest,
     on_progress: ProgressCallback = _ignore,
     timeout_s: float | None = None,
     start_next: bool | None = None,

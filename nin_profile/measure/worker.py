@@ -628,6 +628,11 @@ def main(argv: list[str]) -> int:
         return 0  # let go unused: the run ended before a request came
     _received = time.monotonic()
     payload = json.loads(text)
+    if "world_size" in payload:  # real ranks, started from here (measure/ranks.py)
+        from nin_profile.measure.ranks import RankRequest, measure_ranks
+
+        emit({"result": measure_ranks(RankRequest(**payload))})
+        return 0
     if "entries" in payload:
         timing_request = TimingRequest(
             **{**payload, "entries": tuple(Request(**e) for e in payload["entries"])}

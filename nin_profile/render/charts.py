@@ -37,6 +37,8 @@ CATEGORY_COLORS = {
     MemoryCategory.GRADS: "#55a868",
     MemoryCategory.ACTIVATIONS: "#c44e52",
     MemoryCategory.TRANSIENT: "#ccb974",
+    MemoryCategory.COMMUNICATION: "#64b5cd",
+    MemoryCategory.UNSHARDED_PARAMS: "#a6bddb",
 }
 PHASE_TITLES = {"train": "a training step", "inference": "inference"}
 PARAMS_COLOR = CATEGORY_COLORS[MemoryCategory.PARAMS]
@@ -598,7 +600,14 @@ _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
     "roofline": lambda p, s: roofline(p),
     "sweep": lambda p, s: sweep(p),
     "layers": lambda p, s: layer_costs(p, next(m for m in p.models if m.name == s.model)),
+    "ranks": lambda p, s: _rank_memory(p, s.model or ""),
 }
+
+
+def _rank_memory(profile: Profile, model: str) -> Figure:
+    from nin_profile.render.parallel_chart import rank_memory
+
+    return rank_memory(profile, model)
 
 
 def all_charts(profile: Profile) -> dict[str, Figure]:

@@ -105,6 +105,8 @@ def conditions(profile: Profile) -> str:
         f"Batch {c.batch} of {shape} images, {classes_words(profile)}, {c.dtype}, optimizer "
         f"{c.optimizer}. Every figure is per batch unless it says per example. "
     )
+    if c.parallel != "none":
+        text += f"Under --parallel {c.parallel} the batch is each rank's. "
     if is_measured(profile):
         text += (
             f"Estimated without running (static analysis on meta tensors, memory for {c.device}) "
@@ -439,6 +441,8 @@ CATEGORY_TITLES = {
     MemoryCategory.GRADS: "gradients",
     MemoryCategory.ACTIVATIONS: "saved activations",
     MemoryCategory.TRANSIENT: "transient",
+    MemoryCategory.COMMUNICATION: "communication",
+    MemoryCategory.UNSHARDED_PARAMS: "gathered parameters",
 }
 
 

@@ -5,7 +5,7 @@ comparison (render/general.py) when other models are."""
 
 from __future__ import annotations
 
-from nin_profile.render import chapter, general
+from nin_profile.render import chapter, general, parallel
 from nin_profile.render.sections import Section
 from nin_profile.results import Profile
 
@@ -21,6 +21,7 @@ SECTIONS: tuple[Section, ...] = (
     general.PEERS,
     general.SWEEP,
     general.FITS,
+    parallel.PARALLEL,
     general.LAYERS,
     general.METHOD_SECTION,
 )

@@ -122,8 +122,32 @@ def sweep_table(profile: Profile) -> Table | None:
     return table
 
 
+def rank_table(profile: Profile) -> Table | None:
+    """Per rank under --parallel: rank 0's peaks at each world size (and real ranks)."""
+    points = [(m, p) for m in profile.models if m.parallel for p in m.parallel.points]
+    if not points:
+        return None
+    c = profile.config
+    budget = bool(c.memory_budget)
+    table = _table(
+        f"per rank · {c.parallel} · batch {c.batch} a rank · estimated for {c.device}",
+        "peaks of rank 0" + (" · fits: the largest batch a rank fits in --memory-budget" * budget),
+    )
+    _columns(table, ["Model", "Ranks", "Train peak\nMiB", "Infer peak\nMiB"] + ["fits"] * budget)
+    for m, p in points:
+        fit = p.fits[0].batch if p.fits else None
+        row = [m.name, f"{p.world_size:,}", fmt_mib(p.train.peak, 0), fmt_mib(p.inference.peak, 0)]
+        table.add_row(*row, *([f"{fit:,}" if fit else "none"] * budget))
+    return table
+
+
 def tables(profile: Profile) -> list[Table]:
-    shown = [summary_table(profile), measured_table(profile), sweep_table(profile)]
+    shown = [
+        summary_table(profile),
+        measured_table(profile),
+        sweep_table(profile),
+        rank_table(profile),
+    ]
     return [t for t in shown if t is not None]
 
 
