@@ -172,7 +172,7 @@ def scaling_sentence(m: ModelProfile, par: ParallelProfile) -> str:
         )
         if stops is None and drop < STILL_PAYS:
             stops = before
-    text = f"{name}'s per-rank peak: {', '.join(steps)}"
+    text = f"{name[:1].upper()}{name[1:]}'s per-rank peak: {', '.join(steps)}"
     if stops is None:
         return text + f" (each step saves at least {100 * STILL_PAYS:.0f}%)."
     text += (
@@ -197,8 +197,9 @@ def _padding_words(points: Sequence[RankProfile]) -> str:
         f" The gathered block grows from {fmt_bytes(before.train[gathered])} at "
         f"{ranks(before.world_size)} to {fmt_bytes(last.train[gathered])} at "
         f"{ranks(last.world_size)}: FSDP2 pads each parameter's first dimension to a multiple "
-        "of the world size (a 96-channel convolution gathers 1,024 rows at 1,024 ranks), and "
-        "the all-gather and reduce-scatter buffers grow with it."
+        f"of the world size (a layer of fewer output channels than ranks gathers "
+        f"{fmt_int(last.world_size)} rows at {ranks(last.world_size)}), and the all-gather and "
+        "reduce-scatter buffers grow with it."
     )
 
 

@@ -130,7 +130,7 @@ def rank_table(profile: Profile) -> Table | None:
     c = profile.config
     budget = bool(c.memory_budget)
     table = _table(
-        f"per rank · {c.parallel} · batch {c.batch} a rank · estimated for {c.device}",
+        f"{c.parallel} · batch {c.batch} a rank · estimated ({c.device})",
         "peaks of rank 0" + (" · fits: the largest batch a rank fits in --memory-budget" * budget),
     )
     _columns(table, ["Model", "Ranks", "Train peak\nMiB", "Infer peak\nMiB"] + ["fits"] * budget)
