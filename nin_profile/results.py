@@ -30,6 +30,9 @@ class MemoryCategory(str, Enum):
     buffers, Adam's moments). WORKSPACE: library workspaces held from one step to the next
     (cuBLAS and cuBLASLt, through the CUDA caching allocator).
     GRADS: the `.grad` of each trainable parameter.
+    WEIGHT_COPIES: AMP: the lower-precision copies autocast makes of float32 parameters, kept
+    until the autocast region exits (its weight-cast cache) and, in training, until backward
+    has used them (autograd saves them: they are part of the bytes saved for backward).
     ACTIVATIONS: in training, storages autograd saved for backward; in inference, layer outputs.
     TRANSIENT: anything else alive at that moment: gradients flowing back, an op's temporaries.
     """
@@ -40,6 +43,7 @@ class MemoryCategory(str, Enum):
     OPTIMIZER = "optimizer"
     WORKSPACE = "workspace"
     GRADS = "grads"
+    WEIGHT_COPIES = "weight_copies"
     ACTIVATIONS = "activations"
     TRANSIENT = "transient"
 

@@ -35,6 +35,7 @@ CATEGORY_COLORS = {
     MemoryCategory.OPTIMIZER: "#dd8452",
     MemoryCategory.WORKSPACE: "#8c8c8c",
     MemoryCategory.GRADS: "#55a868",
+    MemoryCategory.WEIGHT_COPIES: "#64b5cd",
     MemoryCategory.ACTIVATIONS: "#c44e52",
     MemoryCategory.TRANSIENT: "#ccb974",
 }

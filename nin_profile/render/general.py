@@ -420,6 +420,7 @@ _SHOWN = {
         MemoryCategory.OPTIMIZER,
         MemoryCategory.WORKSPACE,
         MemoryCategory.INPUT,
+        MemoryCategory.WEIGHT_COPIES,
         MemoryCategory.ACTIVATIONS,
         MemoryCategory.TRANSIENT,
     ),
@@ -427,6 +428,7 @@ _SHOWN = {
         MemoryCategory.PARAMS,
         MemoryCategory.WORKSPACE,
         MemoryCategory.INPUT,
+        MemoryCategory.WEIGHT_COPIES,
         MemoryCategory.ACTIVATIONS,
     ),
 }
@@ -437,6 +439,7 @@ CATEGORY_TITLES = {
     MemoryCategory.OPTIMIZER: "optimizer state",
     MemoryCategory.WORKSPACE: "workspace",
     MemoryCategory.GRADS: "gradients",
+    MemoryCategory.WEIGHT_COPIES: "weight copies",
     MemoryCategory.ACTIVATIONS: "saved activations",
     MemoryCategory.TRANSIENT: "transient",
 }
