@@ -167,6 +167,7 @@ class _TrainingTrace:
     records: dict[str, _LayerRecord]
     saved_by: dict[int, str]
     owners: dict[MemoryCategory, set[int]] = field(default_factory=dict)
+    saved_dtype: dict[int, str] = field(default_factory=dict)  # key → "float16", "int64"
 
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
@@ -374,6 +375,7 @@ def _trace_training(
     }
     persistent = set().union(owners[MemoryCategory.PARAMS], owners[MemoryCategory.BUFFERS])
     saved_by: dict[int, str] = {}
+    saved_dtype: dict[int, str] = {}
     recorder = _ForwardRecorder(log)
     stack = recorder.stack = LayerStack(
         model, extra={LOSS: loss_fn}, on_enter=recorder.enter, on_exit=recorder.exit
@@ -385,6 +387,7 @@ def _trace_training(
         key = log.key_of(tensor)
         if key is not None and key not in persistent:
             saved_by.setdefault(key, stack.current)
+            saved_dtype.setdefault(key, str(tensor.dtype).removeprefix("torch."))
         return tensor
 
     try:
@@ -404,7 +407,7 @@ def _trace_training(
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
     finally:
         log.close()
-    return _TrainingTrace(tracer, log, recorder.records, saved_by, owners)
+    return _TrainingTrace(tracer, log, recorder.records, saved_by, owners, saved_dtype)
 
 
 def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -> MemoryBreakdown:
@@ -563,6 +566,7 @@ def _model_profile(
         flops_forward=_phase_total(flops, Phase.FORWARD),
         flops_backward=_phase_total(flops, Phase.BACKWARD),
         activation_bytes_saved=sum(trace.log.nbytes[key] for key in trace.saved_by),
+        saved_bytes_by_dtype=_by_dtype(trace),
         layers=_layer_rows(model, trace),
         train=train,
         inference=inference,
@@ -571,6 +575,14 @@ def _model_profile(
             for (op, phase), calls in sorted(trace.tracer.not_counted.items())
         ),
     )
+
+
+def _by_dtype(trace: _TrainingTrace) -> dict[str, int]:
+    """Bytes saved for backward by dtype, largest first."""
+    totals: Counter[str] = Counter()
+    for key, dtype in trace.saved_dtype.items():
+        totals[dtype] += trace.log.nbytes[key]
+    return dict(totals.most_common())
 
 
 def runs_at(model: nn.Module, shape: tuple[int, ...]) -> bool:

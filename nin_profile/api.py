@@ -14,6 +14,7 @@ from torch import nn
 
 from nin_profile.environment import resolve_device
 from nin_profile.errors import DeviceUnavailable, ProfileError, UnknownModel
+from nin_profile.precision import get_precision
 from nin_profile.results import Profile, RunConfig
 
 ModelLike = nn.Module | str
@@ -79,6 +80,9 @@ def profile(
     batch: int = 128,
     device: str = "auto",
     optimizer: str = "sgd",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compare_precisions: Iterable[str] = (),
     classes: int | None = None,
     measure: bool = False,
     sweep_batches: Iterable[int] = (),
@@ -98,7 +102,8 @@ def profile(
     measurement in a process of its own. A module instance is never changed: the analysis
     works on a meta copy (no weight is copied), a measurement on a copy loaded in its worker
     process (whose class must be importable there: not defined in a notebook). The other
-    keywords are the command line's flags (`--sweep-batch`, `--memory-budget 6GiB`, ...);
+    keywords are the command line's flags (`--sweep-batch`, `--memory-budget 6GiB`,
+    `--precision amp-bf16`, `--compare-precision fp32,amp-fp16` as `compare_precisions`, ...);
     sizes are bytes or strings with a unit. Returns the Profile the command line writes as
     profile.json. Bad input raises ProfileError with one line saying why."""
     from nin_profile.models import forget_instance, register_instance
@@ -108,6 +113,11 @@ def profile(
     resolved = check_device(device, static, max_batch)
     if optimizer not in OPTIMIZERS:
         raise ProfileError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    compared = tuple(compare_precisions)
+    for name in (precision, *compared):
+        get_precision(name)  # one line on an unknown name
+    if len(set(compared)) != len(compared):
+        raise ProfileError(f"compare_precisions {compared!r} names a precision more than once")
     names: list[str] = []
     registered: list[str] = []
     try:
@@ -132,6 +142,9 @@ def profile(
             channels=channels,
             classes=classes,
             optimizer=optimizer,
+            precision=precision,
+            channels_last=channels_last,
+            compare_precisions=compared,
             static=static,
             sweep_batches=tuple(_positive("sweep batch", b) for b in sweep_batches),
             max_batch=max_batch,

@@ -17,10 +17,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from nin_profile.errors import InvalidConfig
+if TYPE_CHECKING:  # the command line checks a precision's name without torch
+    import torch
 
 PRECISION_NAMES = ("fp32", "amp-fp16", "amp-bf16", "fp16", "bf16")
 
@@ -49,11 +49,15 @@ class Precision:
         return self.compute != "float32"
 
     def model_dtype(self) -> torch.dtype:
+        import torch
+
         dtype = getattr(torch, self.model)
         assert isinstance(dtype, torch.dtype)
         return dtype
 
     def autocast_dtype(self) -> torch.dtype:
+        import torch
+
         assert self.autocast is not None, f"{self.name} does not autocast"
         dtype = getattr(torch, self.autocast)
         assert isinstance(dtype, torch.dtype)
@@ -72,6 +76,8 @@ assert tuple(PRECISIONS) == PRECISION_NAMES
 
 def get_precision(name: str) -> Precision:
     """The precision of this name; one line naming the choices otherwise."""
+    from nin_profile.errors import InvalidConfig
+
     if name not in PRECISIONS:
         raise InvalidConfig(f"precision {name!r}: choose one of {', '.join(PRECISION_NAMES)}")
     return PRECISIONS[name]

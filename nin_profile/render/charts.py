@@ -18,6 +18,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocat
 
 from nin_profile.render.groups import layer_groups
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
+from nin_profile.render.text import precision_title
 from nin_profile.results import (
     LayerStats,
     MemoryBreakdown,
@@ -68,7 +69,7 @@ def _subtitle(profile: Profile, measured: bool, batches: Sequence[int] = ()) -> 
     (the run's batch unless given)."""
     c = profile.config
     kind = "estimated and measured" if measured else "estimated"
-    return f"{kind} · {c.device} · {c.dtype} · {_batches(batches or [c.batch])}"
+    return f"{kind} · {c.device} · {precision_title(c)} · {_batches(batches or [c.batch])}"
 
 
 def _batches(batches: Sequence[int]) -> str:
@@ -438,7 +439,7 @@ def roofline(profile: Profile) -> Figure:
         batches = sorted({pm.batch for m in profile.models if (pm := _timed(m))})
         title = (
             "Roofline of each layer's forward pass\nintensity estimated, throughput measured · "
-            f"{profile.environment.device_name} · {c.dtype} · {_batches(batches)}"
+            f"{profile.environment.device_name} · {precision_title(c)} · {_batches(batches)}"
         )
     else:
         ax.set_ylabel("forward GFLOPs of the layer per batch\n(estimated, log scale)")
@@ -593,11 +594,43 @@ def _sweep_legend(models: Sequence[ModelProfile], measured: bool) -> list[Line2D
     return handles
 
 
+def precision_memory(profile: Profile) -> Figure:
+    """Each model's estimated peak in each precision compared, stacked by category: a training
+    step above, inference below."""
+    from nin_profile.render.text import PRECISION_TITLES
+
+    models = [m for m in profile.models if m.precisions]
+    bars = [(m.name, p) for m in models for p in m.precisions]
+    xs: list[float] = []
+    for group, m in enumerate(models):  # a model's precisions side by side, a gap between models
+        start = len(xs) + 0.6 * group
+        xs += [start + i for i in range(len(m.precisions))]
+    width = max(LEGIBLE_TITLE_WIDTH, 0.55 * len(bars) + 1.5)
+    fig = Figure(figsize=(width + LEGEND_WIDTH, 8.5), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, phase in zip(axes, ("train", "inference"), strict=True):
+        breakdowns = [p.train if phase == "train" else p.inference for _, p in bars]
+        _stacked_categories(ax, breakdowns, xs, 0.8)
+        ax.set_ylabel(f"MiB at the peak of {PHASE_TITLES[phase]}\n(estimated)")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[1].set_xticks(
+        xs, [f"{name}\n{PRECISION_TITLES[p.precision]}" for name, p in bars], fontsize="small"
+    )
+    axes[0].set_title(
+        f"Memory by precision, batch of {profile.config.batch}\n"
+        f"{_subtitle(profile, measured=False)}"
+    )
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles[::-1], labels[::-1], loc="outside right upper", fontsize="small")
+    return fig
+
+
 _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
     "models": lambda p, s: models_overview(p),
     "memory": lambda p, s: memory_breakdown(p, s.phase or "train"),
     "roofline": lambda p, s: roofline(p),
     "sweep": lambda p, s: sweep(p),
+    "precision": lambda p, s: precision_memory(p),
     "layers": lambda p, s: layer_costs(p, next(m for m in p.models if m.name == s.model)),
 }
 

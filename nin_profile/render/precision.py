@@ -1,0 +1,314 @@
+"""The comparison of precisions (--compare-precision): what AMP and half models buy, per model.
+
+Every sentence is computed from the profile: each model's estimated peaks in each precision,
+what autograd saves by dtype (which tensors a precision halves: float ones; which it does not:
+max-pool indices and targets, int64), the weight copies autocast makes, the measurements and
+the largest batches where the run has them.
+"""
+
+from __future__ import annotations
+
+from nin_profile.render.general import chart, join
+from nin_profile.render.sections import Section
+from nin_profile.render.text import (
+    PRECISION_TITLES,
+    display,
+    held_bytes,
+    listing,
+    md_table,
+    time_verdict,
+)
+from nin_profile.results import (
+    MemoryBreakdown,
+    MemoryCategory,
+    ModelProfile,
+    PhaseMeasurement,
+    PrecisionProfile,
+    Profile,
+)
+from nin_profile.units import fmt_bytes, fmt_mib
+
+FLOATS = ("float32", "float16", "bfloat16", "float64")
+AMP = ("amp-fp16", "amp-bf16")
+BASELINES = ("alexnet", "vgg11")
+
+
+def has_precisions(profile: Profile) -> bool:
+    return any(m.precisions for m in profile.models)
+
+
+def reference(m: ModelProfile) -> PrecisionProfile:
+    """What the others are held against: fp32 where compared, else the first precision."""
+    return next((p for p in m.precisions if p.precision == "fp32"), m.precisions[0])
+
+
+def kept_bytes(p: PrecisionProfile) -> int:
+    """Bytes saved for backward in a dtype no precision changes (int64 indices, bool masks)."""
+    return sum(n for dtype, n in p.saved_bytes_by_dtype.items() if dtype not in FLOATS)
+
+
+def _vs(value: int | None, base: int | None) -> str:
+    if value is None or not base:
+        return "–"
+    return f"{100 * (value - base) / base:+.0f}%"
+
+
+def memory_table(profile: Profile) -> str:
+    headers = [
+        "Model",
+        "Precision",
+        "Train peak (MiB)",
+        "vs ref.",
+        "Inference peak (MiB)",
+        "vs ref.",
+        "Saved for backward (MiB)",
+        "of it int64 and bool (MiB)",
+        "Params + grads + optimizer (MiB)",
+        "Weight copies at the train peak (MiB)",
+    ]
+    rows = []
+    for m in profile.models:
+        ref = reference(m)
+        for p in m.precisions:
+            rows.append(
+                [
+                    m.name,
+                    PRECISION_TITLES[p.precision],
+                    fmt_mib(p.train.peak),
+                    _vs(p.train.peak, ref.train.peak),
+                    fmt_mib(p.inference.peak),
+                    _vs(p.inference.peak, ref.inference.peak),
+                    fmt_mib(p.activation_bytes_saved),
+                    fmt_mib(kept_bytes(p)),
+                    fmt_mib(held_bytes(p.train)),
+                    fmt_mib(p.train[MemoryCategory.WEIGHT_COPIES]),
+                ]
+            )
+    return md_table(headers, rows, [False, False] + [True] * (len(headers) - 2))
+
+
+def _measured_peak(pm: PhaseMeasurement | None) -> int | None:
+    """The measured figure the estimate predicts: the peak between ops where measured."""
+    if pm is None or pm.memory is None:
+        return None
+    between = pm.memory.peak_between_ops
+    return between if between is not None else pm.memory.peak_allocated
+
+
+def _err(pm: PhaseMeasurement | None) -> str:
+    measured = _measured_peak(pm)
+    if pm is None or pm.predicted is None or not measured:
+        return "–"
+    return f"{100 * (pm.predicted.peak - measured) / measured:+.1f}%"
+
+
+def _ms(pm: PhaseMeasurement | None) -> str:
+    return f"{pm.timing.ms_per_iter:,.1f}" if pm and pm.timing else "–"
+
+
+def _time_vs(pm: PhaseMeasurement | None, ref: PhaseMeasurement | None) -> str:
+    if pm is ref:
+        return "ref."
+    verdict = time_verdict(pm, ref)
+    return verdict.words() if verdict else "–"
+
+
+def measured_table(profile: Profile) -> str:
+    headers = ["Model", "Precision"]
+    for phase in ("train", "inference"):
+        words = "Train" if phase == "train" else "Inference"
+        headers += [
+            f"{words} batch",
+            f"{words} peak meas. (MiB)",
+            "est. err",
+            f"{words} ms per iteration",
+            "time per example vs ref.",
+        ]
+    rows = []
+    for m in profile.models:
+        ref = reference(m)
+        for p in m.precisions:
+            cells = [m.name, PRECISION_TITLES[p.precision]]
+            for phase in ("train", "inference"):
+                pm, ref_pm = p.measured.get(phase), ref.measured.get(phase)
+                cells += [
+                    str(pm.batch) if pm else "–",
+                    fmt_mib(_measured_peak(pm)),
+                    _err(pm),
+                    _ms(pm),
+                    _time_vs(pm, ref_pm),
+                ]
+            rows.append(cells)
+    right = [False, False] + [True, True, True, True, False] * 2
+    return md_table(headers, rows, right)
+
+
+def fits_table(profile: Profile) -> str:
+    budget = profile.config.memory_budget
+    headers = ["Model", "Precision", "Largest training batch", "vs ref.", "Largest inference batch"]
+    headers.append("vs ref.")
+    rows = []
+    for m in profile.models:
+        ref = reference(m)
+        for p in m.precisions:
+            cells = [m.name, PRECISION_TITLES[p.precision]]
+            for phase in ("train", "inference"):
+                batch, base = _fit(p, phase), _fit(ref, phase)
+                cells += [f"{batch:,}" if batch else "–", _vs(batch, base)]
+            rows.append(cells)
+    how = next((f.how for m in profile.models for p in m.precisions for f in p.fits), "")
+    return join(
+        f"The largest batch that fits {fmt_bytes(budget or 0)}, by precision ({how}):",
+        md_table(headers, rows, [False, False, True, True, True, True]),
+    )
+
+
+def _fit(p: PrecisionProfile, phase: str) -> int | None:
+    return next((f.batch for f in p.fits if f.phase == phase), None)
+
+
+def _amp(m: ModelProfile) -> PrecisionProfile | None:
+    """The model's AMP profile to speak of: fp16's where compared, else bf16's."""
+    by_name = {p.precision: p for p in m.precisions}
+    return next((by_name[name] for name in AMP if name in by_name), None)
+
+
+def _cut(before: MemoryBreakdown, after: MemoryBreakdown) -> float:
+    """How much less `after` peaks than `before`, as a share of `before` (negative: more)."""
+    return 1 - after.peak / before.peak
+
+
+def _cut_words(m: ModelProfile, amp: PrecisionProfile) -> str:
+    """'cuts NiN's by 42% (979.9 MiB → 571.7 MiB)'."""
+    ref, cut = reference(m), _cut(reference(m).train, amp.train)
+    direction = f"cuts {display(m.name)}'s by {100 * cut:.0f}%"
+    if cut < 0:
+        direction = f"raises {display(m.name)}'s by {100 * -cut:.0f}%"
+    return f"{direction} ({fmt_bytes(ref.train.peak)} → {fmt_bytes(amp.train.peak)})"
+
+
+def _activation_share(b: MemoryBreakdown) -> float:
+    """What grows with the batch at the peak: input, saved activations and transients."""
+    per_example = (MemoryCategory.INPUT, MemoryCategory.ACTIVATIONS, MemoryCategory.TRANSIENT)
+    return sum(b[c] for c in per_example) / b.peak if b.peak else 0.0
+
+
+def _why(m: ModelProfile, amp: PrecisionProfile) -> str:
+    """Which of the model's tensors AMP stores in 16 bits and which it does not, from its
+    figures: the share of the reference peak that is activations (stored in 16 bits but for
+    the int64 ones) and the share that is parameters, gradients and optimizer state (kept in
+    float32), and the weight copies autocast adds."""
+    ref = reference(m)
+    kept, copies, held = (
+        kept_bytes(amp),
+        amp.train[MemoryCategory.WEIGHT_COPIES],
+        held_bytes(ref.train),
+    )
+    text = (
+        f"{100 * _activation_share(ref.train):.0f}% of {display(m.name)}'s "
+        f"{PRECISION_TITLES[ref.precision]} peak is activations (the input, what autograd "
+        "saves, the gradients flowing back), which autocast stores in 16 bits except "
+        f"{fmt_bytes(kept)} of int64 max-pool indices and targets "
+        f"({100 * kept / amp.activation_bytes_saved:.0f}% of what it saves under AMP); "
+        f"{100 * held / ref.train.peak:.0f}% ({fmt_bytes(held)}) is parameters, gradients and "
+        "optimizer state, which AMP keeps in float32"
+    )
+    if copies:
+        text += f", and 16-bit weight copies add {fmt_bytes(copies)} at the peak"
+    return text
+
+
+def verdict(profile: Profile) -> str:
+    """NiN against AlexNet and VGG-11 (or every model, in a run of others): how much AMP cuts
+    the training peak, and why."""
+    models = [m for m in profile.models if _amp(m) is not None and len(m.precisions) > 1]
+    if not models:
+        return ""
+    nin = next((m for m in models if m.name == "nin"), None)
+    baselines = [m for m in models if m.name in BASELINES]
+    if nin is None or not baselines:
+        sentences = [
+            f"{PRECISION_TITLES[amp.precision]} {_cut_words(m, amp)} training peak: {_why(m, amp)}."
+            for m in models
+            if (amp := _amp(m)) is not None
+        ]
+        return "**What AMP buys.** " + " ".join(sentences)
+    amp = _amp(nin)
+    assert amp is not None
+    nin_cut = _cut(reference(nin).train, amp.train)
+    cuts = {b.name: _cut(reference(b).train, a.train) for b in baselines if (a := _amp(b))}
+    more = [display(n) for n, cut in cuts.items() if nin_cut > cut]
+    less = [display(n) for n, cut in cuts.items() if nin_cut <= cut]
+    if not less:
+        gains = f"NiN gains more than {listing(more)}"
+    elif not more:
+        gains = f"NiN gains less than {listing(less)}"
+    else:
+        gains = f"NiN gains more than {listing(more)} and less than {listing(less)}"
+    others = [_cut_words(b, a) for b in baselines if (a := _amp(b)) is not None]
+    reasons = [_why(m, a) for m in (nin, *baselines) if (a := _amp(m)) is not None]
+    return (
+        f"**Does NiN gain more from AMP?** {PRECISION_TITLES[amp.precision]} "
+        f"{_cut_words(nin, amp)} training peak and {listing(others)}: {gains}. Why: "
+        + "; ".join(reasons)
+        + "."
+    )
+
+
+def _half_sentence(profile: Profile) -> str:
+    """What a whole-model 16-bit precision halves, for the first model compared in one."""
+    for m in profile.models:
+        ref = reference(m)
+        half = next((p for p in m.precisions if p.precision in ("fp16", "bf16")), None)
+        if half is None or half is ref:
+            continue
+        dtype = half.precision
+        return (
+            f"Cast whole to {dtype}, {display(m.name)} halves its parameters, gradients and "
+            f"optimizer state as well ({fmt_bytes(held_bytes(ref.train))} → "
+            f"{fmt_bytes(held_bytes(half.train))}) and makes no weight copies; the int64 it "
+            f"saves for backward stays ({fmt_bytes(kept_bytes(half))}); its training peak goes "
+            f"from {fmt_bytes(ref.train.peak)} to {fmt_bytes(half.train.peak)}."
+        )
+    return ""
+
+
+def _caveat(profile: Profile) -> str:
+    c = profile.config
+    text = (
+        "Estimated at batch "
+        f"{c.batch} for {c.device.upper()}: every precision's step traced as it runs there "
+        "(autocast's own op lists and weight-cast cache, a GradScaler's state for AMP fp16). "
+    )
+    if c.device == "cuda" and any(p.precision in AMP for m in profile.models for p in m.precisions):
+        text += (
+            "CUDA's autocast is applied to a trace on the CPU, each op's casts taken from "
+            "CUDA's own autocast kernel; not yet validated on a GPU. "
+        )
+    return text + "FLOPs are the same in every precision; time changes where measured."
+
+
+def precision_section(profile: Profile, charts: bool) -> str:
+    measured = any(p.measured for m in profile.models for p in m.precisions)
+    fits = any(p.fits for m in profile.models for p in m.precisions)
+    return join(
+        "## What lower precision buys",
+        _caveat(profile),
+        memory_table(profile),
+        "*vs ref.: against fp32 (or the first precision compared). Saved for backward: what "
+        "autograd keeps, each storage once; int64 and bool: max-pool indices, targets and "
+        "masks, whose size no precision changes. Weight copies: autocast's 16-bit copies of "
+        "float32 weights (AMP), saved for backward.*",
+        verdict(profile),
+        _half_sentence(profile),
+        chart(profile, "precision", "Memory by precision", charts),
+        measured_table(profile) if measured else "",
+        "*Peak meas.: between ops where measured, else peak allocated. Time per example "
+        "against the reference, called a difference only beyond the timings' noise.*"
+        if measured
+        else "",
+        fits_table(profile) if fits else "",
+    )
+
+
+PRECISION = Section("precision", precision_section, has_precisions)
