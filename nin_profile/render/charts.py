@@ -594,35 +594,10 @@ def _sweep_legend(models: Sequence[ModelProfile], measured: bool) -> list[Line2D
     return handles
 
 
-def precision_memory(profile: Profile) -> Figure:
-    """Each model's estimated peak in each precision compared, stacked by category: a training
-    step above, inference below."""
-    from nin_profile.render.text import PRECISION_TITLES
+def _precision_chart(profile: Profile) -> Figure:
+    from nin_profile.render.precision_chart import precision_memory  # it draws with this module
 
-    models = [m for m in profile.models if m.precisions]
-    bars = [(m.name, p) for m in models for p in m.precisions]
-    xs: list[float] = []
-    for group, m in enumerate(models):  # a model's precisions side by side, a gap between models
-        start = len(xs) + 0.6 * group
-        xs += [start + i for i in range(len(m.precisions))]
-    width = max(LEGIBLE_TITLE_WIDTH, 0.55 * len(bars) + 1.5)
-    fig = Figure(figsize=(width + LEGEND_WIDTH, 8.5), layout="constrained")
-    axes = fig.subplots(2, 1, sharex=True)
-    for ax, phase in zip(axes, ("train", "inference"), strict=True):
-        breakdowns = [p.train if phase == "train" else p.inference for _, p in bars]
-        _stacked_categories(ax, breakdowns, xs, 0.8)
-        ax.set_ylabel(f"MiB at the peak of {PHASE_TITLES[phase]}\n(estimated)")
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[1].set_xticks(
-        xs, [f"{name}\n{PRECISION_TITLES[p.precision]}" for name, p in bars], fontsize="small"
-    )
-    axes[0].set_title(
-        f"Memory by precision, batch of {profile.config.batch}\n"
-        f"{_subtitle(profile, measured=False)}"
-    )
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles[::-1], labels[::-1], loc="outside right upper", fontsize="small")
-    return fig
+    return precision_memory(profile)
 
 
 _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
@@ -630,7 +605,7 @@ _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
     "memory": lambda p, s: memory_breakdown(p, s.phase or "train"),
     "roofline": lambda p, s: roofline(p),
     "sweep": lambda p, s: sweep(p),
-    "precision": lambda p, s: precision_memory(p),
+    "precision": lambda p, s: _precision_chart(p),
     "layers": lambda p, s: layer_costs(p, next(m for m in p.models if m.name == s.model)),
 }
 

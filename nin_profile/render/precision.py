@@ -37,6 +37,11 @@ def has_precisions(profile: Profile) -> bool:
     return any(m.precisions for m in profile.models)
 
 
+def compared_models(profile: Profile) -> list[ModelProfile]:
+    """The models the run compared in several precisions (all of them, in a run that did)."""
+    return [m for m in profile.models if m.precisions]
+
+
 def reference(m: ModelProfile) -> PrecisionProfile:
     """What the others are held against: fp32 where compared, else the first precision."""
     return next((p for p in m.precisions if p.precision == "fp32"), m.precisions[0])
@@ -67,7 +72,7 @@ def memory_table(profile: Profile) -> str:
         "Weight copies at the train peak (MiB)",
     ]
     rows = []
-    for m in profile.models:
+    for m in compared_models(profile):
         ref = reference(m)
         for p in m.precisions:
             rows.append(
@@ -125,7 +130,7 @@ def measured_table(profile: Profile) -> str:
             "time per example vs ref.",
         ]
     rows = []
-    for m in profile.models:
+    for m in compared_models(profile):
         ref = reference(m)
         for p in m.precisions:
             cells = [m.name, PRECISION_TITLES[p.precision]]
@@ -148,7 +153,7 @@ def fits_table(profile: Profile) -> str:
     headers = ["Model", "Precision", "Largest training batch", "vs ref.", "Largest inference batch"]
     headers.append("vs ref.")
     rows = []
-    for m in profile.models:
+    for m in compared_models(profile):
         ref = reference(m)
         for p in m.precisions:
             cells = [m.name, PRECISION_TITLES[p.precision]]
@@ -178,13 +183,15 @@ def _cut(before: MemoryBreakdown, after: MemoryBreakdown) -> float:
     return 1 - after.peak / before.peak
 
 
-def _cut_words(m: ModelProfile, amp: PrecisionProfile) -> str:
-    """'cuts NiN's by 42% (979.9 MiB → 571.7 MiB)'."""
+def _cut_words(m: ModelProfile, amp: PrecisionProfile, first: bool = True) -> str:
+    """ "cuts NiN's training peak by 42% (979.9 MiB → 571.7 MiB)"; not `first`: "AlexNet's by
+    17% (...)"."""
     ref, cut = reference(m), _cut(reference(m).train, amp.train)
-    direction = f"cuts {display(m.name)}'s by {100 * cut:.0f}%"
-    if cut < 0:
-        direction = f"raises {display(m.name)}'s by {100 * -cut:.0f}%"
-    return f"{direction} ({fmt_bytes(ref.train.peak)} → {fmt_bytes(amp.train.peak)})"
+    how = f"by {100 * cut:.0f}%" if cut >= 0 else f"raised by {100 * -cut:.0f}%"
+    change = f"{how} ({fmt_bytes(ref.train.peak)} → {fmt_bytes(amp.train.peak)})"
+    if not first:
+        return f"{display(m.name)}'s {change}"
+    return f"cuts {display(m.name)}'s training peak {change}"
 
 
 def _activation_share(b: MemoryBreakdown) -> float:
@@ -193,71 +200,74 @@ def _activation_share(b: MemoryBreakdown) -> float:
     return sum(b[c] for c in per_example) / b.peak if b.peak else 0.0
 
 
+HOW_AMP_STORES = (
+    "autocast stores what autograd saves and the gradients flowing back in 16 bits, except "
+    "int64 max-pool indices and targets, and keeps parameters, gradients and optimizer state "
+    "in float32 (adding 16-bit copies of the weights)"
+)
+
+
 def _why(m: ModelProfile, amp: PrecisionProfile) -> str:
-    """Which of the model's tensors AMP stores in 16 bits and which it does not, from its
-    figures: the share of the reference peak that is activations (stored in 16 bits but for
-    the int64 ones) and the share that is parameters, gradients and optimizer state (kept in
-    float32), and the weight copies autocast adds."""
+    """The model's figures behind its cut: the share of the reference peak that grows with the
+    batch (activations, which AMP stores in 16 bits but for the int64 ones), the int64 bytes,
+    the float32 state AMP keeps, and the weight copies it adds."""
     ref = reference(m)
-    kept, copies, held = (
-        kept_bytes(amp),
-        amp.train[MemoryCategory.WEIGHT_COPIES],
-        held_bytes(ref.train),
+    kept, held = kept_bytes(amp), held_bytes(ref.train)
+    copies = amp.train[MemoryCategory.WEIGHT_COPIES]
+    saved = amp.activation_bytes_saved
+    return (
+        f"{display(m.name)}'s {PRECISION_TITLES[ref.precision]} peak is "
+        f"{100 * _activation_share(ref.train):.0f}% activations, of which "
+        f"{fmt_bytes(kept)} of int64 stays ({100 * kept / saved if saved else 0:.0f}% of what "
+        f"it saves under {PRECISION_TITLES[amp.precision]}), and "
+        f"{100 * held / ref.train.peak:.0f}% float32 state ({fmt_bytes(held)}); weight copies "
+        f"add {fmt_bytes(copies)}"
     )
-    text = (
-        f"{100 * _activation_share(ref.train):.0f}% of {display(m.name)}'s "
-        f"{PRECISION_TITLES[ref.precision]} peak is activations (the input, what autograd "
-        "saves, the gradients flowing back), which autocast stores in 16 bits except "
-        f"{fmt_bytes(kept)} of int64 max-pool indices and targets "
-        f"({100 * kept / amp.activation_bytes_saved:.0f}% of what it saves under AMP); "
-        f"{100 * held / ref.train.peak:.0f}% ({fmt_bytes(held)}) is parameters, gradients and "
-        "optimizer state, which AMP keeps in float32"
-    )
-    if copies:
-        text += f", and 16-bit weight copies add {fmt_bytes(copies)} at the peak"
-    return text
+
+
+def _with_amp(models: list[ModelProfile]) -> list[tuple[ModelProfile, PrecisionProfile]]:
+    return [(m, a) for m in models if (a := _amp(m)) is not None]
 
 
 def verdict(profile: Profile) -> str:
     """NiN against AlexNet and VGG-11 (or every model, in a run of others): how much AMP cuts
     the training peak, and why."""
-    models = [m for m in profile.models if _amp(m) is not None and len(m.precisions) > 1]
-    if not models:
+    pairs = [(m, a) for m, a in _with_amp(compared_models(profile)) if len(m.precisions) > 1]
+    if not pairs:
         return ""
-    nin = next((m for m in models if m.name == "nin"), None)
-    baselines = [m for m in models if m.name in BASELINES]
+    reasons = "; ".join(_why(m, a) for m, a in pairs)
+    nin = next(((m, a) for m, a in pairs if m.name == "nin"), None)
+    baselines = [(m, a) for m, a in pairs if m.name in BASELINES]
     if nin is None or not baselines:
-        sentences = [
-            f"{PRECISION_TITLES[amp.precision]} {_cut_words(m, amp)} training peak: {_why(m, amp)}."
-            for m in models
-            if (amp := _amp(m)) is not None
-        ]
-        return "**What AMP buys.** " + " ".join(sentences)
-    amp = _amp(nin)
-    assert amp is not None
-    nin_cut = _cut(reference(nin).train, amp.train)
-    cuts = {b.name: _cut(reference(b).train, a.train) for b in baselines if (a := _amp(b))}
+        cuts = [_cut_words(m, a, i == 0) for i, (m, a) in enumerate(pairs)]
+        return f"**What AMP buys.** It {listing(cuts)}. Why: {HOW_AMP_STORES}. {reasons}."
+    others = [_cut_words(b, a, first=False) for b, a in baselines]
+    return (
+        f"**Does NiN gain more from AMP?** {PRECISION_TITLES[nin[1].precision]} "
+        f"{_cut_words(*nin)}, {listing(others)}: {_gains(nin, baselines)}. Why: "
+        f"{HOW_AMP_STORES}. {reasons}."
+    )
+
+
+Pair = tuple[ModelProfile, PrecisionProfile]
+
+
+def _gains(nin: Pair, baselines: list[Pair]) -> str:
+    """'NiN gains more than AlexNet and less than VGG-11', from the cuts of the training peak."""
+    nin_cut = _cut(reference(nin[0]).train, nin[1].train)
+    cuts = {m.name: _cut(reference(m).train, a.train) for m, a in baselines}
     more = [display(n) for n, cut in cuts.items() if nin_cut > cut]
     less = [display(n) for n, cut in cuts.items() if nin_cut <= cut]
     if not less:
-        gains = f"NiN gains more than {listing(more)}"
-    elif not more:
-        gains = f"NiN gains less than {listing(less)}"
-    else:
-        gains = f"NiN gains more than {listing(more)} and less than {listing(less)}"
-    others = [_cut_words(b, a) for b in baselines if (a := _amp(b)) is not None]
-    reasons = [_why(m, a) for m in (nin, *baselines) if (a := _amp(m)) is not None]
-    return (
-        f"**Does NiN gain more from AMP?** {PRECISION_TITLES[amp.precision]} "
-        f"{_cut_words(nin, amp)} training peak and {listing(others)}: {gains}. Why: "
-        + "; ".join(reasons)
-        + "."
-    )
+        return f"NiN gains more than {listing(more)}"
+    if not more:
+        return f"NiN gains less than {listing(less)}"
+    return f"NiN gains more than {listing(more)} and less than {listing(less)}"
 
 
 def _half_sentence(profile: Profile) -> str:
     """What a whole-model 16-bit precision halves, for the first model compared in one."""
-    for m in profile.models:
+    for m in compared_models(profile):
         ref = reference(m)
         half = next((p for p in m.precisions if p.precision in ("fp16", "bf16")), None)
         if half is None or half is ref:
