@@ -128,6 +128,18 @@ def test_every_heading_names_the_precision(profile: Profile) -> None:
     conditions = text.split("\n\n")[1]
     assert "AMP bf16 (autocast around the forward and the loss" in conditions
     assert "model and batch in channels_last" in conditions
+    layout = text[text.index("## Memory format: channels_last") :].split("\n## ")[0]
+    assert "oneDNN's channels-last convolutions" in layout
+    assert "inside one op" not in layout  # the golden run measured no peak between ops
+    # NiN's training step measured 3 MiB above its peak between ops: the largest scratch
+    nin = next(m for m in profile.models if m.name == "nin")
+    pm = nin.measured["train"]
+    assert pm.memory is not None
+    memory = replace(pm.memory, peak_between_ops=pm.memory.peak_allocated - 3 * MiB)
+    nin = replace(nin, measured={**nin.measured, "train": replace(pm, memory=memory)})
+    models = tuple(nin if m.name == "nin" else m for m in profile.models)
+    text = render_report(replace(profile, config=config, models=models))
+    assert "the most a kernel held inside one op was 3.0 MiB (nin's training step)" in text
 
 
 def test_the_verdict_is_computed_from_the_numbers(profile: Profile) -> None:

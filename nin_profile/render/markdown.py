@@ -19,6 +19,7 @@ SECTIONS: tuple[Section, ...] = (
     chapter.CLAIMS,
     general.COMPARISON,
     precision.PRECISION,
+    precision.LAYOUT,
     general.PEERS,
     general.SWEEP,
     general.FITS,
