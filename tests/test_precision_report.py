@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.patches import Rectangle
 from run_configs import small_run
 
 from nin_profile import api
@@ -184,6 +185,26 @@ def test_the_chart_says_estimated_and_its_labels_stay_apart(profile: Profile) ->
     boxes = [t.get_window_extent(renderer) for t in ticks + names]
     for i, box in enumerate(boxes):
         assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+    frames = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for legend in filter(None, (ax.get_legend() for ax in fig.axes)):
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(frame) for frame in frames)
+
+
+def test_the_chart_shows_measured_time_where_the_run_timed_it(profile: Profile) -> None:
+    # the golden profile's own measurements (batch 2, timed) given to NiN's fp32 entry
+    nin = next(m for m in profile.models if m.name == "nin")
+    fp32, amp = nin.precisions
+    timed = replace(nin, precisions=(replace(fp32, measured=dict(nin.measured)), amp))
+    models = tuple(timed if m.name == "nin" else m for m in profile.models)
+    fig = all_charts(replace(profile, models=models))["precision.png"]
+    assert len(fig.axes) == 3 and fig.axes[0].get_title().startswith("Memory and time")
+    assert "measured" in fig.axes[2].get_ylabel()
+    # NiN fp32's training bar: the measured median over the batch, ms per example
+    train = nin.measured["train"]
+    assert train.timing is not None
+    heights = [bar.get_height() for bar in fig.axes[2].patches if isinstance(bar, Rectangle)]
+    assert train.timing.ms_per_iter / train.batch in heights
 
 
 @pytest.mark.parametrize(

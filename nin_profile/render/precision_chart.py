@@ -158,14 +158,11 @@ def precision_memory(profile: Profile) -> Figure:
         _time_panel(axes[2], profile, groups)
     _label_groups(axes[-1], models, groups)
     measured = any(p.measured for m in models for p in m.precisions)
-    axes[0].set_title(f"Memory by precision\n{_subtitle(profile, measured)}")
-    for ax in axes:  # each panel its own legend: a category's sizes differ by phase
+    what = "Memory and time" if timed else "Memory"
+    axes[0].set_title(f"{what} by precision\n{_subtitle(profile, measured)}")
+    for i, ax in enumerate(axes):  # each panel its own legend: sizes differ by phase
         handles, labels = ax.get_legend_handles_labels()
-        ax.legend(
-            handles[::-1],
-            labels[::-1],
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1),
-            fontsize="small",
-        )
+        if i < 2:  # memory: the categories top down, as stacked
+            handles, labels = handles[::-1], labels[::-1]
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return fig
