@@ -81,3 +81,15 @@ def get_precision(name: str) -> Precision:
     if name not in PRECISIONS:
         raise InvalidConfig(f"precision {name!r}: choose one of {', '.join(PRECISION_NAMES)}")
     return PRECISIONS[name]
+
+
+def cuda_amp_note(device: str, precisions: tuple[str, ...], measured: bool) -> str | None:
+    """The note a run that predicts AMP for CUDA without measuring it carries."""
+    amp = [name for name in precisions if get_precision(name).amp]
+    if device != "cuda" or measured or not amp:
+        return None
+    return (
+        f"{' and '.join(dict.fromkeys(amp))} for CUDA: CUDA's autocast applied op by op to a "
+        "trace on the CPU (each op's casts asked of CUDA's own autocast kernel); estimated "
+        "only, not yet validated on a GPU"
+    )

@@ -26,7 +26,7 @@ from nin_profile.measure.plan import (
 from nin_profile.measure.runner import run_worker, timing_of, to_measurement
 from nin_profile.measure.worker import Request, TimingRequest
 from nin_profile.models import DEFAULT_CLASSES, SAVED_PREFIX, ModelConfig, instance
-from nin_profile.precision import get_precision
+from nin_profile.precision import cuda_amp_note, get_precision
 from nin_profile.results import (
     BatchFit,
     Ceilings,
@@ -319,6 +319,9 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
             for p in config.compare_precisions
         )
         models.append(replace(profile, precisions=precisions))
+    named = (config.precision, *config.compare_precisions)
+    if note := cuda_amp_note(config.device, named, measured=not config.static):
+        run.notes.append(note)
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))
 

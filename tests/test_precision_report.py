@@ -22,7 +22,7 @@ from nin_profile import api
 from nin_profile.cli import build_parser, precision_list
 from nin_profile.errors import ProfileError
 from nin_profile.measure.plan import Plan
-from nin_profile.precision import PRECISION_NAMES
+from nin_profile.precision import PRECISION_NAMES, cuda_amp_note
 from nin_profile.render.charts import all_charts
 from nin_profile.render.markdown import render_report
 from nin_profile.render.precision import verdict
@@ -223,3 +223,12 @@ def test_the_worker_measures_a_precision_where_the_estimate_says(
     pm = run.measure("nin", phase, Plan(2, warmup=1, iterations=0), static, per_layer=False)
     assert pm.memory and pm.predicted, pm.error
     assert pm.memory.peak_between_ops == pm.predicted.peak == predicted(static, phase).peak
+
+
+def test_amp_predicted_for_cuda_without_a_gpu_says_so() -> None:
+    note = cuda_amp_note("cuda", ("fp32", "amp-fp16", "amp-bf16"), measured=False)
+    assert note and note.startswith("amp-fp16 and amp-bf16 for CUDA")
+    assert "not yet validated on a GPU" in note
+    assert cuda_amp_note("cuda", ("amp-fp16",), measured=True) is None  # measured: the errors
+    assert cuda_amp_note("cpu", ("amp-fp16",), measured=False) is None  # CPU: PyTorch's own
+    assert cuda_amp_note("cuda", ("fp32", "bf16"), measured=False) is None  # no autocast
