@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 from run_configs import small_run
 
 from nin_profile import api
+from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.cli import build_parser, precision_list
 from nin_profile.errors import ProfileError
 from nin_profile.measure.plan import Plan
@@ -35,7 +36,7 @@ from nin_profile.results import (
     Profile,
     RunConfig,
 )
-from nin_profile.run import Run, predicted
+from nin_profile.run import Run, _predicted_fit, predicted
 from nin_profile.units import MiB
 
 PROFILE = Path(__file__).parent / "golden" / "profile_cpu.json"
@@ -232,3 +233,48 @@ def test_amp_predicted_for_cuda_without_a_gpu_says_so() -> None:
     assert cuda_amp_note("cuda", ("amp-fp16",), measured=True) is None  # measured: the errors
     assert cuda_amp_note("cpu", ("amp-fp16",), measured=False) is None  # CPU: PyTorch's own
     assert cuda_amp_note("cuda", ("fp32", "bf16"), measured=False) is None  # no autocast
+
+
+def test_a_static_comparison_from_the_api_fills_every_precision() -> None:
+    # NiN and VGG-11 at 96 px, batch 2, estimated for the CPU in fp32 and AMP bf16; the run's
+    # own precision's figures are its estimate's
+    result = api.profile(
+        "nin",
+        "vgg11",
+        input_size=(1, 96, 96),
+        batch=2,
+        device="cpu",
+        precision="amp-bf16",
+        compare_precisions=["fp32", "amp-bf16"],
+    )
+    assert result.config.compare_precisions == ("fp32", "amp-bf16")
+    for m in result.models:
+        fp32, amp = m.precisions
+        assert (fp32.precision, amp.precision) == ("fp32", "amp-bf16")
+        assert (amp.train, amp.inference) == (m.train, m.inference)
+        assert amp.saved_bytes_by_dtype == m.saved_bytes_by_dtype
+        assert sum(fp32.saved_bytes_by_dtype.values()) == fp32.activation_bytes_saved
+        assert (
+            "bfloat16" in amp.saved_bytes_by_dtype and "bfloat16" not in fp32.saved_bytes_by_dtype
+        )
+        # max-pool indices are int64 in both: the same bytes
+        assert amp.saved_bytes_by_dtype["int64"] == fp32.saved_bytes_by_dtype["int64"]
+    text = result.report()
+    assert "**Does NiN gain more from AMP?** AMP bf16 cuts NiN's training peak" in text
+
+
+def test_the_largest_batch_in_a_precision_is_that_precisions() -> None:
+    # NiN at 96 px as a bf16 model for 64 MiB on the CPU: the batch found fits in bf16 and one
+    # more does not, each checked by an estimate of its own; in fp32 fewer fit
+    config = replace(small_run(("nin",), batch=2), image_size=96)
+    run = Run(config, lambda e: None)
+    limit = 64 * MiB
+
+    def peak(batch: int, precision: str) -> int:
+        cfg = AnalysisConfig(batch=batch, image_size=96, device="cpu", precision=precision)
+        return analyse_model("nin", cfg).train.peak
+
+    fit = _predicted_fit(run, run.analyse("nin", precision="bf16"), "train", limit, "bf16")
+    assert fit.batch and peak(fit.batch, "bf16") <= limit < peak(fit.batch + 1, "bf16")
+    fp32 = _predicted_fit(run, run.analyse("nin"), "train", limit)
+    assert fp32.batch and fp32.batch < fit.batch
