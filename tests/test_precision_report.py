@@ -27,6 +27,7 @@ from nin_profile.precision import PRECISION_NAMES, cuda_amp_note
 from nin_profile.render.charts import all_charts
 from nin_profile.render.markdown import render_report
 from nin_profile.render.precision import verdict
+from nin_profile.render.precision_terminal import precision_table
 from nin_profile.results import (
     MemoryBreakdown,
     MemoryCategory,
@@ -278,3 +279,17 @@ def test_the_largest_batch_in_a_precision_is_that_precisions() -> None:
     assert fit.batch and peak(fit.batch, "bf16") <= limit < peak(fit.batch + 1, "bf16")
     fp32 = _predicted_fit(run, run.analyse("nin"), "train", limit)
     assert fp32.batch and fp32.batch < fit.batch
+
+
+def test_the_terminal_shows_the_comparison_in_80_columns(profile: Profile) -> None:
+    from rich.console import Console
+
+    table = precision_table(profile)
+    assert table is not None and table.row_count == 6  # NiN, AlexNet, VGG-11 × fp32, AMP fp16
+    console = Console(width=200, record=True)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    # NiN's AMP row: 65.0 MiB, -38% against 104.0 MiB (see the verdict's test)
+    assert any(line.split()[:5] == ["nin", "AMP", "fp16", "65.0", "-38%"] for line in lines)
+    assert precision_table(replace(profile, models=())) is None

@@ -124,7 +124,10 @@ def sweep_table(profile: Profile) -> Table | None:
 
 
 def tables(profile: Profile) -> list[Table]:
+    from nin_profile.render.precision_terminal import precision_table  # it uses this module
+
     shown = [summary_table(profile), measured_table(profile), sweep_table(profile)]
+    shown.append(precision_table(profile))
     return [t for t in shown if t is not None]
 
 
