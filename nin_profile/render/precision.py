@@ -341,8 +341,8 @@ def _scratch_words(profile: Profile) -> str:
     step = "training step" if phase == "train" else "inference pass"
     return (
         f" Measured here, the most a kernel held inside one op was {fmt_bytes(scratch)} "
-        f"({name}'s {step}): that scratch, which the estimate leaves out, is what the layout "
-        "changes in memory."
+        f"({name}'s {step}): that scratch, which the estimate leaves out, is where the layout "
+        "can change memory (run without --channels-last to compare)."
     )
 
 
