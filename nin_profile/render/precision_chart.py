@@ -71,12 +71,11 @@ def _memory_panel(ax: Axes, profile: Profile, phase: str, groups: list[list[floa
     ]
     points = [(x, v) for x, v in measured if v is not None]
     if points:
-        ax.scatter(
-            [x for x, _ in points],
+        ax.scatter(  # beside the bar's right edge, clear of the total above it
+            [x + 0.4 for x, _ in points],
             [v for _, v in points],
-            marker="_",
-            s=400,
-            linewidths=2.5,
+            marker="<",
+            s=60,
             color="black",
             zorder=3,
             label="measured peak between ops",
