@@ -6,6 +6,8 @@
 #   run(command="bash bench/gpu_session.sh bench", carry=[".whl"])      repeatability, snapshots
 #   run(command="MODELS=nin,nin_single_1x1,nin_gradual_head bash bench/gpu_session.sh round2",
 #       carry=[".whl"])   issue 15's second call: that sweep, then `optimizers`
+#   run(command="MODELS=nin,alexnet,vgg11 bash bench/gpu_session.sh precision", carry=[".whl"])
+#       issue 13: --compare-precision measured, tests/test_cuda_precision.py (size not yet known)
 #   run(command="bash bench/gpu_session.sh optimizers", carry=[".whl"])  NiN and VGG-11 at batch
 #       128 with momentum and with Adam: the optimizer state's place in the reserve
 # .whl holds wheels of what the GPU image lacks (fvcore, iopath, yacs, termcolor, torchinfo;
@@ -56,6 +58,13 @@ optimizers() {
   round2)
     profile sweep --models "$MODELS" --batch 128 --sweep-batch 1,32,128,256 --warmup 2 --iterations 10
     optimizers
+    ;;
+  precision)  # issue 13: the comparison of precisions, then its CUDA tests (not yet run)
+    profile precision --models "$MODELS" --batch 128 --compare-precision --memory-budget 80GiB \
+      --warmup 2 --iterations 10
+    stage cuda-precision-tests
+    timeout 300 python3 -m pytest tests/test_cuda_precision.py -v -p no:cacheprovider 2>&1 \
+      | grep -E "PASS|FAIL|SKIP|Error|assert|^E " | head -60
     ;;
   max-batch) profile max-batch --models "$MODELS" --batch 128 --max-batch --iterations 10 ;;
   bench)

@@ -11,12 +11,14 @@ import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from nin_profile._lazy_imports import without_heavy_imports
 from nin_profile.allocator import OutOfMemory, steady_reserved
+from nin_profile.autocast import traced_autocast
 from nin_profile.errors import InvalidConfig, LayerFailed, ProfileError, UserCodeFailed
 from nin_profile.kernels import DeviceKernels
 from nin_profile.layer_stack import (
@@ -29,7 +31,7 @@ from nin_profile.layer_stack import (
     params_by_layer,
     tensors_in,
 )
-from nin_profile.memory import AllocationLog, peak_breakdown
+from nin_profile.memory import TRACE_DEVICE, AllocationLog, peak_breakdown
 from nin_profile.models import (
     DEFAULT_CLASSES,
     ModelConfig,
@@ -39,6 +41,7 @@ from nin_profile.models import (
     instance,
     resolve_import_path,
 )
+from nin_profile.precision import Precision, get_precision
 from nin_profile.results import (
     LayerStats,
     MemoryBreakdown,
@@ -59,13 +62,17 @@ from nin_profile.tracing import (
     workspace_sizes,
 )
 from nin_profile.training import (
+    Amp,
+    TracedGradScaler,
     TrainingLoss,
     describe_loss,
     floating_outputs,
+    forward,
     make_batch,
     make_optimizer,
     optimizer_state,
     output_classes,
+    scaler_state,
     training_step,
 )
 
@@ -82,6 +89,8 @@ class AnalysisConfig:
     # it, `reserved` is what the allocator holds within it, or what it would have needed
     # (more than the limit) where it runs out
     memory_limit: int | None = None
+    precision: str = "fp32"  # nin_profile.precision.PRECISIONS
+    channels_last: bool = False  # the model and the batch in torch.channels_last
 
     @property
     def rules(self) -> DeviceRules:
@@ -158,6 +167,7 @@ class _TrainingTrace:
     records: dict[str, _LayerRecord]
     saved_by: dict[int, str]
     owners: dict[MemoryCategory, set[int]] = field(default_factory=dict)
+    saved_dtype: dict[int, str] = field(default_factory=dict)  # key → "float16", "int64"
 
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
@@ -218,17 +228,96 @@ def analyse(
             f"{name} has no trainable parameters: there is no training step to "
             "profile (give a model with at least one parameter that requires grad)"
         )
+    setup = TraceSetup.of(cfg)
     with _restoring_mode(model), without_heavy_imports():
         loss = _loss(model, cfg, name)
-        trace = _trace_training(model, cfg, loss)
-        inference = _trace_inference(model, cfg)
+        traced = setup.model(model, name)
+        with setup.mode:
+            trace = _trace_training(traced, cfg, loss, setup)
+            inference = _trace_inference(traced, cfg, setup)
     train = peak_breakdown(trace.log.events, _categorizer(trace.owners))
     train = replace(
         train,
         reserved=_reserved(trace.log, trace.owners, cfg.rules, trace.tracer, cfg.memory_limit),
     )
-    profile = _model_profile(model, name, description, trace, train, inference)
+    profile = _model_profile(traced, name, description, trace, train, inference)
     return replace(profile, classes=loss.classes, loss=loss.description)
+
+
+@dataclass
+class TraceSetup:
+    """What a trace of `precision` and memory format runs on. fp32, fp16 and bf16 trace on meta
+    tensors (a half model is a meta model cast to half); AMP traces on PyTorch's fake tensors
+    with the CPU as their device, so that autocast acts on them (nin_profile/autocast.py)."""
+
+    precision: Precision
+    channels_last: bool
+    target: str  # the device whose autocast a trace follows
+    device: str = TRACE_DEVICE  # where the trace's tensors are made: "meta", or "cpu" (fake)
+    mode: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
+
+    @classmethod
+    def of(cls, cfg: AnalysisConfig) -> TraceSetup:
+        precision = get_precision(cfg.precision)
+        if not precision.amp:
+            return cls(precision, cfg.channels_last, cfg.device)
+        from torch._subclasses.fake_tensor import FakeTensorMode  # imports what it needs now
+
+        return cls(precision, cfg.channels_last, cfg.device, "cpu", FakeTensorMode())
+
+    def model(self, model: nn.Module, name: str) -> nn.Module:
+        """`model` itself for fp32 in the default layout; else a copy in the precision's dtype
+        and layout (as `model.to(dtype)`, `model.to(memory_format=...)`), on fake tensors for
+        AMP."""
+        dtype = self.precision.model_dtype()
+        if dtype == torch.float32 and not self.channels_last and self.device == TRACE_DEVICE:
+            return model
+        model = meta_copy(model, always=True)
+        if dtype != torch.float32:
+            model.to(dtype)
+        if self.channels_last:
+            try:
+                model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            except RuntimeError as exc:
+                raise ProfileError(
+                    f"{name} cannot be put in channels_last: {str(exc).splitlines()[0]}"
+                ) from exc
+        return model if self.device == TRACE_DEVICE else fake_copy(model, self.mode)
+
+    def batch(self, batch: int, channels: int, image_size: int, classes: int) -> Batch:
+        dtype = self.precision.model_dtype()
+        return make_batch(
+            batch, channels, image_size, classes, self.device, dtype, self.channels_last
+        )
+
+    def amp(self, inference: bool = False) -> Amp | None:
+        """Autocast as the target device runs it; a GradScaler for fp16 training (one per
+        trace, as a training loop keeps one). `inference`: as under inference_mode, where the
+        measured pass runs: autocast keeps no weight copies there."""
+        if not self.precision.amp:
+            return None
+        dtype, target = self.precision.autocast_dtype(), self.target
+        scaler = TracedGradScaler("cpu") if self.precision.grad_scaler and not inference else None
+        return Amp(lambda: traced_autocast(target, dtype, cache=not inference), scaler)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def fake_copy(model: nn.Module, mode: Any) -> nn.Module:
+    """A copy of `model` whose parameters and buffers are fake CPU tensors of the same shapes,
+    strides and dtypes, made in `mode` (a FakeTensorMode); sharing and requires_grad kept."""
+    memo: dict[int, object] = {}
+    with mode:
+        for p in model.parameters():
+            memo[id(p)] = nn.Parameter(_fake_like(p), p.requires_grad)
+        for b in model.buffers():
+            memo[id(b)] = _fake_like(b)
+    return copy.deepcopy(model, memo)
+
+
+def _fake_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
 
 
 def _loss(model: nn.Module, cfg: AnalysisConfig, name: str) -> _Loss:
@@ -264,13 +353,17 @@ def _restoring_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _trace_training(model: nn.Module, cfg: AnalysisConfig, loss: _Loss) -> _TrainingTrace:
+def _trace_training(
+    model: nn.Module, cfg: AnalysisConfig, loss: _Loss, setup: TraceSetup
+) -> _TrainingTrace:
     model.train()
-    x, y = make_batch(cfg.batch, cfg.channels, cfg.image_size, loss.classes or 1, "meta")
+    x, y = setup.batch(cfg.batch, cfg.channels, cfg.image_size, loss.classes or 1)
     loss_fn = loss.module()
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.rules.foreach_optimizer)
+    amp = setup.amp()
     with naming_failures(LayerStack(model, extra={LOSS: loss_fn})):
-        training_step(model, loss_fn, optimizer, x, y)  # warm-up: optimizer state, as in step 2+
+        # warm-up: optimizer state (and the GradScaler's), as in step 2+
+        training_step(model, loss_fn, optimizer, x, y, amp=amp)
     optimizer.zero_grad(set_to_none=True)
 
     log = AllocationLog(cfg.rules.block_bytes)
@@ -278,20 +371,23 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig, loss: _Loss) -> _Trai
         MemoryCategory.PARAMS: log.keys_of(model.parameters()),
         MemoryCategory.BUFFERS: log.keys_of(model.buffers()),
         MemoryCategory.INPUT: log.keys_of([x, y]),
-        MemoryCategory.OPTIMIZER: log.keys_of(optimizer_state(optimizer)),
+        MemoryCategory.OPTIMIZER: log.keys_of([*optimizer_state(optimizer), *scaler_state(amp)]),
     }
     persistent = set().union(owners[MemoryCategory.PARAMS], owners[MemoryCategory.BUFFERS])
     saved_by: dict[int, str] = {}
+    saved_dtype: dict[int, str] = {}
     recorder = _ForwardRecorder(log)
     stack = recorder.stack = LayerStack(
         model, extra={LOSS: loss_fn}, on_enter=recorder.enter, on_exit=recorder.exit
     )
-    tracer = StepTracer(stack, log, scratch=cfg.device == "cpu")
+    tracer = StepTracer(stack, log, cpu=cfg.device == "cpu")
+    tracer.weights = owners[MemoryCategory.PARAMS]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         key = log.key_of(tensor)
         if key is not None and key not in persistent:
             saved_by.setdefault(key, stack.current)
+            saved_dtype.setdefault(key, str(tensor.dtype).removeprefix("torch."))
         return tensor
 
     try:
@@ -302,23 +398,24 @@ def _trace_training(model: nn.Module, cfg: AnalysisConfig, loss: _Loss) -> _Trai
             DeviceKernels(cfg.device),
             tracer,
         ):
-            training_step(model, loss_fn, optimizer, x, y, on_phase=tracer.set_phase)
+            training_step(model, loss_fn, optimizer, x, y, on_phase=tracer.set_phase, amp=amp)
         owners[MemoryCategory.GRADS] = log.keys_of(
             p.grad for p in model.parameters() if p.grad is not None
         )
+        owners[MemoryCategory.WEIGHT_COPIES] = tracer.weight_copies
         owners[MemoryCategory.ACTIVATIONS] = set(saved_by)
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
     finally:
         log.close()
-    return _TrainingTrace(tracer, log, recorder.records, saved_by, owners)
+    return _TrainingTrace(tracer, log, recorder.records, saved_by, owners, saved_dtype)
 
 
-def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
+def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -> MemoryBreakdown:
     """One forward pass in eval mode under no_grad (not inference_mode: under inference_mode a
     dispatch mode sees composite ops whole and misses what they allocate inside, such as the
     int64 indices max_pool2d computes on CUDA)."""
     model.eval()
-    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, 1, "meta")
+    x, _ = setup.batch(cfg.batch, cfg.channels, cfg.image_size, 1)
     log = AllocationLog(cfg.rules.block_bytes)
     owners = {
         MemoryCategory.PARAMS: log.keys_of(model.parameters()),
@@ -326,11 +423,13 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig) -> MemoryBreakdown:
         MemoryCategory.INPUT: log.keys_of([x]),
     }
     stack = LayerStack(model)
-    tracer = StepTracer(stack, log, scratch=cfg.device == "cpu")
+    tracer = StepTracer(stack, log, cpu=cfg.device == "cpu")
+    tracer.weights = owners[MemoryCategory.PARAMS]
     try:
         with naming_failures(stack), torch.no_grad(), DeviceKernels(cfg.device), tracer:
-            model(x)
+            forward(model, x, setup.amp(inference=True))
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
+        owners[MemoryCategory.WEIGHT_COPIES] = tracer.weight_copies
     finally:
         log.close()
     categorize = _categorizer(owners, default=MemoryCategory.ACTIVATIONS)
@@ -467,6 +566,7 @@ def _model_profile(
         flops_forward=_phase_total(flops, Phase.FORWARD),
         flops_backward=_phase_total(flops, Phase.BACKWARD),
         activation_bytes_saved=sum(trace.log.nbytes[key] for key in trace.saved_by),
+        saved_bytes_by_dtype=_by_dtype(trace),
         layers=_layer_rows(model, trace),
         train=train,
         inference=inference,
@@ -475,6 +575,14 @@ def _model_profile(
             for (op, phase), calls in sorted(trace.tracer.not_counted.items())
         ),
     )
+
+
+def _by_dtype(trace: _TrainingTrace) -> dict[str, int]:
+    """Bytes saved for backward by dtype, largest first."""
+    totals: Counter[str] = Counter()
+    for key, dtype in trace.saved_dtype.items():
+        totals[dtype] += trace.log.nbytes[key]
+    return dict(totals.most_common())
 
 
 def runs_at(model: nn.Module, shape: tuple[int, ...]) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from nin_profile.errors import ProfileError
+from nin_profile.precision import PRECISION_NAMES
 
 if TYPE_CHECKING:  # the package's modules are imported where they are used: `--help` needs none
     from nin_profile.models import ModelConfig
@@ -70,6 +71,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def precision_list(text: str) -> tuple[str, ...]:
+    """'fp32,amp-bf16' → ('fp32', 'amp-bf16'); each a known precision, each once."""
+    from nin_profile.precision import PRECISION_NAMES
+
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in PRECISION_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or repr(text)}: choose from {', '.join(PRECISION_NAMES)}"
+        )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a precision more than once")
+    return names
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -87,6 +103,8 @@ examples:
   python -m nin_profile --models nin,alexnet --batch 64 --device cuda
   python -m nin_profile --models torchvision.models:resnet18 --channels 3 --classes 1000
   python -m nin_profile --static --device cuda --memory-budget 8GiB   largest batch for 8 GiB
+  python -m nin_profile --static --device cuda --compare-precision --memory-budget 16GiB
+                                                 what AMP and half buy: memory, batch, time
   python -m nin_profile --render reports/latest/profile.json          redo report and charts
   python -m nin_profile --static --models vgg11 --parallel fsdp --world-size 1,8,64,1024
   python -m nin_profile --models nin --batch 8 --device cpu --parallel ddp --world-size 2
@@ -139,6 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("sgd", "momentum", "adam"),
         default="sgd",
         help="optimizer of the training step; momentum = SGD with momentum 0.9",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_NAMES,
+        default="fp32",
+        help="fp32; amp-fp16 or amp-bf16: torch.autocast around the forward and the loss, "
+        "float32 weights (and a GradScaler for fp16); fp16 or bf16: the model and the input "
+        "cast to that dtype (default: fp32)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="put the model and the batch in torch.channels_last",
+    )
+    p.add_argument(
+        "--compare-precision",
+        type=precision_list,
+        nargs="?",
+        const=PRECISION_NAMES,
+        metavar="P1,P2,...",
+        help="also estimate (and, unless --static, measure) each model in these precisions "
+        f"(default: all, {','.join(PRECISION_NAMES)}): memory, time and, with "
+        "--memory-budget, the largest batch, compared in the report",
     )
     p.add_argument(
         "--static",
@@ -401,6 +442,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         args.gradient_as_bucket_view,
         not args.no_reshard_after_forward,
         None if args.static else device,
+        (args.precision, *(args.compare_precision or ())),
     )
     if args.compare_peers:
         from nin_profile.peers import import_peers
@@ -426,6 +468,9 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         channels=model_cfg.channels,
         classes=args.classes,  # None: each model's own, read from its output
         optimizer=args.optimizer,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compare_precisions=args.compare_precision or (),
         static=args.static,
         sweep_batches=args.sweep_batch or (),
         max_batch=args.max_batch,

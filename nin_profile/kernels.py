@@ -56,6 +56,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
+from torch.utils._python_dispatch import _disable_current_modes
 
 aten = torch.ops.aten
 
@@ -82,17 +83,19 @@ def cpu_sdpa_backend(
     is_causal: bool,
     enable_gqa: bool,
 ) -> SDPBackend:
-    """The kernel the CPU runs for these inputs, as PyTorch's own selection answers."""
-    mask = None if attn_mask is None else _cpu_like(attn_mask)
-    choice = torch._fused_sdp_choice(
-        _cpu_like(q),
-        _cpu_like(k),
-        _cpu_like(v),
-        mask,
-        dropout_p,
-        is_causal,
-        enable_gqa=enable_gqa,
-    )
+    """The kernel the CPU runs for these inputs, as PyTorch's own selection answers (asked on
+    real CPU tensors, outside the trace's modes)."""
+    with _disable_current_modes():
+        mask = None if attn_mask is None else _cpu_like(attn_mask)
+        choice = torch._fused_sdp_choice(
+            _cpu_like(q),
+            _cpu_like(k),
+            _cpu_like(v),
+            mask,
+            dropout_p,
+            is_causal,
+            enable_gqa=enable_gqa,
+        )
     return SDPBackend(choice)
 
 
@@ -169,7 +172,15 @@ def sdpa_on(
     enable_gqa: bool = False,
 ) -> torch.Tensor:
     """`F.scaled_dot_product_attention` as `device` runs it, on meta tensors; `math` is
-    PyTorch's own function, which on meta takes the math path."""
+    PyTorch's own function, which on meta takes the math path. In an AMP trace (autocast.py,
+    where the CPU's autocast is on for either device) the inputs are first cast as autocast
+    casts them: `scaled_dot_product_attention` is on both devices' lower-precision lists, and
+    the kernel is chosen for the half inputs (flash or cuDNN on CUDA)."""
+    if torch.is_autocast_enabled("cpu"):
+        half = torch.get_autocast_dtype("cpu")
+        q, k, v = (t.to(half) if t.is_floating_point() else t for t in (q, k, v))
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(half)
     choose: SdpaChooser = cpu_sdpa_backend if device == "cpu" else cuda_sdpa_backend
     backend = choose(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
     if backend == SDPBackend.FLASH_ATTENTION and device == "cpu":
@@ -364,16 +375,65 @@ def onednn_lstm_workspace(steps: int, batch: int, input_size: int, hidden: int) 
     return _page(offset)
 
 
-def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any) -> Any:
-    """`out` with the sizes the CPU's kernel gives where the meta kernel does not know them:
-    oneDNN's LSTM workspace in training (PyTorch's meta kernel returns an empty one)."""
+def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cpu") -> Any:
+    """`out` with the sizes and dtypes `device`'s kernel gives where the meta or fake kernel
+    does not know them: oneDNN's LSTM workspace in training (PyTorch's meta kernel returns an
+    empty one), and the statistics a normalization keeps for backward (norm_stats_dtype)."""
     if func is aten.mkldnn_rnn_layer.default and args[-1]:  # train
         input, w_ih, hidden = args[0], args[1], args[10]
         steps, batch = input.shape[:2]  # time-first: `mkldnn_rnn` transposed a batch-first input
         size = onednn_lstm_workspace(steps, batch, w_ih.shape[1], hidden)
         workspace = torch.empty(size, dtype=torch.uint8, device=input.device)
         return (*out[:3], workspace)
+    if func in _NORMS and isinstance(out, tuple) and len(out) == 3:
+        dtype = norm_stats_dtype(args, device)
+        stats = (s if s.dtype == dtype else torch.empty_like(s, dtype=dtype) for s in out[1:])
+        return (out[0], *stats)
     return out
+
+
+_NORMS = frozenset(
+    {
+        aten.native_batch_norm.default,
+        aten._native_batch_norm_legit.default,
+        aten._native_batch_norm_legit.no_stats,
+        aten.native_layer_norm.default,
+        aten.native_group_norm.default,
+    }
+)
+
+
+def norm_stats_dtype(args: tuple[Any, ...], device: str) -> torch.dtype:
+    """The dtype of the mean and inverse deviation a normalization saves for backward. For an
+    input of 16 bits: on the CPU, float32 where a parameter or running statistic is float32
+    (AMP: BatchNorm's input in half, its weights float32: the "mixed type" of
+    aten/src/ATen/native/batch_norm.cpp and layer_norm.cpp), else the input's dtype (checked
+    against the CPU for batch, layer and group norm, bf16 and fp16 inputs); on CUDA, float32
+    (the accumulate type), as PyTorch's meta kernels for batch and layer norm give it (not yet
+    validated on a GPU). The meta and fake kernels disagree with each other and with the CPU
+    here (meta: float32 for batch and layer norm, the input's dtype for group norm; fake:
+    the input's dtype)."""
+    input = args[0]
+    if input.dtype not in (torch.float16, torch.bfloat16):
+        return input.dtype
+    if device == "cuda":
+        return torch.float32
+    params = [a for a in args[1:] if isinstance(a, torch.Tensor)]
+    return torch.float32 if any(p.dtype == torch.float32 for p in params) else input.dtype
+
+
+def cpu_outputs(
+    func: Any, args: tuple[Any, ...], outputs: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """The outputs the CPU's kernel allocates. `max_pool2d` on the CPU computes no indices
+    where its input does not require grad (`self.requires_grad() || self.device() != kCPU`
+    decides in aten/src/ATen/native/Pooling.cpp; the CPU allocator agrees, 0.5 MiB for a
+    2×96×54×54 input in no_grad and in inference_mode alike), but the trace, outside
+    inference_mode, sees the composite as `max_pool2d_with_indices`: its int64 indices (the
+    largest tensor of a half model's max-pooling) are left out there."""
+    if func is aten.max_pool2d_with_indices.default and not args[0].requires_grad:
+        return outputs[:1]
+    return outputs
 
 
 def _onednn_lstm_scratch(steps: int, batch: int, input_size: int, hidden: int) -> int:

@@ -44,10 +44,11 @@ class AllocationLog:
         self._finalizers: list[weakref.finalize] = []
 
     def key_of(self, tensor: torch.Tensor) -> int | None:
-        """The key of the tensor's storage, recording its allocation on first sight."""
-        if tensor.device.type != TRACE_DEVICE:
-            return None
+        """The key of the tensor's storage, recording its allocation on first sight. Meta
+        storages only: a meta tensor's, or a fake tensor's (whose device is another)."""
         storage = tensor.untyped_storage()
+        if storage.device.type != TRACE_DEVICE:
+            return None
         key = self._keys.get(id(storage))
         if key is None and storage.nbytes() > 0:
             key = len(self.nbytes)

@@ -32,6 +32,9 @@ class MemoryCategory(str, Enum):
     buffers, Adam's moments). WORKSPACE: library workspaces held from one step to the next
     (cuBLAS and cuBLASLt, through the CUDA caching allocator).
     GRADS: the `.grad` of each trainable parameter.
+    WEIGHT_COPIES: AMP: the lower-precision copies autocast makes of float32 parameters, kept
+    until the autocast region exits (its weight-cast cache) and, in training, until backward
+    has used them (autograd saves them: they are part of the bytes saved for backward).
     ACTIVATIONS: in training, storages autograd saved for backward; in inference, layer outputs.
     TRANSIENT: anything else alive at that moment: gradients flowing back, an op's temporaries.
     Per rank of a data-parallel or sharded run (parallel.py), two more: COMMUNICATION, the
@@ -46,6 +49,7 @@ class MemoryCategory(str, Enum):
     OPTIMIZER = "optimizer"
     WORKSPACE = "workspace"
     GRADS = "grads"
+    WEIGHT_COPIES = "weight_copies"
     ACTIVATIONS = "activations"
     TRANSIENT = "transient"
     COMMUNICATION = "communication"
@@ -313,6 +317,43 @@ class PeerFigures:
 
 
 @dataclass(frozen=True)
+class PrecisionProfile:
+    """One model in one precision at the run's batch (--compare-precision): what autograd
+    saves (in all, and by dtype), the estimated peaks, and where the run measured and fitted
+    it, the measurements and the largest batch for --memory-budget."""
+
+    precision: str
+    activation_bytes_saved: int
+    saved_bytes_by_dtype: Mapping[str, int]
+    train: MemoryBreakdown
+    inference: MemoryBreakdown
+    measured: Mapping[str, PhaseMeasurement] = field(default_factory=dict)
+    fits: tuple[BatchFit, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "activation_bytes_saved": self.activation_bytes_saved,
+            "saved_bytes_by_dtype": dict(self.saved_bytes_by_dtype),
+            "memory": {"train": self.train.to_dict(), "inference": self.inference.to_dict()},
+            "measurements": {phase: m.to_dict() for phase, m in self.measured.items()},
+            "fits": [f.to_dict() for f in self.fits],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrecisionProfile:
+        return cls(
+            precision=d["precision"],
+            activation_bytes_saved=d["activation_bytes_saved"],
+            saved_bytes_by_dtype=dict(d.get("saved_bytes_by_dtype", {})),
+            train=MemoryBreakdown.from_dict(d["memory"]["train"]),
+            inference=MemoryBreakdown.from_dict(d["memory"]["inference"]),
+            measured={p: PhaseMeasurement.from_dict(m) for p, m in d["measurements"].items()},
+            fits=tuple(BatchFit(**f) for f in d.get("fits", ())),
+        )
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """Static analysis of one model at one batch size: counts, FLOPs and predicted memory."""
 
@@ -335,6 +376,9 @@ class ModelProfile:
     sweep: tuple[PhaseMeasurement, ...] = ()
     fits: tuple[BatchFit, ...] = ()
     peers: PeerFigures | None = None  # torchinfo's and fvcore's figures (--compare-peers)
+    # bytes saved for backward by dtype ("float16", "int64"): which of them a precision halves
+    saved_bytes_by_dtype: Mapping[str, int] = field(default_factory=dict)
+    precisions: tuple[PrecisionProfile, ...] = ()  # --compare-precision: one per precision
     parallel: ParallelProfile | None = None  # per rank under DDP or FSDP2 (--parallel)
 
     @property
@@ -361,6 +405,7 @@ class ModelProfile:
             "flops_backward": self.flops_backward,
             "flops_train_step": self.flops_train_step,
             "activation_bytes_saved": self.activation_bytes_saved,
+            "saved_bytes_by_dtype": dict(self.saved_bytes_by_dtype),
             "classes": self.classes,
             "loss": self.loss,
             "memory": {
@@ -375,6 +420,7 @@ class ModelProfile:
             "sweep": [m.to_dict() for m in self.sweep],
             "fits": [f.to_dict() for f in self.fits],
             "peers": self.peers.to_dict() if self.peers else None,
+            "precisions": [p.to_dict() for p in self.precisions],
             "parallel": self.parallel.to_dict() if self.parallel else None,
             "not_counted": [asdict(n) for n in self.not_counted],
             "layers": [layer.to_dict() for layer in self.layers],
@@ -413,6 +459,8 @@ class ModelProfile:
             sweep=tuple(PhaseMeasurement.from_dict(m) for m in d.get("sweep", ())),
             fits=tuple(BatchFit(**f) for f in d.get("fits", ())),
             peers=PeerFigures.from_dict(d["peers"]) if d.get("peers") else None,
+            saved_bytes_by_dtype=dict(d.get("saved_bytes_by_dtype", {})),  # not in older files
+            precisions=tuple(PrecisionProfile.from_dict(p) for p in d.get("precisions", ())),
             parallel=_parallel_from_dict(d.get("parallel")),
         )
 
@@ -434,7 +482,8 @@ class RunConfig:
     channels: int
     classes: int | None  # None: each model's own (read from its output)
     optimizer: str
-    dtype: str = "float32"
+    precision: str = "fp32"  # nin_profile.precision: fp32, amp-fp16, amp-bf16, fp16, bf16
+    channels_last: bool = False
     static: bool = False
     sweep_batches: tuple[int, ...] = ()
     max_batch: bool = False
@@ -444,6 +493,7 @@ class RunConfig:
     warmup: int = 3
     iterations: int = 20
     compare_peers: bool = False
+    compare_precisions: tuple[str, ...] = ()  # --compare-precision: each model in each of them
     # --parallel ddp|fsdp: per-rank memory at each of `world_sizes`, `batch` examples a rank
     parallel: str = "none"
     world_sizes: tuple[int, ...] = ()
@@ -455,16 +505,20 @@ class RunConfig:
         d = asdict(self)
         d["models"] = list(self.models)
         d["sweep_batches"] = list(self.sweep_batches)
+        d["compare_precisions"] = list(self.compare_precisions)
         d["world_sizes"] = list(self.world_sizes)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        d = dict(d)
+        d.pop("dtype", None)  # files before precisions had "dtype": "float32", always
         return cls(
             **{
                 **d,
                 "models": tuple(d["models"]),
                 "sweep_batches": tuple(d.get("sweep_batches", ())),
+                "compare_precisions": tuple(d.get("compare_precisions", ())),
                 "world_sizes": tuple(d.get("world_sizes", ())),
             }
         )

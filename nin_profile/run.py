@@ -16,6 +16,7 @@ from nin_profile.errors import LayerFailed, ProfileError
 from nin_profile.files import save_for_worker
 from nin_profile.measure.plan import (
     CPU_PLANNING_FLOPS_PER_THREAD,
+    CPU_PLANNING_SLOWDOWN,
     MIN_ROUNDS,
     Plan,
     largest_fitting,
@@ -25,6 +26,7 @@ from nin_profile.measure.plan import (
 from nin_profile.measure.runner import run_worker, timing_of, to_measurement
 from nin_profile.measure.worker import Request, TimingRequest
 from nin_profile.models import DEFAULT_CLASSES, SAVED_PREFIX, ModelConfig, instance
+from nin_profile.precision import cuda_amp_note, get_precision
 from nin_profile.results import (
     BatchFit,
     Ceilings,
@@ -32,6 +34,7 @@ from nin_profile.results import (
     ModelProfile,
     PeerFigures,
     PhaseMeasurement,
+    PrecisionProfile,
     Profile,
     RunConfig,
 )
@@ -69,7 +72,10 @@ def model_config(config: RunConfig) -> ModelConfig:
 
 
 def analysis_config(
-    config: RunConfig, batch: int | None = None, memory_limit: int | None = None
+    config: RunConfig,
+    batch: int | None = None,
+    memory_limit: int | None = None,
+    precision: str | None = None,
 ) -> AnalysisConfig:
     return AnalysisConfig(
         batch=batch or config.batch,
@@ -79,15 +85,21 @@ def analysis_config(
         optimizer=config.optimizer,
         device=config.device,
         memory_limit=memory_limit,
+        precision=precision or config.precision,
+        channels_last=config.channels_last,
     )
 
 
 def analyse_or_explain(
-    name: str, config: RunConfig, batch: int | None = None, memory_limit: int | None = None
+    name: str,
+    config: RunConfig,
+    batch: int | None = None,
+    memory_limit: int | None = None,
+    precision: str | None = None,
 ) -> ModelProfile:
     """Analyse one model; a layer that cannot run becomes one line naming model, layer and fix."""
     try:
-        return analyse_model(name, analysis_config(config, batch, memory_limit))
+        return analyse_model(name, analysis_config(config, batch, memory_limit, precision))
     except LayerFailed as exc:
         if exc.layer == LOSS:
             raise ProfileError(
@@ -117,6 +129,27 @@ def step_flops(profile: ModelProfile, phase: str) -> int:
     return profile.flops_train_step if phase == "train" else profile.flops_forward
 
 
+@dataclass(frozen=True)
+class Subject:
+    """A model in a precision, as the run measures it: the estimate at the run's batch."""
+
+    static: ModelProfile
+    precision: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.static.name, self.precision
+
+    @property
+    def label(self) -> str:
+        return (
+            self.static.name if self.precision == "fp32" else f"{self.static.name} {self.precision}"
+        )
+
+
+Measured = dict[tuple[str, str], dict[str, PhaseMeasurement]]  # (model, precision) → phase →
+
+
 class Run:
     """The state one run shares across models: config, progress, CPU speed, CUDA context."""
 
@@ -125,29 +158,46 @@ class Run:
         self.on_progress = on_progress
         self.notes: list[str] = []
         self.measured_context: int | None = None
-        self._estimates: dict[tuple[str, int], ModelProfile] = {}
+        self._estimates: dict[tuple[str, int, str], ModelProfile] = {}
+        self._searched: dict[tuple[str, int, int | None, str], ModelProfile] = {}
         self.started = time.monotonic()
         self._saved: dict[str, str] = {}
         self.classes: dict[str, int | None] = {}  # each model's, as its analysis read them
 
-    def analyse(self, name: str, batch: int | None = None) -> ModelProfile:
-        self.on_progress(
-            ProgressEvent(
-                f"{name} · estimate · batch {batch or self.config.batch}", "analysis", 0, 1
-            )
-        )
-        profile = analyse_or_explain(name, self.config, batch)
+    def analyse(
+        self, name: str, batch: int | None = None, precision: str | None = None
+    ) -> ModelProfile:
+        precision = precision or self.config.precision
+        words = "" if precision == self.config.precision else f" · {precision}"
+        task = f"{name} · estimate · batch {batch or self.config.batch}{words}"
+        self.on_progress(ProgressEvent(task, "analysis", 0, 1))
+        profile = analyse_or_explain(name, self.config, batch, precision=precision)
         self.classes[name] = profile.classes
         return profile
 
-    def analyse_at(self, static: ModelProfile, batch: int) -> ModelProfile:
-        """The estimate at `batch` (the run's own where that is the batch), made once."""
+    def analyse_at(
+        self, static: ModelProfile, batch: int, precision: str | None = None
+    ) -> ModelProfile:
+        """The estimate at `batch` in `precision` (`static` itself where it is the run's batch
+        and precision: `static` is the run's batch's estimate in `precision`), made once."""
+        precision = precision or self.config.precision
         if batch == self.config.batch:
             return static
-        key = (static.name, batch)
+        key = (static.name, batch, precision)
         if key not in self._estimates:
-            self._estimates[key] = self.analyse(static.name, batch)
+            self._estimates[key] = self.analyse(static.name, batch, precision)
         return self._estimates[key]
+
+    def estimate(
+        self, name: str, batch: int, memory_limit: int | None, precision: str | None
+    ) -> ModelProfile:
+        """An estimate for a batch search, made once for both phases (no progress event)."""
+        key = (name, batch, memory_limit, precision or self.config.precision)
+        if key not in self._searched:
+            self._searched[key] = analyse_or_explain(
+                name, self.config, batch, memory_limit, precision
+            )
+        return self._searched[key]
 
     def budget_left(self) -> float | None:
         """Seconds of --cpu-time-budget this run has not spent yet (None: no budget)."""
@@ -171,7 +221,9 @@ class Run:
             self._saved[name] = SAVED_PREFIX + str(save_for_worker(module))
         return self._saved[name]
 
-    def request(self, name: str, phase: str, plan: Plan, per_layer: bool = True) -> Request:
+    def request(
+        self, name: str, phase: str, plan: Plan, per_layer: bool = True, precision: str = ""
+    ) -> Request:
         c = self.config
         return Request(
             model=self.worker_model(name),
@@ -186,6 +238,8 @@ class Run:
             iterations=plan.iterations,
             time_limit_s=plan.time_limit_s,
             per_layer=per_layer,
+            precision=precision or c.precision,
+            channels_last=c.channels_last,
         )
 
     def run_worker(self, request: Request | TimingRequest, task: str) -> dict[str, Any]:
@@ -195,11 +249,18 @@ class Run:
         )
 
     def measure(
-        self, name: str, phase: str, plan: Plan, static: ModelProfile, per_layer: bool = True
+        self,
+        name: str,
+        phase: str,
+        plan: Plan,
+        static: ModelProfile,
+        per_layer: bool = True,
+        precision: str = "",
     ) -> PhaseMeasurement:
         """Measure one phase in a worker process; `static` is the estimate at `plan.batch`."""
-        request = self.request(name, phase, plan, per_layer)
-        raw = self.run_worker(request, f"{name} · {phase} · batch {plan.batch}")
+        request = self.request(name, phase, plan, per_layer, precision)
+        words = "" if request.precision == self.config.precision else f" · {request.precision}"
+        raw = self.run_worker(request, f"{name} · {phase} · batch {plan.batch}{words}")
         result = to_measurement(
             raw,
             request,
@@ -217,14 +278,17 @@ class Run:
         if c.device != "cpu" or c.cpu_time_budget <= 0:
             return Plan(batch, c.warmup, c.iterations)
         share_s = c.cpu_time_budget / share
-        flops = per_batch_flops(static, phase, c.batch)
+        flops = per_batch_flops(static, phase, c.batch, c.precision)
         return plan_cpu(batch, flops, self.cpu_rate, share_s, c.iterations)
 
 
-def per_batch_flops(static: ModelProfile, phase: str, batch: int) -> Callable[[int], int]:
+def per_batch_flops(
+    static: ModelProfile, phase: str, batch: int, precision: str = "fp32"
+) -> Callable[[int], int]:
     """Counted FLOPs of one iteration at any batch, from the estimate at `batch` (they are
-    linear in the batch)."""
-    per_example = step_flops(static, phase) / batch
+    linear in the batch), weighed for planning by how much slower `precision` runs on the CPU
+    (CPU_PLANNING_SLOWDOWN)."""
+    per_example = step_flops(static, phase) / batch * CPU_PLANNING_SLOWDOWN.get(precision, 1)
     return lambda b: int(per_example * b)
 
 
@@ -235,23 +299,59 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
         from nin_profile.parallel_run import parallel_profile, rank_points
 
         points = {s.name: rank_points(run, s) for s in statics}
-    measured: dict[str, dict[str, PhaseMeasurement]] = {}
+    subjects = [Subject(s, config.precision) for s in statics]
+    compared = {  # (model, precision) → its estimate at the run's batch (--compare-precision)
+        (s.name, p): s if p == config.precision else run.analyse(s.name, precision=p)
+        for s in statics
+        for p in config.compare_precisions
+    }
+    subjects += [Subject(s, p) for (_, p), s in compared.items() if p != config.precision]
+    measured: Measured = {}
     if not config.static and config.device == "cpu":
-        measured = _measure_on_cpu(run, statics)
+        measured = _measure_on_cpu(run, subjects)
     elif not config.static:
-        measured = {s.name: _measure_phases(run, s) for s in statics}
+        measured = {s.key: _measure_phases(run, s) for s in subjects}
     models = []
     for static in statics:
-        profile = replace(static, measured=measured.get(static.name, {}))
+        profile = replace(static, measured=measured.get((static.name, config.precision), {}))
         profile = replace(profile, sweep=_sweep(run, static))
         if config.compare_peers:
             profile = replace(profile, peers=_peers(run, static))
         profile = replace(profile, fits=_fits(run, profile))
         if config.parallel != "none":  # real ranks measured beside (parallel_run.py)
             profile = replace(profile, parallel=parallel_profile(run, profile, points[static.name]))
-        models.append(profile)
+        precisions = tuple(
+            _precision_profile(run, compared[static.name, p], p, measured)
+            for p in config.compare_precisions
+        )
+        models.append(replace(profile, precisions=precisions))
+    named = (config.precision, *config.compare_precisions)
+    if note := cuda_amp_note(config.device, named, measured=not config.static):
+        run.notes.append(note)
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))
+
+
+def _precision_profile(
+    run: Run, static: ModelProfile, precision: str, measured: Measured
+) -> PrecisionProfile:
+    """One model in one precision for the comparison: its estimate at the run's batch, its
+    measurements, and its largest batch for --memory-budget (predicted)."""
+    fits = []
+    if run.config.memory_budget:
+        fits = [
+            _predicted_fit(run, static, phase, run.config.memory_budget, precision)
+            for phase in PHASES
+        ]
+    return PrecisionProfile(
+        precision=precision,
+        activation_bytes_saved=static.activation_bytes_saved,
+        saved_bytes_by_dtype=static.saved_bytes_by_dtype,
+        train=static.train,
+        inference=static.inference,
+        measured=measured.get((static.name, precision), {}),
+        fits=tuple(fits),
+    )
 
 
 def _peers(run: Run, static: ModelProfile) -> PeerFigures:
@@ -263,34 +363,34 @@ def _peers(run: Run, static: ModelProfile) -> PeerFigures:
     return peer_figures(static.name, c.channels, c.image_size, classes, c.batch)
 
 
-def _measure_on_cpu(
-    run: Run, statics: list[ModelProfile]
-) -> dict[str, dict[str, PhaseMeasurement]]:
-    """Every model at one batch per phase (the plan's): memory in a process per model and
-    phase, then the times of all of them in one process, interleaved (TimingRequest)."""
+def _measure_on_cpu(run: Run, subjects: list[Subject]) -> Measured:
+    """Every model (in each precision) at one batch per phase (the plan's): memory in a
+    process per model, precision and phase, then the times of all of them in one process,
+    interleaved (TimingRequest)."""
     c = run.config
-    flops_at = {
-        phase: lambda b, phase=phase: sum(per_batch_flops(s, phase, c.batch)(b) for s in statics)
-        for phase in PHASES
-    }
+
+    def flops(phase: str, b: int) -> int:
+        return sum(per_batch_flops(s.static, phase, c.batch, s.precision)(b) for s in subjects)
+
+    flops_at = {phase: lambda b, phase=phase: flops(phase, b) for phase in PHASES}
     plan = plan_cpu_run(c.batch, flops_at, run.cpu_rate, c.cpu_time_budget, c.iterations)
     if plan.note:
         run.notes.append(plan.note)
-    measured: dict[str, dict[str, PhaseMeasurement]] = {}
-    for static in statics:
-        measured[static.name] = {}
+    measured: Measured = {}
+    for subject in subjects:
+        measured[subject.key] = {}
         for phase in PHASES:
             batch = plan.batches[phase]
             memory_plan = Plan(batch, warmup=1, iterations=0)
-            at_batch = run.analyse_at(static, batch)
-            measured[static.name][phase] = run.measure(
-                static.name, phase, memory_plan, at_batch, per_layer=False
+            at_batch = run.analyse_at(subject.static, batch, subject.precision)
+            measured[subject.key][phase] = run.measure(
+                subject.static.name, phase, memory_plan, at_batch, False, subject.precision
             )
     timed = [
-        (static, phase)
-        for static in statics
+        (subject, phase)
+        for subject in subjects
         for phase in PHASES
-        if measured[static.name][phase].memory is not None
+        if measured[subject.key][phase].memory is not None
     ]
     if timed:
         rounds = max(plan.rounds, c.iterations)
@@ -306,13 +406,15 @@ def _time_interleaved(
     run: Run,
     rounds: int,
     time_limit_s: float | None,
-    timed: list[tuple[ModelProfile, str]],
-    measured: dict[str, dict[str, PhaseMeasurement]],
+    timed: list[tuple[Subject, str]],
+    measured: Measured,
 ) -> None:
     """Time `timed` in one worker, interleaved; add the times, per-layer times and roofs to
     `measured` in place. A failure leaves the memory figures and says why there are no times."""
     entries = tuple(
-        run.request(s.name, phase, Plan(measured[s.name][phase].batch, 1, rounds))
+        run.request(
+            s.static.name, phase, Plan(measured[s.key][phase].batch, 1, rounds), True, s.precision
+        )
         for s, phase in timed
     )
     request = TimingRequest(entries, rounds, min(MIN_ROUNDS, rounds), time_limit_s)
@@ -321,25 +423,26 @@ def _time_interleaved(
         error = raw.get("error", {}).get("message", "no result")
         run.notes.append(f"no CPU timings: the timing process failed ({error})")
         return
-    ceilings = Ceilings(**raw["ceilings"]) if raw.get("ceilings") else None
-    for (static, phase), raw_timing in zip(timed, raw["timings"], strict=True):
-        pm = measured[static.name][phase]
-        flops = step_flops(run.analyse_at(static, pm.batch), phase)
+    layer_ms = raw.get("layer_ms") or [None] * len(timed)
+    for (subject, phase), raw_timing, layers in zip(timed, raw["timings"], layer_ms, strict=True):
+        pm = measured[subject.key][phase]
+        flops = step_flops(run.analyse_at(subject.static, pm.batch, subject.precision), phase)
         extra: dict[str, Any] = {"timing": timing_of(raw_timing, flops)}
         if phase == "inference":
-            extra |= {
-                "layer_ms": raw.get("layer_ms", {}).get(static.name, {}),
-                "ceilings": ceilings,
-            }
-        measured[static.name][phase] = replace(pm, **extra)
+            roof = raw.get("ceilings", {}).get(get_precision(subject.precision).compute)
+            extra |= {"layer_ms": layers or {}, "ceilings": Ceilings(**roof) if roof else None}
+        measured[subject.key][phase] = replace(pm, **extra)
 
 
-def _measure_phases(run: Run, static: ModelProfile) -> dict[str, PhaseMeasurement]:
+def _measure_phases(run: Run, subject: Subject) -> dict[str, PhaseMeasurement]:
     """On CUDA: each phase at the requested batch, memory and time in a process of its own
     (GPU times are steady from run to run; the CPU's are not: _measure_on_cpu)."""
-    c = run.config
+    c, static = run.config, subject.static
     plan = Plan(c.batch, c.warmup, c.iterations)
-    return {phase: run.measure(static.name, phase, plan, static) for phase in PHASES}
+    return {
+        phase: run.measure(static.name, phase, plan, static, True, subject.precision)
+        for phase in PHASES
+    }
 
 
 def _sweep(run: Run, static: ModelProfile) -> tuple[PhaseMeasurement, ...]:
@@ -365,6 +468,7 @@ def _sweep(run: Run, static: ModelProfile) -> tuple[PhaseMeasurement, ...]:
 
 
 def _fits(run: Run, static: ModelProfile) -> tuple[BatchFit, ...]:
+    """The largest batches the run asks for, in the run's precision."""
     fits = []
     for phase in PHASES:
         if run.config.memory_budget:
@@ -383,7 +487,9 @@ def _context(run: Run) -> tuple[int, str]:
     return ASSUMED_CUDA_CONTEXT, "assumed, not measured; set it with --cuda-context"
 
 
-def _predicted_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[int], bool]:
+def _predicted_fits(
+    run: Run, name: str, phase: str, limit: int, precision: str | None = None
+) -> Callable[[int], bool]:
     """On CUDA: whether the simulated caching allocator serves the step within `limit` less
     the context; on the CPU, whether the estimated peak fits in `limit` (no CUDA context)."""
     if run.config.device == "cuda":
@@ -391,26 +497,38 @@ def _predicted_fits(run: Run, name: str, phase: str, limit: int) -> Callable[[in
         within = limit - context
 
         def served(batch: int) -> bool:
-            profile = analyse_or_explain(name, run.config, batch, memory_limit=within)
+            profile = run.estimate(name, batch, within, precision)
             reserved = predicted(profile, phase).reserved
             return reserved is not None and reserved <= within
 
         return served
-    return lambda b: predicted(analyse_or_explain(name, run.config, b), phase).peak <= limit
+
+    def fits(batch: int) -> bool:
+        return predicted(run.estimate(name, batch, None, precision), phase).peak <= limit
+
+    return fits
 
 
-def _affine_guess(run: Run, static: ModelProfile, phase: str, limit: int) -> int:
+def _affine_guess(
+    run: Run, static: ModelProfile, phase: str, limit: int, precision: str | None = None
+) -> int:
     """The batch where the predicted peak, nearly affine in batch, would reach `limit`."""
-    at_one = predicted(analyse_or_explain(static.name, run.config, 1), phase).peak
+    at_one = predicted(run.estimate(static.name, 1, None, precision), phase).peak
     per_example = (predicted(static, phase).peak - at_one) / max(1, run.config.batch - 1)
     context = _context(run)[0] if run.config.device == "cuda" else 0
     return max(1, int((limit - context - at_one) / max(per_example, 1.0)) + 1)
 
 
-def _predicted_fit(run: Run, static: ModelProfile, phase: str, budget: int) -> BatchFit:
-    run.on_progress(ProgressEvent(f"{static.name} · {phase} · {fmt_bytes(budget)}", "fit", 0, 1))
-    guess = _affine_guess(run, static, phase, budget)
-    batch, _ = largest_fitting(_predicted_fits(run, static.name, phase, budget), guess)
+def _predicted_fit(
+    run: Run, static: ModelProfile, phase: str, budget: int, precision: str | None = None
+) -> BatchFit:
+    """The largest batch whose step fits `budget` as predicted; `static` is the estimate at
+    the run's batch in `precision` (the run's own by default)."""
+    words = f" · {precision}" if precision and precision != run.config.precision else ""
+    task = f"{static.name} · {phase} · {fmt_bytes(budget)}{words}"
+    run.on_progress(ProgressEvent(task, "fit", 0, 1))
+    guess = _affine_guess(run, static, phase, budget, precision)
+    batch, _ = largest_fitting(_predicted_fits(run, static.name, phase, budget, precision), guess)
     if run.config.device == "cuda":
         context, source = _context(run)
         how = (

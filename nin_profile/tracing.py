@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nin_profile.flops import flop_formula
-from nin_profile.kernels import kernel_outputs, kernel_scratch
+from nin_profile.kernels import cpu_outputs, kernel_outputs, kernel_scratch
 from nin_profile.layer_stack import LayerStack, tensors_in
 from nin_profile.memory import AllocationLog
 from nin_profile.results import PeakSite, Phase
@@ -153,17 +153,22 @@ def current_backward_layer() -> str:
 class StepTracer(TorchDispatchMode):
     """Sees every aten op of a step: charges its FLOPs and allocations to the running layer."""
 
-    def __init__(self, stack: LayerStack, log: AllocationLog, scratch: bool = False) -> None:
+    def __init__(self, stack: LayerStack, log: AllocationLog, cpu: bool = False) -> None:
         super().__init__()
         self.stack = stack
         self.log = log
-        self.scratch = scratch  # record the scratch CPU kernels allocate inside (kernels.py)
+        # the CPU's kernels: the scratch they allocate inside, the outputs they allocate
+        # (kernels.py)
+        self.cpu = cpu
         self.phase = Phase.FORWARD
         self.flops: Counter[tuple[str, Phase]] = Counter()
         self.not_counted: Counter[tuple[str, Phase]] = Counter()
         # (thread, library) that ran a matrix product → how many allocations the log had
         # recorded when it first did (its output's included): where its workspace is allocated
         self.blas_first_use: dict[tuple[str, str], int] = {}
+        # the storages of the model's parameters, and of the copies casts made of them (AMP)
+        self.weights: set[int] = set()
+        self.weight_copies: set[int] = set()
 
     @property
     def blas_users(self) -> set[tuple[str, str]]:
@@ -183,15 +188,18 @@ class StepTracer(TorchDispatchMode):
         kwargs = kwargs or {}
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
-        out = kernel_outputs(func, args, func(*args, **kwargs))
+        out = kernel_outputs(func, args, func(*args, **kwargs), "cpu" if self.cpu else "cuda")
         formula = flop_formula(func.overloadpacket)
         if formula is not None:
             self.flops[layer, self.phase] += formula(*args, **kwargs, out_val=out)
         elif counts_arithmetic(func):
             self.not_counted[func.overloadpacket.__name__, self.phase] += 1
-        for tensor in tensors_in(out):
+        outputs = tensors_in(out)
+        for tensor in cpu_outputs(func, args, outputs) if self.cpu else outputs:
             self.log.key_of(tensor)
-        if self.scratch:
+        if func is torch.ops.aten._to_copy.default and self.log.key_of(args[0]) in self.weights:
+            self.weight_copies.add(cast(int, self.log.key_of(out)))
+        if self.cpu:
             self.log.scratch(kernel_scratch(func, args))
         self._note_blas(func.overloadpacket.__name__)
         return out

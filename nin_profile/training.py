@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,17 +41,23 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
 
 
 def make_batch(
-    batch: int, channels: int, image_size: int, classes: int, device: torch.device | str
+    batch: int,
+    channels: int,
+    image_size: int,
+    classes: int,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic batch of images and class targets; values matter to neither memory nor FLOPs."""
+    """A synthetic batch of images (in `dtype`, and in `torch.channels_last` where asked) and
+    class targets; values matter to neither memory nor FLOPs."""
     shape = (batch, channels, image_size, image_size)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    y = torch.empty(batch, dtype=torch.long, device=device)
     if torch.device(device).type == "meta":
-        return torch.empty(shape, device=device), torch.empty(
-            batch, dtype=torch.long, device=device
-        )
-    x = torch.randn(shape, device=device)
-    y = torch.randint(0, classes, (batch,), device=device)
-    return x, y
+        return torch.empty(shape, device=device, dtype=dtype, memory_format=layout), y
+    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=layout)
+    return x, y.random_(0, classes)
 
 
 def floating_outputs(output: Any) -> list[tuple[str, torch.Tensor]]:
@@ -120,6 +128,44 @@ def _no_phase(phase: Phase) -> None:
     pass
 
 
+@dataclass
+class Amp:
+    """Automatic mixed precision in a step: `autocast()` around the forward and the loss (a
+    fresh context each time: its weight-cast cache lives as long as the region), and for fp16
+    a GradScaler around backward and the optimizer step, as PyTorch's AMP recipe has it."""
+
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]]
+    scaler: torch.amp.GradScaler | None = None
+
+
+class TracedGradScaler(torch.amp.GradScaler):
+    """A GradScaler for a trace on tensors without values: the step it takes is one whose
+    gradients are finite, so the optimizer steps (the real one asks `found_inf.item()`)."""
+
+    def _maybe_opt_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        optimizer_state: dict[str, Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> float | None:
+        return optimizer.step(*args, **kwargs)
+
+
+def scaler_state(amp: Amp | None) -> list[torch.Tensor]:
+    """What a GradScaler keeps between steps: its scale and growth tracker (after one step)."""
+    scaler = amp.scaler if amp else None
+    if scaler is None:
+        return []
+    return [t for t in (scaler._scale, scaler._growth_tracker) if t is not None]
+
+
+def forward(model: nn.Module, x: torch.Tensor, amp: Amp | None = None) -> Any:
+    """The model's forward on `x`, under autocast for AMP."""
+    with amp.autocast() if amp else contextlib.nullcontext():
+        return model(x)
+
+
 def training_step(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -127,11 +173,20 @@ def training_step(
     x: torch.Tensor,
     y: torch.Tensor,
     on_phase: Callable[[Phase], None] = _no_phase,
+    amp: Amp | None = None,
 ) -> None:
-    """Forward, loss, backward, optimizer step; gradients are left for the caller to clear."""
+    """Forward, loss, backward, optimizer step; gradients are left for the caller to clear.
+    With AMP, the forward and the loss run under autocast; for fp16 the loss is scaled before
+    backward, and the scaler unscales the gradients, steps and updates its scale."""
     on_phase(Phase.FORWARD)
-    loss = loss_fn(model(x), y)
+    with amp.autocast() if amp else contextlib.nullcontext():
+        loss = loss_fn(model(x), y)
     on_phase(Phase.BACKWARD)
-    loss.backward()
+    scaler = amp.scaler if amp else None
+    (scaler.scale(loss) if scaler else loss).backward()
     on_phase(Phase.OPTIMIZER)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()

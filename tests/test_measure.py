@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from nin_profile.measure.worker import (
     is_out_of_memory,
     layer_times,
 )
-from nin_profile.run import Run, _measured_fit, _predicted_fit, run_profile
+from nin_profile.run import PHASES, Run, _measured_fit, _predicted_fit, run_profile
 
 TESTS = Path(__file__).parent
 
@@ -225,13 +226,14 @@ def test_cpu_plan_halves_the_batch_until_three_steps_fit_the_budget() -> None:
 
 def test_a_cpu_run_measures_every_model_at_one_batch_per_phase_from_the_flops() -> None:
     # Every model's iteration: b × 1 GFLOP to train, b × 0.5 GFLOP to infer, at 10 GFLOP/s:
-    # b / 10 s and b / 20 s. Training needs 3 + 5 iterations within half of 40 s: 8 b / 10 ≤ 20,
-    # b ≤ 25, so 128 → 64 → 32 → 16. Inference needs 9 + 5 (six passes time the layers):
-    # 14 b / 20 ≤ 20, b ≤ 28.6: 16. Rounds: (40 − (3 × 1.6 + 9 × 0.8)) / (1.6 + 0.8) = 11.67.
+    # b / 10 s and b / 20 s. Training needs 4 + 5 iterations within half of 40 s (warm-up,
+    # memory step, the step between ops, warm-up for timing; 5 rounds): 9 b / 10 ≤ 20,
+    # b ≤ 22.2, so 128 → 64 → 32 → 16. Inference needs 10 + 5 (six passes time the layers):
+    # 15 b / 20 ≤ 20, b ≤ 26.7: 16. Rounds: (40 − (4 × 1.6 + 10 × 0.8)) / (1.6 + 0.8) = 10.67.
     flops = {"train": lambda b: b * 10**9, "inference": lambda b: b * 10**9 // 2}
     plan = plan_cpu_run(128, flops, flops_per_s=10**10, budget_s=40.0, iterations=20)
     assert plan.batches == {"train": 16, "inference": 16}
-    assert plan.rounds == 11
+    assert plan.rounds == 10
     assert plan.note and "train at batch 16, inference at batch 16, not 128" in plan.note
     # the same inputs give the same plan: nothing in it is measured
     assert plan == plan_cpu_run(128, flops, flops_per_s=10**10, budget_s=40.0, iterations=20)
@@ -240,18 +242,24 @@ def test_a_cpu_run_measures_every_model_at_one_batch_per_phase_from_the_flops() 
 
 
 def test_interleaved_timing_gives_each_model_a_median_and_an_interval() -> None:
-    entries = tuple(
-        one_step(model, phase, 2)
-        for model in ("nin", "alexnet")
-        for phase in ("train", "inference")
+    entries = (
+        *(one_step(model, phase, 2) for model in ("nin", "alexnet") for phase in PHASES),
+        replace(one_step("nin", "inference", 2), precision="amp-bf16"),
     )
     raw = run_worker(TimingRequest(entries, rounds=3))
-    assert len(raw["timings"]) == 4
+    assert len(raw["timings"]) == 5
     for t in raw["timings"]:
         assert t["iterations"] >= 3 and t["interleaved"] is True  # a fast one repeats a round
         assert t["ms_q1"] <= t["ms_per_iter"] <= t["ms_q3"]
-    assert set(raw["layer_ms"]) == {"nin", "alexnet"}  # from the inference entries
-    assert raw["ceilings"]["flops_per_s"] > 0
+    # one per entry, from the inference entries: NiN's first layer is "0.0"
+    assert [layers is not None for layers in raw["layer_ms"]] == [False, True, False, True, True]
+    assert "0.0" in raw["layer_ms"][4]
+    # a roof for each dtype the entries' convolutions run in: AMP bf16 runs them in bf16
+    assert {k: v["matmul_precision"] for k, v in raw["ceilings"].items()} == {
+        "float32": "fp32",
+        "bfloat16": "bf16",
+    }
+    assert all(roof["flops_per_s"] > 0 for roof in raw["ceilings"].values())
 
 
 def test_a_round_gives_a_fast_model_as_many_iterations_as_a_quarter_of_the_slowest() -> None:

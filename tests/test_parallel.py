@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -330,6 +331,17 @@ def test_fsdp_refuses_tied_blocks_in_one_line_and_ddp_takes_them() -> None:
 def test_the_api_refuses_a_world_size_without_a_strategy() -> None:
     with pytest.raises(ProfileError, match="needs --parallel"):
         nin_profile.profile("nin", world_size=8)
+
+
+@pytest.mark.parametrize(
+    "options", [{"precision": "amp-bf16"}, {"compare_precisions": ("fp32", "bf16")}]
+)
+def test_the_wrappers_refuse_a_lower_precision_in_one_line(options: dict[str, Any]) -> None:
+    # autocast under DDP/FSDP2 and FSDP2's MixedPrecisionPolicy are not traced: refused before
+    # any analysis rather than predicted as if in fp32
+    with pytest.raises(ProfileError, match="fp32 only") as info:
+        nin_profile.profile("nin", parallel="fsdp", world_size=8, **options)
+    assert "\n" not in str(info.value)
 
 
 def test_a_profile_without_parallel_reads_as_before() -> None:

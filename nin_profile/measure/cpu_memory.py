@@ -5,9 +5,11 @@ one aten op: im2col columns, oneDNN's reorders and scratchpads)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from torch._C._profiler import _EventType, _ExtraFields_Allocation, _ProfilerEvent
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _allocations(prof: profile) -> Iterator[tuple[int, _ExtraFields_Allocation]]:
@@ -58,10 +60,51 @@ def _inside_one_op(start: int, end: int, windows: list[tuple[int, int]]) -> bool
 
 def cpu_peak_between_ops(work: Callable[[], None]) -> int:
     """As `cpu_peak_during`, without the allocations a kernel frees before its op returns:
-    the figure a trace of the ops' tensors can predict (CUDA's "peak between ops")."""
+    the figure a trace of the ops' tensors can predict (CUDA's "peak between ops"). An op is
+    an outermost aten op of the profile: under autocast, the casts autocast makes for an op
+    (a weight's half copy, freed when the op returns) fall inside that op's window."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
-    windows = _op_windows(prof)
+    return _peak_between(prof, _op_windows(prof))
+
+
+_DISPATCHED = "nin_profile::dispatched_op"
+
+
+class _DispatchedOps(TorchDispatchMode):
+    """Marks each op a dispatch mode sees (below autograd and autocast) in the profile."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        with record_function(_DISPATCHED):
+            return func(*args, **(kwargs or {}))
+
+
+def _dispatched_windows(prof: profile) -> list[tuple[int, int]]:
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
+    windows = []
+    pending: list[_ProfilerEvent] = list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        if event.name == _DISPATCHED:
+            windows.append((event.start_time_ns, event.end_time_ns))
+        pending.extend(event.children)
+    return windows
+
+
+def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> int:
+    """As `cpu_peak_between_ops`, with an op being what a dispatch mode sees, as the CUDA
+    measurement's KernelScratch and the estimate's trace see them: autocast's casts are ops
+    of their own there (`_to_copy`), so a weight's half copy counts while the op using it
+    runs. The work runs under a no-op dispatch mode (which, in training, makes autograd add a
+    gradient from two uses out of place: see docs/method.md)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, _DispatchedOps():
+        work()
+    return _peak_between(prof, _dispatched_windows(prof))
+
+
+def _peak_between(prof: profile, windows: list[tuple[int, int]]) -> int:
+    """The allocator's highest point without the allocations freed inside the window they
+    were made in."""
     events = sorted(
         ((t, f) for t, f in _allocations(prof) if f.device.type == "cpu"), key=lambda p: p[0]
     )

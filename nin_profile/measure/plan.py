@@ -23,11 +23,16 @@ class Plan:
 # assumption, not a measurement: it makes the same command pick the same batch on the same
 # machine, whatever else the machine is doing.
 CPU_PLANNING_FLOPS_PER_THREAD = 40e9
+# How many times longer a CPU plan assumes a step takes in a precision than in float32: this
+# CPU has no fp16 arithmetic (a training step of NiN and of AlexNet at batch 4 took 2.8-5.1×
+# its float32 time in fp16 and AMP fp16, 0.1-1.6× in bf16 and AMP bf16; 2026-11-27). Also an
+# assumption, for the same reason.
+CPU_PLANNING_SLOWDOWN = {"amp-fp16": 4.0, "fp16": 4.0}
 MIN_ROUNDS = 5  # timed rounds a CPU plan keeps, whatever the budget: a median and a spread
-# Iterations each (model, phase) runs besides the timed rounds: warm-up and memory step in its
-# memory worker, warm-up in the timing worker; inference also times each layer alone (one
-# untimed and five timed runs of every layer: six forward passes).
-_FIXED_ITERATIONS = {"train": 3, "inference": 3 + 6}
+# Iterations each (model, phase) runs besides the timed rounds: warm-up, memory step and the
+# step between ops in its memory worker, warm-up in the timing worker; inference also times
+# each layer alone (one untimed and five timed runs of every layer: six forward passes).
+_FIXED_ITERATIONS = {"train": 4, "inference": 4 + 6}
 PHASE_SHARE = 0.5  # of the budget, for each phase's batch
 
 

@@ -24,14 +24,18 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nin_profile.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
-from nin_profile.measure.cpu_memory import cpu_peak_during
+from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
 from nin_profile.measure.nvml import Nvml
 from nin_profile.models import DEFAULT_CLASSES, get_model
+from nin_profile.precision import get_precision
 from nin_profile.training import (
+    Amp,
     TrainingLoss,
+    forward,
     make_batch,
     make_optimizer,
     optimizer_state,
+    scaler_state,
     training_step,
 )
 
@@ -51,7 +55,9 @@ class Request:
     per_layer: bool = True
     time_limit_s: float | None = None  # stop adding timed iterations after this (at least one)
     memory_history: str | None = None  # CUDA: write the allocator's history of the step here
-    scratch: bool = True  # CUDA: one more step to find the kernel scratch (KernelScratch)
+    scratch: bool = True  # one more step to find the peak between ops (KernelScratch on CUDA)
+    precision: str = "fp32"  # nin_profile.precision
+    channels_last: bool = False
 
 
 def emit(message: dict[str, Any]) -> None:
@@ -247,9 +253,22 @@ def kernel_scratch(work: Callable[[], object]) -> KernelScratch:
     return scratch
 
 
-def with_scratch(memory: dict[str, Any], work: Callable[[], object], notes: list[str]) -> None:
-    """Add the kernel-scratch figures of `work` to a CUDA memory result, with a note naming the
-    op; a pass that fails leaves the figures out and says why (the measurement stands)."""
+def with_scratch(memory: dict[str, Any], work: Callable[[], object], device: Device) -> None:
+    """Add the kernel-scratch figures of one more run of `work` to a memory result: on CUDA
+    the peak between ops and the largest scratch, with a note naming the op; on the CPU the
+    peak between the ops a dispatch mode sees (cpu_peak_between_dispatched_ops, the
+    allocator's records without what a kernel frees inside its op: im2col buffers, oneDNN's
+    reorders). A pass that fails leaves the figures out and says why (the measurement
+    stands)."""
+    notes = device.notes
+    if device.kind != "cuda":
+        try:
+            between = cpu_peak_between_dispatched_ops(lambda: _discard(work()))
+        except Exception as exc:  # a diagnostic pass, as on CUDA
+            notes.append(f"no peak between ops: {type(exc).__name__}: {exc}".splitlines()[0])
+            return
+        memory["peak_between_ops"] = memory["baseline_allocated"] + between
+        return
     try:
         scratch = kernel_scratch(work)
     except Exception as exc:  # a diagnostic pass: its failure must not cost the measurement
@@ -296,22 +315,41 @@ def timing(
     }
 
 
+def batch_of(req: Request, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The request's batch, in its precision's dtype and its memory format."""
+    dtype = get_precision(req.precision).model_dtype()
+    sizes = (req.batch, req.channels, req.image_size, classes)
+    return make_batch(*sizes, req.device, dtype, req.channels_last)
+
+
+def amp_of(req: Request, training: bool) -> Amp | None:
+    """`torch.autocast` on the request's device for AMP, and a GradScaler for fp16 training."""
+    precision = get_precision(req.precision)
+    if not precision.amp:
+        return None
+    dtype, device = precision.autocast_dtype(), req.device
+    scaler = torch.amp.GradScaler(device) if precision.grad_scaler and training else None
+    return Amp(lambda: torch.autocast(device_type=device, dtype=dtype), scaler)
+
+
 @dataclass
 class TrainingStep:
-    """A model in train mode with its batch, loss and optimizer: one training step per call."""
+    """A model in train mode with its batch, loss and optimizer: one training step per call
+    (under autocast and with a GradScaler where the precision asks)."""
 
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
+    amp: Amp | None = None
 
     @classmethod
     def of(cls, model: nn.Module, req: Request) -> TrainingStep:
-        x, y = make_batch(req.batch, req.channels, req.image_size, req.classes or 1, req.device)
+        x, y = batch_of(req, req.classes or 1)
         model.train()
         optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
-        return cls(model, x, y, TrainingLoss(req.classes), optimizer)
+        return cls(model, x, y, TrainingLoss(req.classes), optimizer, amp_of(req, training=True))
 
     def __call__(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -319,30 +357,38 @@ class TrainingStep:
 
     def run(self) -> None:
         """The step alone, on whatever gradients are there (none after zero_grad)."""
-        training_step(self.model, self.loss_fn, self.optimizer, self.x, self.y)
+        training_step(self.model, self.loss_fn, self.optimizer, self.x, self.y, amp=self.amp)
+
+    def forward_and_loss(self) -> object:
+        """The step's forward and loss, as the step runs them (per-layer deltas)."""
+        with self.amp.autocast() if self.amp else contextlib.nullcontext():
+            return self.loss_fn(self.model(self.x), self.y)
 
     def held(self) -> list[torch.Tensor]:
-        """What lives between steps: parameters, buffers, optimizer state, the batch."""
-        m = self.model
-        return [*m.parameters(), *m.buffers(), *optimizer_state(self.optimizer), self.x, self.y]
+        """What lives between steps: parameters, buffers, optimizer state (and a GradScaler's),
+        the batch."""
+        m, state = self.model, [*optimizer_state(self.optimizer), *scaler_state(self.amp)]
+        return [*m.parameters(), *m.buffers(), *state, self.x, self.y]
 
 
 @dataclass
 class InferencePass:
-    """A model in eval mode with its batch: one forward pass under inference_mode per call."""
+    """A model in eval mode with its batch: one forward pass under inference_mode per call
+    (under autocast for AMP)."""
 
     model: nn.Module
     x: torch.Tensor
+    amp: Amp | None = None
 
     @classmethod
     def of(cls, model: nn.Module, req: Request) -> InferencePass:
-        x, _ = make_batch(req.batch, req.channels, req.image_size, 1, req.device)
+        x, _ = batch_of(req, 1)
         model.eval()
-        return cls(model, x)
+        return cls(model, x, amp_of(req, training=False))
 
     def __call__(self) -> object:
         with torch.inference_mode():
-            return self.model(self.x)
+            return forward(self.model, self.x, self.amp)
 
     def held(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.model.buffers(), self.x]
@@ -356,13 +402,13 @@ def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str
     step.optimizer.zero_grad(set_to_none=True)
     memory = device.memory_during(step.run, step.held())
     progress("memory", 1, 1)
-    if req.scratch and device.kind == "cuda":
+    if req.scratch:
         step.optimizer.zero_grad(set_to_none=True)
-        with_scratch(memory, step.run, device.notes)
+        with_scratch(memory, step.run, device)
     deltas: dict[str, int] = {}
     if req.per_layer and device.kind == "cuda":
         step.optimizer.zero_grad(set_to_none=True)
-        deltas = layer_deltas(model, lambda: step.loss_fn(model(step.x), step.y), device)
+        deltas = layer_deltas(model, step.forward_and_loss, device)
     times = device.milliseconds(step, req.iterations, _deadline(req))
     return {
         "memory": memory,
@@ -378,8 +424,8 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
         progress("warm-up", i + 1, req.warmup)
     memory = device.memory_during(forward, forward.held())
     progress("memory", 1, 1)
-    if req.scratch and device.kind == "cuda":
-        with_scratch(memory, forward, device.notes)
+    if req.scratch:
+        with_scratch(memory, forward, device)
     times = device.milliseconds(forward, req.iterations, _deadline(req))
     per_layer = layer_times(model, forward, device) if req.per_layer and times else {}
     return {
@@ -387,7 +433,7 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
         "timing": timing(times, req.batch, device.clock),
         "layer_deltas": {},
         "layer_ms": per_layer,
-        "ceilings": measure_ceilings(device) if times else None,
+        "ceilings": measure_ceilings(device, compute_dtype(req)) if times else None,
     }
 
 
@@ -447,22 +493,38 @@ def _leaves_alone(
     return samples
 
 
-def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
+def compute_dtype(req: Request) -> torch.dtype:
+    """The dtype the request's convolutions and matrix products run in."""
+    dtype = getattr(torch, get_precision(req.precision).compute)
+    assert isinstance(dtype, torch.dtype)
+    return dtype
+
+
+PRECISION_WORDS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def measure_ceilings(
+    device: Device, dtype: torch.dtype = torch.float32, repeats: int = 3
+) -> dict[str, Any]:
     """The device's two roofs, each the best of `repeats` after a warm-up, on random data: the
-    arithmetic one is the fastest of a large float32 matrix product and large 3×3 and 5×5
-    convolutions (on the project's CPU, oneDNN's convolutions ran at up to 235 GFLOP/s where a
-    2048² product ran at 170: a product alone put the layers above the roof), the memory one a
-    large copy (bytes read plus written per second). On CUDA both run in the precision cuDNN
-    runs float32 convolutions in (TF32 unless `torch.backends.cudnn.allow_tf32` is off)."""
+    arithmetic one is the fastest of a large matrix product and large 3×3 and 5×5
+    convolutions in `dtype`, the dtype the run's convolutions and matrix products run in (on
+    the project's CPU, oneDNN's float32 convolutions ran at up to 235 GFLOP/s where a 2048²
+    product ran at 170: a product alone put the layers above the roof), the memory one a
+    large copy (bytes read plus written per second). On CUDA float32 runs in the precision
+    cuDNN runs float32 convolutions in (TF32 unless `torch.backends.cudnn.allow_tf32` is
+    off); fp16 and bf16 on the tensor cores."""
     cuda = device.kind == "cuda"
     n, nbytes = (8192, 2**30) if cuda else (2048, 2**27)
     batch, channels, side = (64, 512, 28) if cuda else (16, 256, 28)
-    tf32 = cuda and torch.backends.cudnn.allow_tf32
-    a, b = torch.randn(n, n, device=device.kind), torch.randn(n, n, device=device.kind)
+    tf32 = cuda and torch.backends.cudnn.allow_tf32 and dtype == torch.float32
+    kind = device.kind
+    a, b = (torch.randn(n, n, device=kind, dtype=dtype) for _ in range(2))
     convs = [
-        nn.Conv2d(channels, channels, k, padding=k // 2, bias=False).to(device.kind) for k in (3, 5)
+        nn.Conv2d(channels, channels, k, padding=k // 2, bias=False, device=kind, dtype=dtype)
+        for k in (3, 5)
     ]
-    x = torch.randn(batch, channels, side, side, device=device.kind)
+    x = torch.randn(batch, channels, side, side, device=kind, dtype=dtype)
     src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device.kind)
     dst = torch.empty_like(src)
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -483,7 +545,7 @@ def measure_ceilings(device: Device, repeats: int = 3) -> dict[str, Any]:
     return {
         "flops_per_s": max(matmul, convolution),
         "bytes_per_s": 2 * nbytes / (copy_ms / 1e3),
-        "matmul_precision": "tf32" if tf32 else "fp32",
+        "matmul_precision": "tf32" if tf32 else PRECISION_WORDS.get(dtype, "fp32"),
         "kernel": "convolution" if convolution > matmul else "matrix product",
     }
 
@@ -502,7 +564,8 @@ _LIBRARY_ALLOC_FAILED = (
 
 
 def build(req: Request) -> nn.Module:
-    """The request's model with its real weights (seed 0), on the request's device."""
+    """The request's model with its real weights (seed 0), on the request's device, in its
+    precision's dtype (`model.to(dtype)`: float32 for AMP) and memory format."""
     torch.manual_seed(0)
     model = get_model(
         req.model,
@@ -510,7 +573,10 @@ def build(req: Request) -> nn.Module:
         classes=req.classes or DEFAULT_CLASSES,
         image_size=req.image_size,
     )
-    return model.to(req.device)
+    model.to(req.device, get_precision(req.precision).model_dtype())
+    if req.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
 
 
 @dataclass(frozen=True)
@@ -523,7 +589,7 @@ class TimingRequest:
     (its inference entry) and the device's two roofs measured, in the same process and with the
     same threads as the layers."""
 
-    entries: tuple[Request, ...]
+    entries: tuple[Request, ...]  # a (model, phase, precision) each
     rounds: int
     min_rounds: int = 3
     time_limit_s: float | None = None
@@ -584,13 +650,14 @@ def _time_interleaved(req: TimingRequest, device: Device) -> dict[str, Any]:
         timing(times, entry.batch, device.clock, interleaved=True)
         for entry, times in zip(req.entries, samples, strict=True)
     ]
-    if req.per_layer:
-        result["layer_ms"] = {
-            entry.model: layer_times(step.model, step, device)
+    if req.per_layer:  # one per entry: each inference entry's layers (None for training)
+        result["layer_ms"] = [
+            layer_times(step.model, step, device) if entry.phase == "inference" else None
             for entry, step in zip(req.entries, steps, strict=True)
-            if entry.phase == "inference"
-        }
-    result["ceilings"] = measure_ceilings(device)
+        ]
+    # the roofs of each dtype the entries' convolutions and products run in ("float32": ...)
+    dtypes = {str(compute_dtype(e)).removeprefix("torch."): compute_dtype(e) for e in req.entries}
+    result["ceilings"] = {name: measure_ceilings(device, dtype) for name, dtype in dtypes.items()}
     return result
 
 

@@ -131,9 +131,10 @@ def _measured_sentence(nin: ModelProfile, phase: str) -> str:
         f"{fmt_bytes(est.peak)}, is {error_words(est.peak, mem.peak_allocated)}"
     )
     if mem.peak_between_ops is not None:
+        scratch = "cuDNN's convolution workspace" if mem.peak_reserved else "im2col buffers"
         text += (
             f". Of that peak, {fmt_bytes(mem.peak_allocated - mem.peak_between_ops)} is scratch "
-            "a kernel allocates and frees inside one op (cuDNN's convolution workspace); between "
+            f"a kernel allocates and frees inside one op ({scratch}); between "
             f"ops the peak is {fmt_bytes(mem.peak_between_ops)} and the estimate is "
             f"{error_words(est.peak, mem.peak_between_ops)}"
         )

@@ -18,6 +18,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocat
 
 from nin_profile.render.groups import layer_groups
 from nin_profile.render.names import ChartSpec, chart_plan, is_pointwise
+from nin_profile.render.text import precision_title
 from nin_profile.results import (
     LayerStats,
     MemoryBreakdown,
@@ -35,6 +36,7 @@ CATEGORY_COLORS = {
     MemoryCategory.OPTIMIZER: "#dd8452",
     MemoryCategory.WORKSPACE: "#8c8c8c",
     MemoryCategory.GRADS: "#55a868",
+    MemoryCategory.WEIGHT_COPIES: "#64b5cd",
     MemoryCategory.ACTIVATIONS: "#c44e52",
     MemoryCategory.TRANSIENT: "#ccb974",
     MemoryCategory.COMMUNICATION: "#64b5cd",
@@ -69,7 +71,7 @@ def _subtitle(profile: Profile, measured: bool, batches: Sequence[int] = ()) -> 
     (the run's batch unless given)."""
     c = profile.config
     kind = "estimated and measured" if measured else "estimated"
-    return f"{kind} · {c.device} · {c.dtype} · {_batches(batches or [c.batch])}"
+    return f"{kind} · {c.device} · {precision_title(c)} · {_batches(batches or [c.batch])}"
 
 
 def _batches(batches: Sequence[int]) -> str:
@@ -439,7 +441,7 @@ def roofline(profile: Profile) -> Figure:
         batches = sorted({pm.batch for m in profile.models if (pm := _timed(m))})
         title = (
             "Roofline of each layer's forward pass\nintensity estimated, throughput measured · "
-            f"{profile.environment.device_name} · {c.dtype} · {_batches(batches)}"
+            f"{profile.environment.device_name} · {precision_title(c)} · {_batches(batches)}"
         )
     else:
         ax.set_ylabel("forward GFLOPs of the layer per batch\n(estimated, log scale)")
@@ -594,11 +596,18 @@ def _sweep_legend(models: Sequence[ModelProfile], measured: bool) -> list[Line2D
     return handles
 
 
+def _precision_chart(profile: Profile) -> Figure:
+    from nin_profile.render.precision_chart import precision_memory  # it draws with this module
+
+    return precision_memory(profile)
+
+
 _MAKERS: dict[str, Callable[[Profile, ChartSpec], Figure]] = {
     "models": lambda p, s: models_overview(p),
     "memory": lambda p, s: memory_breakdown(p, s.phase or "train"),
     "roofline": lambda p, s: roofline(p),
     "sweep": lambda p, s: sweep(p),
+    "precision": lambda p, s: _precision_chart(p),
     "layers": lambda p, s: layer_costs(p, next(m for m in p.models if m.name == s.model)),
     "ranks": lambda p, s: _rank_memory(p, s.model or ""),
 }

@@ -24,6 +24,7 @@ from nin_profile.render.text import (
     md_table,
     per_example_bytes,
     per_example_ms,
+    precision_meaning,
     rel_error,
     scratch_ops,
     time_verdict,
@@ -102,8 +103,9 @@ def conditions(profile: Profile) -> str:
     c, env = profile.config, profile.environment
     shape = f"{c.channels}×{c.image_size}×{c.image_size}"
     text = (
-        f"Batch {c.batch} of {shape} images, {classes_words(profile)}, {c.dtype}, optimizer "
-        f"{c.optimizer}. Every figure is per batch unless it says per example. "
+        f"Batch {c.batch} of {shape} images, {classes_words(profile)}, "
+        f"{precision_meaning(c)}, optimizer {c.optimizer}. Every figure is per batch unless it "
+        "says per example. "
     )
     if c.parallel != "none":
         text += f"Under --parallel {c.parallel} the batch is each rank's. "
@@ -329,6 +331,16 @@ def _largest_miss(profile: Profile) -> str:
     )
 
 
+def _cpu_between_ops(profile: Profile) -> str:
+    """What the CPU's between-ops column is, where the run measured it."""
+    if not any(pm.memory and pm.memory.peak_between_ops for _, pm in _measured_rows(profile)):
+        return ""
+    return (
+        "Between ops: the same step once more, without what a kernel allocates and frees "
+        "inside its op, the figure the estimate predicts. "
+    )
+
+
 def measured_section(profile: Profile, charts: bool) -> str:
     device = next(pm.device_name for _, pm in _measured_rows(profile))
     cpu = profile.config.device == "cpu"
@@ -336,6 +348,7 @@ def measured_section(profile: Profile, charts: bool) -> str:
         "On the CPU the measured peak is the allocator's, from the profiler's allocation "
         "records; convolutions allocate scratch inside the kernel (im2col buffers, oneDNN "
         "reorders) that no trace of tensors can see, so it runs above the estimate. "
+        + _cpu_between_ops(profile)
         if cpu
         else "Between ops: the highest the allocator held before or after any op, without "
         "the scratch a kernel allocates and frees inside one op (cuDNN's workspace), which no "
@@ -422,6 +435,7 @@ _SHOWN = {
         MemoryCategory.OPTIMIZER,
         MemoryCategory.WORKSPACE,
         MemoryCategory.INPUT,
+        MemoryCategory.WEIGHT_COPIES,
         MemoryCategory.ACTIVATIONS,
         MemoryCategory.TRANSIENT,
     ),
@@ -429,6 +443,7 @@ _SHOWN = {
         MemoryCategory.PARAMS,
         MemoryCategory.WORKSPACE,
         MemoryCategory.INPUT,
+        MemoryCategory.WEIGHT_COPIES,
         MemoryCategory.ACTIVATIONS,
     ),
 }
@@ -439,6 +454,7 @@ CATEGORY_TITLES = {
     MemoryCategory.OPTIMIZER: "optimizer state",
     MemoryCategory.WORKSPACE: "workspace",
     MemoryCategory.GRADS: "gradients",
+    MemoryCategory.WEIGHT_COPIES: "weight copies",
     MemoryCategory.ACTIVATIONS: "saved activations",
     MemoryCategory.TRANSIENT: "transient",
     MemoryCategory.COMMUNICATION: "communication",

@@ -5,7 +5,7 @@ comparison (render/general.py) when other models are."""
 
 from __future__ import annotations
 
-from nin_profile.render import chapter, general, parallel
+from nin_profile.render import chapter, general, parallel, precision
 from nin_profile.render.sections import Section
 from nin_profile.results import Profile
 
@@ -18,6 +18,8 @@ SECTIONS: tuple[Section, ...] = (
     chapter.EXERCISE4,
     chapter.CLAIMS,
     general.COMPARISON,
+    precision.PRECISION,
+    precision.LAYOUT,
     general.PEERS,
     general.SWEEP,
     general.FITS,

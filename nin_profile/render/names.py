@@ -10,7 +10,7 @@ from nin_profile.results import LayerStats, ModelProfile, Profile
 
 @dataclass(frozen=True)
 class ChartSpec:
-    kind: str  # "models", "memory", "layers", "sweep", "roofline", "ranks"
+    kind: str  # "models", "memory", "layers", "sweep", "roofline", "precision", "ranks"
     file: str
     title: str
     model: str | None = None
@@ -57,6 +57,8 @@ def chart_plan(profile: Profile) -> list[ChartSpec]:
     ]
     if has_sweep(profile):
         plan.append(ChartSpec("sweep", "sweep.png", "Memory and time against batch size"))
+    if any(m.precisions for m in profile.models):
+        plan.append(ChartSpec("precision", "precision.png", "Memory by precision"))
     plan += [
         ChartSpec("ranks", f"ranks_{safe(m.name)}.png", f"{m.name}: memory per rank", model=m.name)
         for m in profile.models

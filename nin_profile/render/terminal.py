@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from nin_profile.render.text import grouped_notes, rel_error
+from nin_profile.render.text import grouped_notes, precision_title, rel_error
 from nin_profile.results import Profile
 from nin_profile.units import fmt_mib, fmt_scaled
 
@@ -39,7 +39,8 @@ def summary_table(profile: Profile) -> Table:
     """The estimates at the requested batch."""
     c = profile.config
     table = _table(
-        f"estimated for {c.device} · batch {c.batch} · {c.dtype} · {c.optimizer} · per batch",
+        f"estimated for {c.device} · batch {c.batch} · {precision_title(c)} · {c.optimizer} · "
+        "per batch",
         "Step = forward + backward · FLOPs = 2 × MACs · Saved = kept for backward · "
         "peaks: largest memory in use",
     )
@@ -142,11 +143,14 @@ def rank_table(profile: Profile) -> Table | None:
 
 
 def tables(profile: Profile) -> list[Table]:
+    from nin_profile.render.precision_terminal import precision_table  # it uses this module
+
     shown = [
         summary_table(profile),
         measured_table(profile),
         sweep_table(profile),
         rank_table(profile),
+        precision_table(profile),
     ]
     return [t for t in shown if t is not None]
 

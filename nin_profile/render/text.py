@@ -17,8 +17,38 @@ from nin_profile.results import (
     ModelProfile,
     PhaseMeasurement,
     Profile,
+    RunConfig,
     Timing,
 )
+
+PRECISION_TITLES = {
+    "fp32": "fp32",
+    "amp-fp16": "AMP fp16",
+    "amp-bf16": "AMP bf16",
+    "fp16": "fp16 model",
+    "bf16": "bf16 model",
+}
+PRECISION_MEANINGS = {
+    "fp32": "fp32 (everything in float32)",
+    "amp-fp16": "AMP fp16 (autocast around the forward and the loss, float32 parameters, "
+    "gradients and optimizer state, a GradScaler)",
+    "amp-bf16": "AMP bf16 (autocast around the forward and the loss, float32 parameters, "
+    "gradients and optimizer state)",
+    "fp16": "an fp16 model (parameters, gradients, optimizer state and input in float16)",
+    "bf16": "a bf16 model (parameters, gradients, optimizer state and input in bfloat16)",
+}
+
+
+def precision_title(c: RunConfig) -> str:
+    """'AMP fp16', 'fp32, channels_last': for headings."""
+    return PRECISION_TITLES[c.precision] + (", channels_last" if c.channels_last else "")
+
+
+def precision_meaning(c: RunConfig) -> str:
+    """The run's precision and memory format in words, for the conditions."""
+    layout = ", model and batch in channels_last" if c.channels_last else ""
+    return PRECISION_MEANINGS[c.precision] + layout
+
 
 DISPLAY = {
     "nin": "NiN",
