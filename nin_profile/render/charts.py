@@ -309,7 +309,7 @@ def _stacked_categories(
                 [s / MiB for s in sizes],
                 width=width,
                 bottom=bottom,
-                label=f"{category.value}: {_size_range(sizes)} (estimated)",
+                label=f"{category.value.replace('_', ' ')}: {_size_range(sizes)} (estimated)",
                 color=CATEGORY_COLORS[category],
             )
             bottom = [b + s / MiB for b, s in zip(bottom, sizes, strict=True)]

@@ -741,17 +741,21 @@ def sweep_section(profile: Profile, charts: bool) -> str:
 
 
 def fits_section(profile: Profile, charts: bool) -> str:
+    fits = [(m, f) for m in profile.models for f in m.fits]
+    hows = list(dict.fromkeys(f.how for _, f in fits))
+    one_way = len(hows) == 1  # said once above the table rather than on every row
     rows = [
-        [m.name, f.phase, fmt_int(f.batch) if f.batch else "none", fmt_bytes(f.limit_bytes), f.how]
-        for m in profile.models
-        for f in m.fits
+        [m.name, f.phase, fmt_int(f.batch) if f.batch else "none", fmt_bytes(f.limit_bytes)]
+        + [f.how] * (not one_way)
+        for m, f in fits
     ]
     table = md_table(
-        ["Model", "Phase", "Largest batch", "Memory", "How"],
+        ["Model", "Phase", "Largest batch", "Memory"] + ["How"] * (not one_way),
         rows,
-        [False, False, True, True, False],
+        [False, False, True, True] + [False] * (not one_way),
     )
-    return join("## The largest batch that fits", table)
+    how = f"*How, for every row: {hows[0]}.*" if one_way else ""
+    return join("## The largest batch that fits", how, table)
 
 
 _LAYER_COLUMNS = (

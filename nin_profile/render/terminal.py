@@ -158,8 +158,10 @@ def tables(profile: Profile) -> list[Table]:
 def notes_lines(profile: Profile) -> list[str]:
     """What was shortened, skipped, failed or assumed, one line per kind; then the fits."""
     lines = [f"note: {n}" for n in grouped_notes(profile)]
+    by_how: dict[str, list[str]] = {}  # one line for the fits found the same way
     for m in profile.models:
-        lines += [
-            f"{m.name} {f.phase}: largest batch {f.batch or 'none'} ({f.how})" for f in m.fits
-        ]
+        for f in m.fits:
+            batch = f"{f.batch:,}" if f.batch else "none"
+            by_how.setdefault(f.how, []).append(f"{m.name} {f.phase} {batch}")
+    lines += [f"largest batch, {how}: {', '.join(fits)}" for how, fits in by_how.items()]
     return lines
