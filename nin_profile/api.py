@@ -24,6 +24,9 @@ ModelLike = nn.Module | str
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 PARALLEL = ("none", "ddp", "fsdp")
+# FSDP2's mixed-precision policy: what --fsdp-param-dtype and --fsdp-reduce-dtype take
+FSDP_PARAM_DTYPES = ("bf16", "fp16")
+FSDP_REDUCE_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def model_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -72,18 +75,27 @@ def check_parallel(
     reshard_after_forward: bool = True,
     measured_on: str | None = None,
     precisions: Sequence[str] = ("fp32",),
+    fsdp_param_dtype: str | None = None,
+    fsdp_reduce_dtype: str | None = None,
 ) -> dict[str, Any]:
     """RunConfig's per-rank fields, or one line on options that do not go together.
     measured_on: the device real ranks are measured on (None for --static); precisions: the
-    run's and those compared."""
+    run's and those compared; fsdp_param_dtype, fsdp_reduce_dtype: FSDP2's mixed-precision
+    policy."""
     if parallel not in PARALLEL:
         raise ProfileError(f"parallel {parallel!r}: choose one of {', '.join(PARALLEL)}")
     lower = [p for p in precisions if p != "fp32"]
     if parallel != "none" and lower:
+        instead = (
+            "; FSDP2's own mixed precision is --fsdp-param-dtype bf16|fp16"
+            if parallel == "fsdp"
+            else ""
+        )
         raise ProfileError(
             f"--parallel {parallel} runs in fp32 only for now ({', '.join(lower)} given): "
-            "autocast under the wrappers and FSDP2's mixed-precision policy are not traced yet"
+            f"autocast under the wrappers is not traced{instead}"
         )
+    policy = _fsdp_policy(parallel, fsdp_param_dtype, fsdp_reduce_dtype)
     if parallel == "none":
         given = [
             name
@@ -122,7 +134,35 @@ def check_parallel(
         "bucket_cap_mb": bucket_cap_mb,
         "gradient_as_bucket_view": gradient_as_bucket_view,
         "reshard_after_forward": reshard_after_forward,
+        **policy,
     }
+
+
+def _fsdp_policy(
+    parallel: str, param_dtype: str | None, reduce_dtype: str | None
+) -> dict[str, str | None]:
+    """RunConfig's fields of FSDP2's mixed-precision policy, or one line why not."""
+    given = [
+        name
+        for name, value in (
+            ("--fsdp-param-dtype", param_dtype),
+            ("--fsdp-reduce-dtype", reduce_dtype),
+        )
+        if value is not None
+    ]
+    if given and parallel != "fsdp":
+        raise ProfileError(
+            f"{', '.join(given)} needs --parallel fsdp: it is FSDP2's mixed-precision policy"
+        )
+    for name, value, allowed in (
+        ("fsdp_param_dtype", param_dtype, FSDP_PARAM_DTYPES),
+        ("fsdp_reduce_dtype", reduce_dtype, FSDP_REDUCE_DTYPES),
+    ):
+        if value is not None and value not in allowed:
+            raise ProfileError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
+    if parallel != "fsdp":
+        return {}
+    return {"fsdp_param_dtype": param_dtype, "fsdp_reduce_dtype": reduce_dtype}
 
 
 def run(config: RunConfig, on_progress: Callable[[Any], None] | None = None) -> Profile:
@@ -160,6 +200,8 @@ def profile(
     bucket_cap_mb: float | None = None,
     gradient_as_bucket_view: bool = False,
     reshard_after_forward: bool = True,
+    fsdp_param_dtype: str | None = None,
+    fsdp_reduce_dtype: str | None = None,
 ) -> Profile:
     """Profile `models` (nn.Module instances, registered names such as "nin", or import paths
     "package.module:callable") for one batch of `input_size` (channels, height, width) images.
@@ -170,7 +212,7 @@ def profile(
     works on a meta copy (no weight is copied), a measurement on a copy loaded in its worker
     process (whose class must be importable there: not defined in a notebook). The other
     keywords are the command line's flags (`--sweep-batch`, `--memory-budget 6GiB`,
-    `parallel="fsdp", world_size=(8, 64)`, `precision="amp-bf16"`,
+    `parallel="fsdp", world_size=(8, 64)`, `fsdp_param_dtype="bf16"`, `precision="amp-bf16"`,
     `compare_precisions=("fp32", "amp-fp16")`, ...); sizes are bytes or strings with a unit;
     with `parallel`, `batch` is each rank's batch. Returns the Profile the command line writes as
     profile.json. Bad input raises ProfileError with one line saying why."""
@@ -195,6 +237,8 @@ def profile(
         reshard_after_forward,
         None if static else resolved,
         (precision, *compared),
+        fsdp_param_dtype,
+        fsdp_reduce_dtype,
     )
     names: list[str] = []
     registered: list[str] = []

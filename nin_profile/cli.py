@@ -271,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="FSDP2: keep each block's gathered parameters from its forward to its backward",
     )
     p.add_argument(
+        "--fsdp-param-dtype",
+        choices=("bf16", "fp16"),
+        help="FSDP2's mixed-precision policy (MixedPrecisionPolicy.param_dtype): each block "
+        "gathered and computed in this dtype, its inputs cast to it; the shards, the sharded "
+        "gradients and the optimizer state stay fp32 (default: none, all fp32)",
+    )
+    p.add_argument(
+        "--fsdp-reduce-dtype",
+        choices=("fp32", "bf16", "fp16"),
+        help="FSDP2's mixed-precision policy (MixedPrecisionPolicy.reduce_dtype): gradients "
+        "reduce-scattered in this dtype (default: FSDP2's, the --fsdp-param-dtype, else fp32)",
+    )
+    p.add_argument(
         "--no-charts",
         action="store_true",
         help="write report.md without the PNG charts (faster; no matplotlib)",
@@ -443,6 +456,8 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         not args.no_reshard_after_forward,
         None if args.static else device,
         (args.precision, *(args.compare_precision or ())),
+        args.fsdp_param_dtype,
+        args.fsdp_reduce_dtype,
     )
     if args.compare_peers:
         from nin_profile.peers import import_peers

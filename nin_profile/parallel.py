@@ -39,7 +39,7 @@ import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import nn
@@ -67,7 +67,12 @@ from nin_profile.training import (
     training_step,
 )
 
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
 STRATEGIES = ("none", "ddp", "fsdp")
+# The dtypes of FSDP2's MixedPrecisionPolicy by name (--fsdp-param-dtype, --fsdp-reduce-dtype)
+FSDP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The optimizer state and FSDP2's lazy state come with the first step; DDP's buckets are
 # rebuilt in gradient order after it, and the second step's hook sees the new ones.
 WARMUP_STEPS = 2
@@ -80,13 +85,30 @@ class Parallel:
     and a first bucket of 1 MiB). gradient_as_bucket_view (DDP): gradients are views into the
     buckets instead of tensors of their own. reshard_after_forward (FSDP2): free each block's
     gathered parameters after its forward and gather them again in backward (the root's are
-    kept: FSDP2 never reshards the root after forward)."""
+    kept: FSDP2 never reshards the root after forward). param_dtype, reduce_dtype (FSDP2): its
+    mixed-precision policy by name (FSDP_DTYPES); None is FSDP2's default (the model's dtype;
+    for reduce_dtype, param_dtype's)."""
 
     strategy: str
     world_size: int
     bucket_cap_mb: float | None = None
     gradient_as_bucket_view: bool = False
     reshard_after_forward: bool = True
+    param_dtype: str | None = None
+    reduce_dtype: str | None = None
+
+
+def mp_policy(param_dtype: str | None, reduce_dtype: str | None) -> MixedPrecisionPolicy:
+    """FSDP2's MixedPrecisionPolicy for dtypes by name (None: FSDP2's default). The shards stay
+    in the model's dtype (the optimizer steps them); each block is gathered, and its forward
+    and backward computed, in param_dtype (its inputs cast to it); gradients are reduced in
+    reduce_dtype and kept sharded in the model's dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(
+        param_dtype=FSDP_DTYPES[param_dtype] if param_dtype else None,
+        reduce_dtype=FSDP_DTYPES[reduce_dtype] if reduce_dtype else None,
+    )
 
 
 # A storage in several categories belongs to the first of these; in none, to the trace's
@@ -478,7 +500,8 @@ def default_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def _wrap_fsdp(model: nn.Module, parallel: Parallel) -> _Wrapped:
-    """`fully_shard` on each block, then on the model, over a CPU mesh of the fake group.
+    """`fully_shard` on each block, then on the model, over a CPU mesh of the fake group, each
+    with the run's mixed-precision policy.
 
     Sharding happens on the meta parameters (a few meta ops a rank; on fake tensors it took
     7 s at 1,024 ranks for VGG-11, FSDP2 making a view per rank); then the shards become fake
@@ -491,8 +514,14 @@ def _wrap_fsdp(model: nn.Module, parallel: Parallel) -> _Wrapped:
     _check_shardable(model)
     with unset_fake_temporarily():
         mesh = init_device_mesh("cpu", (parallel.world_size,))
+        policy = mp_policy(parallel.param_dtype, parallel.reduce_dtype)
         for block in [*default_blocks(model), model]:
-            fully_shard(block, mesh=mesh, reshard_after_forward=parallel.reshard_after_forward)
+            fully_shard(
+                block,
+                mesh=mesh,
+                reshard_after_forward=parallel.reshard_after_forward,
+                mp_policy=policy,
+            )
     mode = torch._guards.active_fake_mode()
     assert isinstance(mode, FakeTensorMode)
     mode.allow_non_fake_inputs = True  # the meta shards are what to_empty makes them like

@@ -34,6 +34,8 @@ def parallel_of(config: RunConfig, world_size: int) -> Parallel:
         bucket_cap_mb=config.bucket_cap_mb,
         gradient_as_bucket_view=config.gradient_as_bucket_view,
         reshard_after_forward=config.reshard_after_forward,
+        param_dtype=config.fsdp_param_dtype,
+        reduce_dtype=config.fsdp_reduce_dtype,
     )
 
 
@@ -172,6 +174,8 @@ def _check(run: Run, profile: ModelProfile, world_size: int) -> RankCheck:
         bucket_cap_mb=c.bucket_cap_mb,
         gradient_as_bucket_view=c.gradient_as_bucket_view,
         reshard_after_forward=c.reshard_after_forward,
+        param_dtype=c.fsdp_param_dtype,
+        reduce_dtype=c.fsdp_reduce_dtype,
         threads=threads,
     )
     task = f"{profile.name} · {c.parallel} · {world_size} real ranks · batch {batch}"

@@ -500,6 +500,10 @@ class RunConfig:
     bucket_cap_mb: float | None = None  # DDP; None: DDP's default
     gradient_as_bucket_view: bool = False  # DDP
     reshard_after_forward: bool = True  # FSDP2
+    # FSDP2's mixed-precision policy: "bf16", "fp16" (reduce also "fp32"); None: FSDP2's default
+    # (the model's dtype; for the reduction, the param dtype). Files before it: None
+    fsdp_param_dtype: str | None = None
+    fsdp_reduce_dtype: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

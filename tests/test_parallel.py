@@ -29,10 +29,11 @@ from nin_profile.parallel import (
 )
 from nin_profile.parallel_results import ParallelProfile, RankProfile, ZeroEstimates
 from nin_profile.render.parallel import scaling_sentence
-from nin_profile.results import MemoryBreakdown, ModelProfile, PeakSite
+from nin_profile.results import MemoryBreakdown, ModelProfile, PeakSite, RunConfig
 from nin_profile.results import MemoryCategory as C
 
 F32 = 4  # bytes of a float32
+HALF = 2  # bytes of a bfloat16 or a float16
 CFG = AnalysisConfig(batch=4, channels=1, image_size=8, device="cpu")
 CLASSES = 7
 
@@ -157,6 +158,82 @@ def test_the_trace_costs_the_same_at_any_world_size() -> None:
     assert len(trace("fsdp", 8).log.events) == len(trace("fsdp", 1024).log.events)
 
 
+# ---- FSDP2's mixed-precision policy ----------------------------------------------------------
+
+LINEAR = [(7, 320), (7,)]  # small_net's larger block
+
+
+def padded_elements(world_size: int, block: list[tuple[int, ...]]) -> int:
+    """Elements of `block` gathered whole: each parameter's first dimension padded to N
+    chunks of ⌈rows / N⌉ (what FSDP2's all-gather fills)."""
+    return sum(world_size * math.ceil(s[0] / world_size) * math.prod(s[1:]) for s in block)
+
+
+def mp_trace(
+    world_size: int, param_dtype: str | None, reduce_dtype: str | None = None
+) -> RankTrace:
+    parallel = Parallel("fsdp", world_size, param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    train, _ = trace_rank(small_net(), CFG, parallel, CLASSES, inference=False)
+    return train
+
+
+@pytest.mark.parametrize("world_size", [3, 8])
+def test_fsdp_param_dtype_gathers_in_16_bits_and_keeps_fp32_shards(world_size: int) -> None:
+    # MixedPrecisionPolicy: "the optimizer step uses the sharded parameter in the original
+    # dtype"; the all-gather and the unsharded parameter are in param_dtype
+    t = mp_trace(world_size, "bf16")
+    assert largest_size(t, C.UNSHARDED_PARAMS) == HALF * padded_elements(world_size, LINEAR)
+    assert held_bytes(t, [C.PARAMS]) == shard_bytes(world_size)  # 4 B × ⌈rows / N⌉ × cols
+    assert largest_size(t, C.GRADS) == shard_bytes(world_size)  # sharded gradients in fp32
+
+
+def test_fsdp_param_dtype_computes_and_saves_activations_in_16_bits() -> None:
+    # cast_forward_inputs: the batch enters the model in bf16; the ReLU saves its bf16 output
+    t = mp_trace(3, "bf16")
+    saved = {t.log.nbytes[key] for key in t.owners[C.ACTIVATIONS]}
+    cast_input, relu_output = CFG.batch * 1 * 8 * 8, CFG.batch * 5 * 8 * 8
+    assert {HALF * cast_input, HALF * relu_output} <= saved
+    assert not {F32 * cast_input, F32 * relu_output} & saved
+
+
+@pytest.mark.parametrize(
+    ("param_dtype", "reduce_dtype", "gathered", "reduced"),
+    [
+        (None, None, F32, F32),
+        ("bf16", None, HALF, HALF),  # reduce_dtype None: the param dtype (FSDP2's default)
+        ("bf16", "fp32", HALF, F32),
+        ("fp16", "bf16", HALF, HALF),
+    ],
+)
+def test_fsdp_collectives_move_each_block_in_the_policys_dtypes(
+    param_dtype: str | None, reduce_dtype: str | None, gathered: int, reduced: int
+) -> None:
+    # a step gathers each block twice (forward; backward, resharded after forward) and
+    # reduce-scatters its padded gradient once
+    elements = padded_elements(3, shapes())
+    expected = (2 * gathered + reduced) * elements
+    assert mp_trace(3, param_dtype, reduce_dtype).collective_bytes == expected
+
+
+def test_the_policy_reaches_profile_json_and_the_report() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(320, 7))
+    profile = nin_profile.profile(
+        net,
+        input_size=(1, 8, 8),
+        batch=4,
+        parallel="fsdp",
+        world_size=8,
+        fsdp_param_dtype="bf16",
+        fsdp_reduce_dtype="fp32",
+    )
+    c = profile.config
+    assert (c.fsdp_param_dtype, c.fsdp_reduce_dtype) == ("bf16", "fp32")
+    assert RunConfig.from_dict(c.to_dict()) == c
+    assert "param_dtype bf16, reduce_dtype fp32" in profile.report()
+    older = {k: v for k, v in c.to_dict().items() if not k.startswith("fsdp_")}
+    assert RunConfig.from_dict(older).fsdp_param_dtype is None  # files before the policy
+
+
 @pytest.mark.parametrize("rows", [1, 5, 7, 96])
 @pytest.mark.parametrize("world_size", [1, 2, 3, 8, 1024])
 def test_chunks_on_demand_are_fsdp2s_chunks(rows: int, world_size: int) -> None:
@@ -268,6 +345,11 @@ def test_a_static_run_writes_the_per_rank_section_chart_and_json(tmp_path: Path)
         (["--parallel", "fsdp", "--world-size", "8", "--bucket-cap-mb", "4"], "DDP's options"),
         (["--parallel", "ddp", "--world-size", "8", "--no-reshard-after-forward"], "FSDP2's"),
         (["--parallel", "ddp", "--world-size", "0"], "must be a positive whole number"),
+        (
+            ["--parallel", "ddp", "--world-size", "8", "--fsdp-param-dtype", "bf16"],
+            "--fsdp-param-dtype needs --parallel fsdp",
+        ),
+        (["--fsdp-reduce-dtype", "fp32"], "--fsdp-reduce-dtype needs --parallel fsdp"),
     ],
 )
 def test_bad_parallel_options_get_one_line(
@@ -334,14 +416,31 @@ def test_the_api_refuses_a_world_size_without_a_strategy() -> None:
 
 
 @pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (
+            {"parallel": "ddp", "fsdp_param_dtype": "bf16"},
+            "--fsdp-param-dtype needs --parallel fsdp",
+        ),
+        ({"parallel": "fsdp", "fsdp_param_dtype": "fp32"}, "choose one of bf16, fp16"),
+        ({"parallel": "fsdp", "fsdp_reduce_dtype": "fp8"}, "choose one of fp32, bf16, fp16"),
+    ],
+)
+def test_the_api_refuses_a_policy_it_cannot_apply(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(ProfileError, match=words) as info:
+        nin_profile.profile("nin", world_size=8, **options)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     "options", [{"precision": "amp-bf16"}, {"compare_precisions": ("fp32", "bf16")}]
 )
 def test_the_wrappers_refuse_a_lower_precision_in_one_line(options: dict[str, Any]) -> None:
-    # autocast under DDP/FSDP2 and FSDP2's MixedPrecisionPolicy are not traced: refused before
-    # any analysis rather than predicted as if in fp32
+    # autocast under DDP/FSDP2 is not traced: refused before any analysis rather than
+    # predicted as if in fp32; FSDP2's own policy is pointed to
     with pytest.raises(ProfileError, match="fp32 only") as info:
         nin_profile.profile("nin", parallel="fsdp", world_size=8, **options)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "--fsdp-param-dtype" in str(info.value)
 
 
 def test_a_profile_without_parallel_reads_as_before() -> None:

@@ -55,6 +55,8 @@ class RankRequest:
     bucket_cap_mb: float | None = None
     gradient_as_bucket_view: bool = False
     reshard_after_forward: bool = True
+    param_dtype: str | None = None  # FSDP2's mixed-precision policy (parallel.mp_policy)
+    reduce_dtype: str | None = None
     threads: int = 1
     warmup: int = 2  # the optimizer state; then DDP's rebuilt buckets
 
@@ -158,8 +160,9 @@ def _setup(req: RankRequest) -> _Step:
 
 
 def wrap(model: nn.Module, req: RankRequest) -> nn.Module:
-    """DDP, or FSDP2 on each block and then the model (parallel.default_blocks), as the
-    prediction wraps it; the model itself for "none"."""
+    """DDP, or FSDP2 on each block and then the model (parallel.default_blocks) with the
+    request's mixed-precision policy, as the prediction wraps it; the model itself for
+    "none"."""
     if req.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -173,10 +176,11 @@ def wrap(model: nn.Module, req: RankRequest) -> nn.Module:
     if req.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        from nin_profile.parallel import default_blocks
+        from nin_profile.parallel import default_blocks, mp_policy
 
+        policy = mp_policy(req.param_dtype, req.reduce_dtype)
         for block in [*default_blocks(model), model]:
-            fully_shard(block, reshard_after_forward=req.reshard_after_forward)
+            fully_shard(block, reshard_after_forward=req.reshard_after_forward, mp_policy=policy)
     return model
 
 

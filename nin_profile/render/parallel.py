@@ -77,8 +77,30 @@ def how_wrapped(profile: Profile) -> str:
     )
     return (
         "FSDP2: `fully_shard` on each block (each direct child of the model that holds "
-        f"parameters), then on the model itself; {reshard}; no mixed-precision policy "
-        "(parameters, gradients and collectives in the model's dtype)"
+        f"parameters), then on the model itself; {reshard}; {policy_words(profile)}"
+    )
+
+
+def policy_words(profile: Profile) -> str:
+    """FSDP2's mixed-precision policy in words (MixedPrecisionPolicy's defaults followed)."""
+    c = profile.config
+    param, reduce = c.fsdp_param_dtype, c.fsdp_reduce_dtype or c.fsdp_param_dtype
+    if param is None and reduce is None:
+        return (
+            "no mixed-precision policy (parameters, gradients and collectives in the model's dtype)"
+        )
+    gathered = (
+        f"each block gathered and its forward and backward computed in {param} (its inputs "
+        f"cast to {param}, its saved activations in {param}), the shards, the sharded "
+        "gradients and the optimizer state kept in the model's dtype"
+        if param
+        else "parameters gathered and computed in the model's dtype"
+    )
+    default = " (FSDP2's default: the param dtype)" if c.fsdp_reduce_dtype is None else ""
+    return (
+        f"FSDP2's mixed-precision policy (`MixedPrecisionPolicy`, param_dtype {param or 'unset'}, "
+        f"reduce_dtype {c.fsdp_reduce_dtype or 'unset'}): {gathered}; gradients reduce-scattered "
+        f"in {reduce}{default}; one process, without the wrapper, runs without it"
     )
 
 

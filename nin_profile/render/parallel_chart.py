@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 
 from nin_profile.render.charts import CATEGORY_COLORS, LEGEND_WIDTH, LEGIBLE_TITLE_WIDTH
 from nin_profile.render.parallel import RANK_TITLES, shown_categories
-from nin_profile.render.text import precision_title
+from nin_profile.render.text import policy_title, precision_title
 from nin_profile.results import Profile
 from nin_profile.units import MiB, fmt_int
 
@@ -56,6 +56,7 @@ def rank_memory(profile: Profile, model: str) -> Figure:
     ax.set_title(
         f"{model}: memory per rank, a training step under "
         f"{SHORT_NAMES.get(c.parallel, c.parallel)}\nestimated · {c.device} · {precision_title(c)}"
+        + (f" · {policy}" if (policy := policy_title(c)) else "")
     )
     handles, names = ax.get_legend_handles_labels()
     fig.legend(handles[::-1], names[::-1], loc="outside right upper", fontsize="small")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from nin_profile.render.text import grouped_notes, precision_title, rel_error
+from nin_profile.render.text import grouped_notes, policy_title, precision_title, rel_error
 from nin_profile.results import Profile
 from nin_profile.units import fmt_mib, fmt_scaled
 
@@ -132,7 +132,9 @@ def rank_table(profile: Profile) -> Table | None:
     budget = bool(c.memory_budget)
     table = _table(
         f"{c.parallel} · batch {c.batch} a rank · estimated ({c.device})",
-        "peaks of rank 0" + (" · fits: the largest batch a rank fits in --memory-budget" * budget),
+        "peaks of rank 0"
+        + (f" · {policy}" if (policy := policy_title(c)) else "")
+        + (" · fits: the largest batch a rank fits in --memory-budget" * budget),
     )
     _columns(table, ["Model", "Ranks", "Train peak\nMiB", "Infer peak\nMiB"] + ["fits"] * budget)
     for m, p in points:

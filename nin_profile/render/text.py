@@ -44,6 +44,15 @@ def precision_title(c: RunConfig) -> str:
     return PRECISION_TITLES[c.precision] + (", channels_last" if c.channels_last else "")
 
 
+def policy_title(c: RunConfig) -> str:
+    """FSDP2's mixed-precision policy for headings: 'FSDP2 bf16, reduce fp32' (its defaults
+    followed: the model's dtype, then the param dtype); '' without one."""
+    if c.fsdp_param_dtype is None and c.fsdp_reduce_dtype is None:
+        return ""
+    param = c.fsdp_param_dtype or "fp32"
+    return f"FSDP2 {param}, reduce {c.fsdp_reduce_dtype or param}"
+
+
 def precision_meaning(c: RunConfig) -> str:
     """The run's precision and memory format in words, for the conditions."""
     layout = ", model and batch in channels_last" if c.channels_last else ""
