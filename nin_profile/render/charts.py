@@ -313,8 +313,12 @@ def _stacked_categories(
                 color=CATEGORY_COLORS[category],
             )
             bottom = [b + s / MiB for b, s in zip(bottom, sizes, strict=True)]
-    rotation = 0 if width > 0.5 else 90
-    for x, total in zip(xs, bottom, strict=True):
+    label_totals(ax, xs, bottom, rotation=0 if width > 0.5 else 90)
+
+
+def label_totals(ax: Axes, xs: Sequence[float], totals: Sequence[float], rotation: int = 0) -> None:
+    """Each stacked bar's total (MiB) just above it."""
+    for x, total in zip(xs, totals, strict=True):
         ax.annotate(
             f"{total:,.0f}",
             (x, total),

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from nin_profile.render.charts import CATEGORY_COLORS, LEGEND_WIDTH, LEGIBLE_TITLE_WIDTH
+from nin_profile.render.charts import (
+    CATEGORY_COLORS,
+    LEGEND_WIDTH,
+    LEGIBLE_TITLE_WIDTH,
+    label_totals,
+)
 from nin_profile.render.parallel import RANK_TITLES, shown_categories
 from nin_profile.render.text import policy_title, precision_title
 from nin_profile.results import Profile
@@ -39,16 +44,7 @@ def rank_memory(profile: Profile, model: str) -> Figure:
             color=CATEGORY_COLORS[category],
         )
         bottom = [b + s for b, s in zip(bottom, sizes, strict=True)]
-    for x, total in zip(xs, bottom, strict=True):
-        ax.annotate(
-            f"{total:,.0f}",
-            (x, total),
-            xytext=(0, 2),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize="x-small",
-        )
+    label_totals(ax, xs, bottom)
     ax.set_xticks(xs, labels)
     ax.set_xlabel("ranks (world size)")
     c = profile.config
