@@ -8,6 +8,8 @@ the largest batches where the run has them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from nin_profile.render.general import chart, join
 from nin_profile.render.sections import Section
 from nin_profile.render.text import (
@@ -47,6 +49,16 @@ def reference(m: ModelProfile) -> PrecisionProfile:
     return next((p for p in m.precisions if p.precision == "fp32"), m.precisions[0])
 
 
+def compared_rows(
+    profile: Profile,
+) -> Iterator[tuple[ModelProfile, PrecisionProfile, PrecisionProfile]]:
+    """(model, precision, its reference) for each row of a by-precision table, in order."""
+    for m in compared_models(profile):
+        ref = reference(m)
+        for p in m.precisions:
+            yield m, p, ref
+
+
 def kept_bytes(p: PrecisionProfile) -> int:
     """Bytes saved for backward in a dtype no precision changes (int64 indices, bool masks)."""
     return sum(n for dtype, n in p.saved_bytes_by_dtype.items() if dtype not in FLOATS)
@@ -71,24 +83,21 @@ def memory_table(profile: Profile) -> str:
         "Params + grads + optimizer (MiB)",
         "Weight copies at the train peak (MiB)",
     ]
-    rows = []
-    for m in compared_models(profile):
-        ref = reference(m)
-        for p in m.precisions:
-            rows.append(
-                [
-                    m.name,
-                    PRECISION_TITLES[p.precision],
-                    fmt_mib(p.train.peak),
-                    _vs(p.train.peak, ref.train.peak),
-                    fmt_mib(p.inference.peak),
-                    _vs(p.inference.peak, ref.inference.peak),
-                    fmt_mib(p.activation_bytes_saved),
-                    fmt_mib(kept_bytes(p)),
-                    fmt_mib(held_bytes(p.train)),
-                    fmt_mib(p.train[MemoryCategory.WEIGHT_COPIES]),
-                ]
-            )
+    rows = [
+        [
+            m.name,
+            PRECISION_TITLES[p.precision],
+            fmt_mib(p.train.peak),
+            _vs(p.train.peak, ref.train.peak),
+            fmt_mib(p.inference.peak),
+            _vs(p.inference.peak, ref.inference.peak),
+            fmt_mib(p.activation_bytes_saved),
+            fmt_mib(kept_bytes(p)),
+            fmt_mib(held_bytes(p.train)),
+            fmt_mib(p.train[MemoryCategory.WEIGHT_COPIES]),
+        ]
+        for m, p, ref in compared_rows(profile)
+    ]
     return md_table(headers, rows, [False, False] + [True] * (len(headers) - 2))
 
 
@@ -130,20 +139,18 @@ def measured_table(profile: Profile) -> str:
             "time per example vs ref.",
         ]
     rows = []
-    for m in compared_models(profile):
-        ref = reference(m)
-        for p in m.precisions:
-            cells = [m.name, PRECISION_TITLES[p.precision]]
-            for phase in ("train", "inference"):
-                pm, ref_pm = p.measured.get(phase), ref.measured.get(phase)
-                cells += [
-                    str(pm.batch) if pm else "–",
-                    fmt_mib(_measured_peak(pm)),
-                    _err(pm),
-                    _ms(pm),
-                    _time_vs(pm, ref_pm),
-                ]
-            rows.append(cells)
+    for m, p, ref in compared_rows(profile):
+        cells = [m.name, PRECISION_TITLES[p.precision]]
+        for phase in ("train", "inference"):
+            pm, ref_pm = p.measured.get(phase), ref.measured.get(phase)
+            cells += [
+                str(pm.batch) if pm else "–",
+                fmt_mib(_measured_peak(pm)),
+                _err(pm),
+                _ms(pm),
+                _time_vs(pm, ref_pm),
+            ]
+        rows.append(cells)
     right = [False, False] + [True, True, True, True, False] * 2
     return md_table(headers, rows, right)
 
@@ -153,14 +160,12 @@ def fits_table(profile: Profile) -> str:
     headers = ["Model", "Precision", "Largest training batch", "vs ref.", "Largest inference batch"]
     headers.append("vs ref.")
     rows = []
-    for m in compared_models(profile):
-        ref = reference(m)
-        for p in m.precisions:
-            cells = [m.name, PRECISION_TITLES[p.precision]]
-            for phase in ("train", "inference"):
-                batch, base = _fit(p, phase), _fit(ref, phase)
-                cells += [f"{batch:,}" if batch else "–", _vs(batch, base)]
-            rows.append(cells)
+    for m, p, ref in compared_rows(profile):
+        cells = [m.name, PRECISION_TITLES[p.precision]]
+        for phase in ("train", "inference"):
+            batch, base = _fit(p, phase), _fit(ref, phase)
+            cells += [f"{batch:,}" if batch else "–", _vs(batch, base)]
+        rows.append(cells)
     how = next((f.how for m in profile.models for p in m.precisions for f in p.fits), "")
     return join(
         f"The largest batch that fits {fmt_bytes(budget or 0)}, by precision ({how}):",

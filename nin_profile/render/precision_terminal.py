@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from nin_profile.render.precision import compared_models, reference
+from nin_profile.render.precision import compared_models, compared_rows
 from nin_profile.render.terminal import _columns, _table
 from nin_profile.render.text import PRECISION_TITLES
 from nin_profile.results import PrecisionProfile, Profile
@@ -45,13 +45,11 @@ def precision_table(profile: Profile) -> Table | None:
     titles += ["Train ms\nper ex."] if timed else []
     _columns(table, titles)
     table.columns[1].justify = "left"
-    for m in models:
-        ref = reference(m)
-        for p in m.precisions:
-            row = [m.name, PRECISION_TITLES[p.precision], fmt_mib(p.train.peak)]
-            row += [_vs(p.train.peak, ref.train.peak), fmt_mib(p.inference.peak)]
-            row += [_vs(p.inference.peak, ref.inference.peak)]
-            row += [_fit(p, "train"), _fit(p, "inference")] if fits else []
-            row += [_ms(p)] if timed else []
-            table.add_row(*row)
+    for m, p, ref in compared_rows(profile):
+        row = [m.name, PRECISION_TITLES[p.precision], fmt_mib(p.train.peak)]
+        row += [_vs(p.train.peak, ref.train.peak), fmt_mib(p.inference.peak)]
+        row += [_vs(p.inference.peak, ref.inference.peak)]
+        row += [_fit(p, "train"), _fit(p, "inference")] if fits else []
+        row += [_ms(p)] if timed else []
+        table.add_row(*row)
     return table
