@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_memory import recording_saved
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.measure.runner import run_worker, to_measurement
@@ -38,16 +39,8 @@ def real_saved_bytes(name: str, batch: int, precision: str) -> int:
         scaler = torch.amp.GradScaler("cuda") if p.grad_scaler else None
         half = p.autocast_dtype()
         amp = Amp(lambda: torch.autocast("cuda", dtype=half), scaler)
-    persistent = {t.untyped_storage().data_ptr() for t in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in persistent:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     optimizer = make_optimizer("sgd", model.parameters())
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with recording_saved(model.parameters()) as saved:
         training_step(model.train(), TrainingLoss(10), optimizer, x, y, amp=amp)
     return sum(saved.values())
 

@@ -3,7 +3,9 @@ allocator, and small cases worked by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
+from collections.abc import Iterable, Iterator
 
 import pytest
 import torch
@@ -26,22 +28,30 @@ def profile(
     return analyse_model(name, cfg)
 
 
+@contextlib.contextmanager
+def recording_saved(held: Iterable[torch.Tensor]) -> Iterator[dict[int, int]]:
+    """Within: bytes of each distinct storage autograd saves, by its address, the storages of
+    `held` (state the model holds anyway) left out."""
+    persistent = {t.untyped_storage().data_ptr() for t in held}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in persistent:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
+
+
 def autograd_saved_bytes(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None
 ) -> int:
     """Bytes of the distinct storages autograd saves in a real forward and loss (cross-entropy
     unless `loss_fn` is given), parameters and buffers excluded (BatchNorm saves its running
     statistics, a Swin block its position index: state the model holds anyway)."""
-    params = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with recording_saved([*model.parameters(), *model.buffers()]) as saved:
         loss = (loss_fn or nn.CrossEntropyLoss())(model(x), y)
     del loss
     return sum(saved.values())

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 import zoo_models
+from test_memory import recording_saved
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten, tree_map
@@ -70,16 +71,8 @@ def real_cpu_run(model: nn.Module, cfg: AnalysisConfig, classes: int | None = 10
     )
     amp, loss_fn = real_amp(precision), TrainingLoss(classes)
     opt = make_optimizer("sgd", model.parameters(), foreach=False)
-    persistent = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in persistent:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with recording_saved([*model.parameters(), *model.buffers()]) as saved:
         training_step(model, loss_fn, opt, x, y, amp=amp)  # also the warm-up: the scaler's state
     opt.zero_grad(set_to_none=True)
     scaler = amp.scaler if amp else None
