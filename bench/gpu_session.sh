@@ -10,6 +10,9 @@
 #       issue 13: --compare-precision measured, tests/test_cuda_precision.py (size not yet known)
 #   run(command="bash bench/gpu_session.sh optimizers", carry=[".whl"])  NiN and VGG-11 at batch
 #       128 with momentum and with Adam: the optimizer state's place in the reserve
+#   run(command="bash bench/gpu_session.sh kernels", carry=[".whl"])  issue 11: CUDA's attention
+#       choices, saved bytes and peaks (tests/test_cuda_kernels.py), then cuDNN's RNN reserve
+#       over a grid (bench/cuda_kernels.py → $OUT/rnn_kernels.csv); not yet run, size unknown
 # .whl holds wheels of what the GPU image lacks (fvcore, iopath, yacs, termcolor, torchinfo;
 # `pip wheel --no-deps` here). Results go to $OUT (default ./gpu-out), reports as .tgz.
 # Measured on an H100 (2026-11-23): a measurement costs 5-9 s, mostly the fresh process's CUDA
@@ -65,6 +68,14 @@ optimizers() {
     stage cuda-precision-tests
     timeout 300 python3 -m pytest tests/test_cuda_precision.py -v -p no:cacheprovider 2>&1 \
       | grep -E "PASS|FAIL|SKIP|Error|assert|^E " | head -60
+    ;;
+  kernels)  # issue 11: what CUDA runs for attention and RNNs (not yet run)
+    timeout 300 python3 -m pytest tests/test_cuda_kernels.py -v -p no:cacheprovider 2>&1 \
+      | grep -E "PASS|FAIL|SKIP|Error|assert|differ|^E " | head -80
+    stage rnn-reserve
+    timeout 240 python3 bench/cuda_kernels.py --out "$OUT" >"$OUT/rnn_kernels.txt" 2>&1
+    head -30 "$OUT/rnn_kernels.txt"
+    tail -4 "$OUT/rnn_kernels.txt"
     ;;
   max-batch) profile max-batch --models "$MODELS" --batch 128 --max-batch --iterations 10 ;;
   bench)

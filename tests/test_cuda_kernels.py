@@ -1,0 +1,184 @@
+"""The kernels CUDA runs (nin_profile/kernels.py) against a real GPU: issue 11's CUDA half.
+Skipped without one.
+
+Not yet run: no GPU was lent to the session that wrote them (2026-11-27). They hold
+`cuda_sdpa_backend`, the attention rules written from PyTorch's source for sm90, to PyTorch's
+own answer on real CUDA tensors (`torch._fused_sdp_choice`) over a grid of dtypes, head dims,
+layouts, masks and causality; what a transformer block saves to autograd's own count; its
+peaks between ops to the worker's. cuDNN's RNN reserve is not predicted: bench/cuda_kernels.py
+records it for a grid of sizes instead (data for a formula), beside today's estimate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import zoo_models
+from test_memory import recording_saved
+from torch.nn.attention import SDPBackend
+
+from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.kernels import cuda_sdpa_backend
+from nin_profile.measure.runner import run_worker, to_measurement
+from nin_profile.measure.worker import Request
+from nin_profile.precision import get_precision
+from nin_profile.training import Amp, TrainingLoss, make_batch, make_optimizer, training_step
+
+pytestmark = pytest.mark.cuda
+BATCH = 512  # 16 tokens of 32 a row: the activations are megabytes, above the fixed costs
+ATTENTION = ("sdpa_block", "mha_block")
+
+# ---- the choice: ours on meta tensors, PyTorch's on CUDA tensors of the same layout --------
+
+Layout = Callable[[int, int, int, int, torch.dtype, str], torch.Tensor]
+
+
+def bhsd(b: int, h: int, s: int, d: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.empty(b, h, s, d, dtype=dtype, device=device)
+
+
+def bshd(b: int, h: int, s: int, d: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.empty(b, s, h, d, dtype=dtype, device=device).transpose(1, 2)
+
+
+def packed(b: int, h: int, s: int, d: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """q of timm's Attention: one qkv projection reshaped (b, s, 3, h, d), permuted."""
+    qkv = torch.empty(b, s, 3, h, d, dtype=dtype, device=device)
+    return qkv.permute(2, 0, 3, 1, 4)[0]
+
+
+LAYOUTS: dict[str, Layout] = {"bhsd": bhsd, "bshd": bshd, "packed": packed}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def choices(dtype: torch.dtype) -> list[tuple[str, SDPBackend, SDPBackend]]:
+    """(case, ours, PyTorch's) over head dims, layouts, masks, causality, dropout, GQA."""
+    rows = []
+    grid = itertools.product(
+        (6, 8, 64, 72, 128, 256, 320),  # head dims: not /4, /8 only, /64, over 256
+        LAYOUTS,
+        ("none", "bool", "float"),
+        (False, True),  # causal
+        (0.0, 0.1),  # dropout
+        ((4, 4, 16, 16), (4, 2, 16, 16), (4, 4, 1, 16), (4, 4, 16, 1)),  # heads q/kv, tokens
+    )
+    for d, layout, mask_kind, causal, dropout, (hq, hkv, sq, sk) in grid:
+        if mask_kind != "none" and causal:
+            continue  # SDPA refuses a mask together with is_causal
+        tensors = {}
+        for device in ("meta", "cuda"):
+            make = LAYOUTS[layout]
+            q, k, v = (
+                make(2, hq, sq, d, dtype, device),
+                *(make(2, hkv, sk, d, dtype, device) for _ in range(2)),
+            )
+            mask = None
+            if mask_kind == "bool":
+                mask = torch.ones(sq, sk, dtype=torch.bool, device=device)
+            elif mask_kind == "float":
+                mask = torch.zeros(sq, sk, dtype=dtype, device=device)
+            tensors[device] = (q, k, v, mask)
+        gqa = hq != hkv
+        ours = cuda_sdpa_backend(*tensors["meta"], dropout, causal, gqa)
+        theirs = SDPBackend(
+            torch._fused_sdp_choice(*tensors["cuda"], dropout, causal, enable_gqa=gqa)
+        )
+        case = f"d={d} {layout} mask={mask_kind} causal={causal} dropout={dropout}"
+        case += f" heads={hq}/{hkv} tokens={sq}/{sk}"
+        rows.append((case, ours, theirs))
+    return rows
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_the_attention_kernel_is_the_one_pytorch_picks(dtype: torch.dtype) -> None:
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the rules are written for sm90 (H100, H200)")
+    rows = choices(dtype)
+    wrong = [
+        f"{case}: ours {ours.name}, PyTorch {theirs.name}"
+        for case, ours, theirs in rows
+        if ours != theirs
+    ]
+    assert not wrong, f"{len(wrong)} of {len(rows)} cases differ:\n" + "\n".join(wrong[:40])
+
+
+# ---- what the block keeps, and its peaks --------------------------------------------------
+
+
+def config(precision: str) -> AnalysisConfig:
+    return AnalysisConfig(
+        batch=BATCH,
+        channels=zoo_models.CHANNELS,
+        image_size=zoo_models.SIDE,
+        device="cuda",
+        precision=precision,
+    )
+
+
+def real_saved_bytes(name: str, precision: str) -> int:
+    """What autograd saves in a real CUDA training step, each storage once, the model's own
+    parameters and buffers left out."""
+    torch.manual_seed(0)
+    model = getattr(zoo_models, name)().cuda().train()
+    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cuda")
+    p = get_precision(precision)
+    amp = None
+    if p.amp:
+        scaler = torch.amp.GradScaler("cuda") if p.grad_scaler else None
+        half = p.autocast_dtype()
+        amp = Amp(lambda: torch.autocast("cuda", dtype=half), scaler)
+    optimizer = make_optimizer("sgd", model.parameters())
+    with recording_saved([*model.parameters(), *model.buffers()]) as saved:
+        training_step(model, TrainingLoss(zoo_models.CLASSES), optimizer, x, y, amp=amp)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp-fp16", "amp-bf16"])
+@pytest.mark.parametrize("name", ATTENTION)
+def test_attention_saved_bytes_are_within_2_percent(name: str, precision: str) -> None:
+    est = analyse_model(f"zoo_models:{name}", config(precision)).activation_bytes_saved
+    real = real_saved_bytes(name, precision)
+    assert abs(est - real) <= 0.02 * real, (est, real)
+
+
+@pytest.fixture
+def worker_finds_the_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker is a process of its own: it imports `zoo_models` from tests/."""
+    tests = str(Path(__file__).parent)
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", tests if not path else tests + os.pathsep + path)
+
+
+@pytest.mark.usefixtures("worker_finds_the_zoo")
+@pytest.mark.parametrize("phase", ["train", "inference"])
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])
+@pytest.mark.parametrize("name", ATTENTION)
+def test_attention_peaks_between_ops_are_within_5_percent(
+    name: str, precision: str, phase: str
+) -> None:
+    request = Request(
+        model=f"zoo_models:{name}",
+        phase=phase,
+        batch=BATCH,
+        device="cuda",
+        channels=zoo_models.CHANNELS,
+        classes=zoo_models.CLASSES,
+        image_size=zoo_models.SIDE,
+        warmup=2,
+        iterations=3,
+        precision=precision,
+        per_layer=False,
+    )
+    m = to_measurement(run_worker(request, timeout_s=300), request)
+    assert m.memory is not None and m.memory.peak_between_ops is not None, m.error
+    profile = analyse_model(f"zoo_models:{name}", config(precision))
+    peak = (profile.train if phase == "train" else profile.inference).peak
+    assert abs(peak - m.memory.peak_between_ops) <= 0.05 * m.memory.peak_between_ops, (
+        peak,
+        m.memory.peak_between_ops,
+    )
