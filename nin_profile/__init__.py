@@ -11,16 +11,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["Profile", "__version__", "profile"]
+__all__ = ["Profile", "ProfileError", "__version__", "profile"]
 
 if TYPE_CHECKING:
     from nin_profile.api import profile
+    from nin_profile.errors import ProfileError
     from nin_profile.results import Profile
 
 
 def __getattr__(name: str) -> Any:
-    """`profile` and `Profile`, imported when first used: `import nin_profile` (and the
-    command line's --help) needs no torch."""
+    """`profile`, `Profile` and `ProfileError`, imported when first used: `import nin_profile`
+    (and the command line's --help) needs no torch."""
     if name == "profile":
         from nin_profile.api import profile
 
@@ -29,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from nin_profile.results import Profile
 
         return Profile
+    if name == "ProfileError":
+        from nin_profile.errors import ProfileError
+
+        return ProfileError
     raise AttributeError(f"module 'nin_profile' has no attribute {name!r}")

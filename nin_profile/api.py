@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -272,7 +273,7 @@ def profile(
             max_batch=max_batch,
             memory_budget=_size("memory_budget", memory_budget),
             cuda_context=_size("cuda_context", cuda_context),
-            cpu_time_budget=cpu_time_budget,
+            cpu_time_budget=_seconds("cpu_time_budget", cpu_time_budget),
             warmup=_positive("warmup", warmup),
             iterations=_positive("iterations", iterations),
             compare_peers=compare_peers,
@@ -286,7 +287,9 @@ def profile(
 
 def _image(input_size: tuple[int, int, int]) -> tuple[int, int]:
     """(channels, side) of a square image size (channels, height, width)."""
-    if len(input_size) != 3 or any(not isinstance(n, int) or n <= 0 for n in input_size):
+    if len(input_size) != 3 or any(
+        not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in input_size
+    ):
         raise ProfileError(f"input_size {input_size!r}: give (channels, height, width), positive")
     channels, height, width = input_size
     if height != width:
@@ -295,9 +298,17 @@ def _image(input_size: tuple[int, int, int]) -> tuple[int, int]:
 
 
 def _positive(what: str, value: int) -> int:
-    if not isinstance(value, int) or value <= 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ProfileError(f"{what} must be a positive whole number, got {value!r}")
     return value
+
+
+def _seconds(what: str, value: float) -> float:
+    """A time budget: a finite number of seconds, 0 or more (0: no limit)."""
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not valid or not math.isfinite(value) or value < 0:
+        raise ProfileError(f"{what} must be a finite number of seconds, 0 or more, got {value!r}")
+    return float(value)
 
 
 def _size(what: str, value: int | str | None) -> int | None:

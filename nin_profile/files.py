@@ -21,17 +21,21 @@ PROFILE_JSON = "profile.json"
 
 
 def write_output_folder(
-    out_dir: Path, files: Mapping[str, bytes | str], replaces_measured: bool = True
+    out_dir: Path,
+    files: Mapping[str, bytes | str],
+    replaces_measured: bool = True,
+    named: str = "--out",
 ) -> None:
     """Write every file into a staging folder, then swap it in for `out_dir` in one rename.
 
     An interrupted run leaves the previous folder untouched. A folder that holds something
     other than a previous nin_profile output is never replaced, nor a measured profile by a
-    static one unless `replaces_measured`. Folders get the user's umask.
+    static one unless `replaces_measured`. Folders get the user's umask. Messages call the
+    folder `named` (the command line's option, or the API's "folder").
     """
     out_dir = out_dir.resolve()
-    check_output_folder(out_dir, replaces_measured)
-    staging = _staging_folder(out_dir)
+    check_output_folder(out_dir, replaces_measured, named)
+    staging = _staging_folder(out_dir, named)
     try:
         for name, content in files.items():
             path = staging / name
@@ -46,27 +50,29 @@ def write_output_folder(
         raise
 
 
-def check_output_folder(out_dir: Path, replaces_measured: bool = True) -> None:
+def check_output_folder(
+    out_dir: Path, replaces_measured: bool = True, named: str = "--out"
+) -> None:
     """Refuse, before any work, an output folder this run could not or must not replace: a
     file, a folder of someone else's files, one where nothing can be written, or (unless
     `replaces_measured`) a measured report that a static run would overwrite."""
     out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        raise ProfileError(f"--out {out_dir} is a file; give a folder")
+        raise ProfileError(f"{named} {out_dir} is a file; give a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / PROFILE_JSON).exists():
         raise ProfileError(
-            f"--out {out_dir} holds files that are not a nin_profile output (no {PROFILE_JSON}); "
+            f"{named} {out_dir} holds files that are not a nin_profile output (no {PROFILE_JSON}); "
             "give a new or empty folder"
         )
     if not replaces_measured and _is_measured(out_dir / PROFILE_JSON):
         raise ProfileError(
-            f"--out {out_dir} holds a measured report that this static run would replace; "
+            f"{named} {out_dir} holds a measured report that this static run would replace; "
             "give another folder, or --force to replace it"
         )
-    _check_writable(out_dir)
+    _check_writable(out_dir, named)
 
 
-def _check_writable(out_dir: Path) -> None:
+def _check_writable(out_dir: Path, named: str) -> None:
     """Make and remove a folder in the nearest existing parent: nothing is left behind."""
     parent = out_dir.parent
     while not parent.exists() and parent != parent.parent:
@@ -76,7 +82,7 @@ def _check_writable(out_dir: Path) -> None:
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
-        raise ProfileError(f"--out {out_dir}: cannot write in {parent} ({exc.strerror})") from exc
+        raise ProfileError(f"{named} {out_dir}: cannot write in {parent} ({exc.strerror})") from exc
 
 
 def _is_measured(profile_json: Path) -> bool:
@@ -86,7 +92,7 @@ def _is_measured(profile_json: Path) -> bool:
         return False
 
 
-def _staging_folder(out_dir: Path) -> Path:
+def _staging_folder(out_dir: Path, named: str) -> Path:
     """A new empty folder beside `out_dir`, made with the user's umask (mkdtemp's are 0700)."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +104,10 @@ def _staging_folder(out_dir: Path) -> Path:
             except FileExistsError:
                 continue
     except OSError as exc:
-        raise ProfileError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from exc
-    raise ProfileError(f"--out {out_dir}: no free name for a staging folder beside it")
+        raise ProfileError(
+            f"{named} {out_dir}: cannot write there ({exc.strerror or exc})"
+        ) from exc
+    raise ProfileError(f"{named} {out_dir}: no free name for a staging folder beside it")
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:

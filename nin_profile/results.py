@@ -607,7 +607,7 @@ class Profile:
         from nin_profile.report import chart_pngs, report_files
 
         files = report_files(self, chart_pngs(self) if charts else None)
-        write_output_folder(Path(folder), files, replaces_measured=True)
+        write_output_folder(Path(folder), files, replaces_measured=True, named="folder")
         return list(files)
 
     @classmethod

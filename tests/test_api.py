@@ -77,6 +77,12 @@ def test_save_writes_what_the_command_line_writes_and_load_reads_it(
     assert Profile.load(tmp_path / "out" / "profile.json") == profile
 
 
+def test_save_over_a_file_names_the_folder_not_a_flag(profile: Profile, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ProfileError, match=r"^folder .*taken is a file; give a folder$"):
+        profile.save(tmp_path / "taken", charts=False)
+
+
 # ---- nin_profile.profile -------------------------------------------------------------------
 
 
@@ -183,6 +189,9 @@ def test_a_module_defined_in_main_cannot_be_measured_and_says_so() -> None:
         ({"optimizer": "lbfgs"}, "optimizer 'lbfgs': choose one of sgd, momentum, adam"),
         ({"memory_budget": "6"}, "memory_budget: give a unit: 6GiB"),
         ({"device": "tpu"}, "device 'tpu': choose one of auto, cpu, cuda"),
+        ({"batch": True}, "batch must be a positive whole number, got True"),
+        ({"cpu_time_budget": float("nan")}, "cpu_time_budget must be a finite number of"),
+        ({"cpu_time_budget": float("inf")}, "cpu_time_budget must be a finite number of"),
     ],
 )
 def test_bad_keywords_are_one_line(kwargs: dict[str, object], message: str) -> None:

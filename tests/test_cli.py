@@ -135,6 +135,8 @@ BAD_INPUTS = [
     (["--memory-budget", "6 parsecs"], "is not a size such as 6GiB"),
     (["--memory-budget", "6"], "give a unit: 6GiB, 6MiB, 6GB or 6B"),
     (["--static", "--out", "/proc/nin-profile-out"], "cannot write in /proc"),
+    (["--cpu-time-budget", "nan"], "argument --cpu-time-budget: must be a finite number"),
+    (["--cpu-time-budget", "inf"], "argument --cpu-time-budget: must be a finite number"),
 ]
 
 
