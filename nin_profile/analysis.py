@@ -511,7 +511,7 @@ def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ..
     """The leaves of the run (modules none ran inside) in the order they ran, then any module
     with parameters, FLOPs or saved bytes of its own: a container's own ops (timm's Attention
     calling SDPA between its two Linear layers) belong to it, with its calls and output shape."""
-    params = params_by_layer(model)
+    params = _params_where_used(params_by_layer(model), set(trace.records))
     flops = trace.tracer.flops
     saved: dict[str, int] = {}
     for key, layer in trace.saved_by.items():
@@ -542,6 +542,23 @@ def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ..
             )
         )
     return tuple(rows)
+
+
+def _params_where_used(params: dict[str, ParamCount], ran: set[str]) -> dict[str, ParamCount]:
+    """Parameters of a module whose forward never ran, counted with the nearest enclosing module
+    that ran (below the root): `nn.MultiheadAttention` multiplies by its `out_proj`'s weight in
+    its own forward and never calls `out_proj`, so its row holds the FLOPs and, now, the weight.
+    A module with no enclosing module that ran keeps its own row (parameters, nothing else)."""
+    moved: dict[str, ParamCount] = {}
+    for name, count in params.items():
+        owner = name
+        while owner not in ran and "." in owner:
+            owner = owner.rsplit(".", 1)[0]
+        if owner not in ran:
+            owner = name
+        held = moved.get(owner, ParamCount(0, 0, 0))
+        moved[owner] = ParamCount(*(a + b for a, b in zip(held, count, strict=True)))
+    return moved
 
 
 def _phase_total(counter: Counter[tuple[str, Phase]], phase: Phase) -> int:

@@ -131,7 +131,7 @@ def check_parallel(
         check_real_ranks(world_sizes, measured_on)
     return {
         "parallel": parallel,
-        "world_sizes": tuple(dict.fromkeys(world_sizes)),
+        "world_sizes": ascending_once(tuple(world_sizes)),
         "bucket_cap_mb": bucket_cap_mb,
         "gradient_as_bucket_view": gradient_as_bucket_view,
         "reshard_after_forward": reshard_after_forward,
@@ -269,7 +269,7 @@ def profile(
             channels_last=channels_last,
             compare_precisions=compared,
             static=static,
-            sweep_batches=tuple(_positive("sweep batch", b) for b in sweep_batches),
+            sweep_batches=ascending_once(tuple(_positive("sweep batch", b) for b in sweep_batches)),
             max_batch=max_batch,
             memory_budget=_size("memory_budget", memory_budget),
             cuda_context=_size("cuda_context", cuda_context),
@@ -283,6 +283,14 @@ def profile(
     finally:
         for name in registered:
             forget_instance(name)
+
+
+def ascending_once(values: tuple[int, ...]) -> tuple[int, ...]:
+    """Batch sizes or world sizes in ascending order; one given twice is refused."""
+    twice = sorted({n for n in values if values.count(n) > 1})
+    if twice:
+        raise ProfileError(f"{', '.join(map(str, twice))} given more than once; give each once")
+    return tuple(sorted(values))
 
 
 def _image(input_size: tuple[int, int, int]) -> tuple[int, int]:

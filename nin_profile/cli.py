@@ -50,7 +50,15 @@ def positive_int(text: str) -> int:
 
 
 def batch_list(text: str) -> tuple[int, ...]:
-    return tuple(positive_int(part) for part in text.split(",") if part.strip())
+    """'32,1,128' → (1, 32, 128): positive whole numbers, each once, in ascending order."""
+    from nin_profile.api import ascending_once
+
+    if any(not part.strip() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry; give N1,N2,...")
+    try:
+        return ascending_once(tuple(positive_int(part) for part in text.split(",")))
+    except ProfileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def size(text: str) -> int:
@@ -344,7 +352,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _render(args.render, args.out or args.render.parent, not args.no_charts, args.force)
     from nin_profile.models import ModelConfig
 
-    names = _model_names(args.models or ",".join(DEFAULT_MODELS))
+    names = _model_names(",".join(DEFAULT_MODELS) if args.models is None else args.models)
     model_cfg = ModelConfig(**{k: _given(args, k) or v for k, v in MODEL_DEFAULTS.items()})
     if args.write_params:
         return _write_params(args.write_params, names, model_cfg)
@@ -407,16 +415,6 @@ def _check_params(path: Path, args: argparse.Namespace) -> int:
             f"{path} is not a parameter-count file (no 'models'); "
             f"write one with --write-params {path}"
         )
-    recorded = {**MODEL_DEFAULTS, **expected.get("config", {})}
-    for option in MODEL_DEFAULTS:
-        given = _given(args, option)
-        if given is not None and given != recorded[option]:
-            flag = "--" + option.replace("_", "-")
-            raise ProfileError(
-                f"{path} was written with {flag} {recorded[option]}, not {given}; --check-params "
-                f"checks the configuration the file records (write another with {flag} {given} "
-                "--write-params FILE)"
-            )
     if args.models:
         wanted = [n.strip() for n in args.models.split(",") if n.strip()]
         missing = [n for n in wanted if n not in expected["models"]]
@@ -426,6 +424,10 @@ def _check_params(path: Path, args: argparse.Namespace) -> int:
                 f"{', '.join(expected['models'])}"
             )
         expected = {**expected, "models": {n: expected["models"][n] for n in wanted}}
+    # the built-in models are built for the file's configuration; a model given by import path
+    # is built by calling it bare, whatever the options say
+    if any(":" not in name for name in expected["models"]):
+        _check_recorded_options(path, expected.get("config", {}), args)
     drift = params_drift(expected)
     for line in drift:
         print(line)
@@ -434,6 +436,20 @@ def _check_params(path: Path, args: argparse.Namespace) -> int:
         return 1
     print(f"parameter counts match {path} ({len(expected['models'])} models)")
     return 0
+
+
+def _check_recorded_options(path: Path, config: dict[str, int], args: argparse.Namespace) -> None:
+    """Refuse a model option given with a value other than the one the file was written with."""
+    recorded = {**MODEL_DEFAULTS, **config}
+    for option in MODEL_DEFAULTS:
+        given = _given(args, option)
+        if given is not None and given != recorded[option]:
+            flag = "--" + option.replace("_", "-")
+            raise ProfileError(
+                f"{path} was written with {flag} {recorded[option]}, not {given}; --check-params "
+                f"checks the configuration the file records (write another with {flag} {given} "
+                "--write-params FILE)"
+            )
 
 
 def _write_params(path: Path, names: list[str], cfg: ModelConfig) -> int:

@@ -60,6 +60,45 @@ class LayerFailed(ProfileError):
         super().__init__(f"layer {layer} ({layer_type}) cannot run on input {shape}: {reason}")
 
 
+class NeedsValues(ProfileError):
+    """A forward needs the values of its tensors (an `if` on a tensor, `.item()`, `x[x > 0]`),
+    which the meta tensors the analysis runs on do not have."""
+
+    def __init__(self, layer: str, layer_type: str, reason: str):
+        self.layer = layer
+        super().__init__(
+            f"layer {layer} ({layer_type}) needs the values of its tensors ({reason}); the "
+            "analysis runs the model on meta tensors, which have shapes but no values, so it "
+            "cannot estimate a forward that branches on a tensor (`if x.mean() > 0`), calls "
+            "`.item()` or `.tolist()`, or selects by value (`x[x > 0]`, `nonzero`, `unique`)"
+        )
+
+
+class StepFailed(ProfileError):
+    """The training step failed once the forward had run: in backward or the optimizer."""
+
+    def __init__(self, reason: str):
+        super().__init__(
+            f"the training step failed after the forward (in backward or the optimizer's step): "
+            f"{reason}"
+        )
+
+
+# what torch says where a meta tensor is asked for values it does not have
+_VALUES_NEEDED = (
+    "cannot be called on meta tensors",  # .item(), bool(), int() of a tensor
+    "Cannot copy out of meta tensor",  # .tolist()
+    "meta device type tensor to numpy",  # .numpy()
+    "data-independent implementation does not exist",  # nonzero, masked_select
+    "a meta tensor without output_size",  # repeat_interleave
+)
+
+
+def needs_values(exc: BaseException) -> bool:
+    """Whether `exc` is torch refusing to read the values of a meta tensor."""
+    return any(phrase in str(exc) for phrase in _VALUES_NEEDED)
+
+
 # Frames in these folders are torch's or nin_profile's, not the user's.
 _OURS = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
 

@@ -14,8 +14,11 @@ from torch.utils._pytree import tree_leaves
 from nin_profile._lazy_imports import without_heavy_imports
 from nin_profile.errors import (
     LayerFailed,
+    NeedsValues,
     ProfileError,
+    StepFailed,
     first_line,
+    needs_values,
     raised_in_torch,
     user_error,
 )
@@ -132,17 +135,21 @@ class LayerStack:
             self._on_exit(frame, output)
         self.frames.pop()
 
-    def failure(self, exc: BaseException) -> LayerFailed:
+    def failure(self, exc: BaseException) -> ProfileError:
         """Name the innermost layer that was running when `exc` was raised; an error raised
-        outside torch (the user's own `assert` in a forward) says what it was and where."""
+        outside torch (the user's own `assert` in a forward) says what it was and where. A
+        forward that reads a tensor's values, and a step that fails once no forward runs
+        (backward, the optimizer), each say so instead."""
         if isinstance(exc, LayerFailed):
             return exc
         frame = self.frames[-1] if self.frames else None
         reason = first_line(exc) or type(exc).__name__
-        if not raised_in_torch(exc):
+        if not raised_in_torch(exc) or needs_values(exc):
             reason = user_error(exc)
         if frame is None:
-            return LayerFailed(ROOT, "model", (), reason)
+            return StepFailed(reason)
+        if needs_values(exc):
+            return NeedsValues(frame.name, type(frame.module).__name__, reason)
         return LayerFailed(
             frame.name,
             type(frame.module).__name__,

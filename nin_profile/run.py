@@ -12,7 +12,7 @@ from typing import Any
 
 from nin_profile.analysis import AnalysisConfig, analyse_model, fits, smallest_image_size
 from nin_profile.environment import collect_environment
-from nin_profile.errors import LayerFailed, ProfileError
+from nin_profile.errors import LayerFailed, NeedsValues, ProfileError, StepFailed
 from nin_profile.files import save_for_worker
 from nin_profile.measure.plan import (
     CPU_PLANNING_FLOPS_PER_THREAD,
@@ -100,6 +100,8 @@ def analyse_or_explain(
     """Analyse one model; a layer that cannot run becomes one line naming model, layer and fix."""
     try:
         return analyse_model(name, analysis_config(config, batch, memory_limit, precision))
+    except (NeedsValues, StepFailed) as exc:
+        raise ProfileError(f"{name}: {exc}") from exc
     except LayerFailed as exc:
         if exc.layer == LOSS:
             raise ProfileError(

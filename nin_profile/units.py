@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 KiB = 2**10
 MiB = 2**20
 GiB = 2**30
@@ -20,9 +22,18 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:,.0f} B"
 
 
+def fmt_number(value: float, digits: int = 0) -> str:
+    """`value` with `digits` decimals, or with more where those would leave fewer than two
+    significant digits (a small model's figures in a column of MiB or GFLOPs): 2,048 · 1.4 ·
+    0.0063; zero stays 0."""
+    if value and math.isfinite(value):
+        digits = max(digits, min(9, 1 - math.floor(math.log10(abs(value)))))
+    return f"{value:,.{digits}f}"
+
+
 def fmt_mib(n: float | None, digits: int = 1) -> str:
     """Bytes as a plain number of MiB, for columns whose title carries the unit."""
-    return "–" if n is None else f"{n / MiB:,.{digits}f}"
+    return "–" if n is None else fmt_number(n / MiB, digits)
 
 
 def fmt_si(n: float | None, unit: str = "") -> str:
@@ -37,7 +48,7 @@ def fmt_si(n: float | None, unit: str = "") -> str:
 
 def fmt_scaled(n: float | None, scale: float, digits: int = 2) -> str:
     """A number divided by a fixed scale, for columns whose title carries the scale."""
-    return "–" if n is None else f"{n / scale:,.{digits}f}"
+    return "–" if n is None else fmt_number(n / scale, digits)
 
 
 def fmt_int(n: int | None) -> str:

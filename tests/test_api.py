@@ -192,6 +192,7 @@ def test_a_module_defined_in_main_cannot_be_measured_and_says_so() -> None:
         ({"batch": True}, "batch must be a positive whole number, got True"),
         ({"cpu_time_budget": float("nan")}, "cpu_time_budget must be a finite number of"),
         ({"cpu_time_budget": float("inf")}, "cpu_time_budget must be a finite number of"),
+        ({"sweep_batches": (32, 2, 32)}, "32 given more than once; give each once"),
     ],
 )
 def test_bad_keywords_are_one_line(kwargs: dict[str, object], message: str) -> None:

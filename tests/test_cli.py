@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nin_profile.cli import main
+from nin_profile.cli import batch_list, main
 from nin_profile.files import write_output_folder
 
 TESTS = Path(__file__).parent
@@ -137,7 +137,14 @@ BAD_INPUTS = [
     (["--static", "--out", "/proc/nin-profile-out"], "cannot write in /proc"),
     (["--cpu-time-budget", "nan"], "argument --cpu-time-budget: must be a finite number"),
     (["--cpu-time-budget", "inf"], "argument --cpu-time-budget: must be a finite number"),
+    (["--models", ""], "--models is empty; give at least one model name"),
+    (["--sweep-batch", "1,,2"], "argument --sweep-batch: '1,,2' has an empty entry"),
+    (["--sweep-batch", "2,2,1"], "argument --sweep-batch: 2 given more than once"),
 ]
+
+
+def test_batch_and_world_sizes_come_in_ascending_order() -> None:
+    assert batch_list("256, 1,32") == (1, 32, 256)
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS)

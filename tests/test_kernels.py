@@ -149,6 +149,11 @@ def test_multihead_attention_is_a_full_row_and_rows_add_up() -> None:
     per_example = 16 * 3 * 32 * 32 + 16 * 32 * 32 + 2 * 4 * 16 * 16 * 8
     assert row.calls == 1 and row.output_shape == (BATCH, 16, 32)
     assert row.flops_forward == 2 * BATCH * per_example == 655_360
+    # its forward multiplies by out_proj's weight without calling out_proj: the weight is the
+    # row's too (in-projection 3·32·32 + 3·32, out-projection 32·32 + 32)
+    assert row.params == 3 * 32 * 32 + 3 * 32 + 32 * 32 + 32 == 4_224
+    assert "attention.attn.out_proj" not in {layer.name for layer in p.layers}
+    assert sum(layer.params for layer in p.layers) == p.params
     assert sum(layer.flops_forward for layer in p.layers) == p.flops_forward
     assert sum(layer.flops_backward for layer in p.layers) == p.flops_backward
     assert sum(layer.saved_bytes for layer in p.layers) == p.activation_bytes_saved

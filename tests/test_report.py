@@ -314,7 +314,7 @@ def test_a_run_of_other_models_gets_a_report_about_them(profile: Profile) -> Non
     assert text.startswith("# Parameters, computation and memory of AlexNet and VGG-11\n")
     assert "Exercise" not in text and "chapter" not in text and "NiN" not in text
     assert "## Comparison of the models" in text
-    assert "Of the 2 models, VGG-11 the most (128,806,154) and AlexNet the fewest" in text
+    assert "Of the 2 models, VGG-11 has the most parameters (128,806,154) and AlexNet the" in text
     assert text.count("![memory of a training step by category]") == 1
 
 

@@ -136,6 +136,17 @@ USER_ERRORS = [
     (["--models", "zoo_models:TupleOut", "--channels", "3", "--classes", "7"], "--classes 7"),
     (["--models", "nin,alexnet,nin"], "--models names nin more than once"),
     (
+        ["--models", "zoo_models:BranchesOnValues", "--channels", "3", "--image-size", "16"],
+        "layer (root) (BranchesOnValues) needs the values of its tensors (RuntimeError: "
+        "Tensor.item() cannot be called on meta tensors (zoo_models.py:",
+    ),
+    (
+        ["--models", "zoo_models:InPlaceOnSaved", "--channels", "3", "--image-size", "16"],
+        "zoo_models:InPlaceOnSaved: the training step failed after the forward (in backward or "
+        "the optimizer's step): one of the variables needed for gradient computation has been "
+        "modified by an inplace operation",
+    ),
+    (
         # 8 → 3 → 1: BatchNorm on one value per channel in train mode cannot run at batch 1;
         # at 11 → 5 → 2 it can (see the test below)
         ["--models", "zoo_models:BatchNormToOnePixel", "--channels", "3", "--image-size", "8"],
@@ -189,3 +200,11 @@ def test_parameter_counts_of_a_builder_that_needs_real_tensors(tmp_path: Path) -
     assert main(["--models", "zoo_models:computed_widths", "--write-params", str(path)]) == 0
     counts = json.loads(path.read_text())["models"]["zoo_models:computed_widths"]
     assert counts["params"] == 224 + 1_168 + 170  # as above: 1_562
+
+
+def test_a_user_models_counts_are_checked_whatever_the_model_options(tmp_path: Path) -> None:
+    # a model given by import path is built by calling it bare: --classes 7 (its own, not the
+    # file's 10) changes nothing and is not refused
+    path = tmp_path / "params.json"
+    assert main(["--models", "zoo_models:TupleOut", "--write-params", str(path)]) == 0
+    assert main(["--check-params", str(path), "--classes", "7", "--channels", "3"]) == 0

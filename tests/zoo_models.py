@@ -273,6 +273,34 @@ class AssertsSize(nn.Module):
         return self.head(x.flatten(1))
 
 
+class BranchesOnValues(nn.Module):
+    """A forward that reads a tensor's value: meta tensors have none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            x = 2 * x
+        return self.head(x.flatten(1))
+
+
+class InPlaceOnSaved(nn.Module):
+    """Adds in place to what ReLU saved for backward: the forward runs, backward refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv(x))
+        y += 1
+        return self.head(y.mean((2, 3)))
+
+
 def needs_width(width: int) -> nn.Module:
     return nn.Linear(width, CLASSES)
 

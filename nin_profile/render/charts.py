@@ -27,7 +27,7 @@ from nin_profile.results import (
     PhaseMeasurement,
     Profile,
 )
-from nin_profile.units import MiB, fmt_bytes, fmt_percent
+from nin_profile.units import KiB, MiB, fmt_bytes, fmt_number, fmt_percent
 
 CATEGORY_COLORS = {
     MemoryCategory.PARAMS: "#4c72b0",
@@ -167,7 +167,7 @@ def models_overview(profile: Profile) -> Figure:
     params_ax, flops_ax, memory_ax = fig.subplots(1, 3)
     xs = range(len(models))
     params = [m.params / 1e6 for m in models]
-    _bars(params_ax, xs, params, "{:,.2f} M".format, rotation=0, color=PARAMS_COLOR)
+    _bars(params_ax, xs, params, lambda v: f"{fmt_number(v, 2)} M", rotation=0, color=PARAMS_COLOR)
     params_ax.set(title="Parameters", ylabel="parameters (millions)")
     _flops_panel(flops_ax, profile)
     measured = _peaks_panel(memory_ax, profile)
@@ -188,7 +188,7 @@ def _flops_panel(ax: Axes, profile: Profile) -> None:
     width = 0.8 / len(series)
     for column, (label, color, values) in enumerate(series):
         xs = _offsets(len(models), column, len(series), width)
-        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, color=color)
+        _bars(ax, xs, values, fmt_number, width=width, label=label, color=color)
     ax.set(
         title="Computation per batch",
         ylabel=f"GFLOPs per batch of {profile.config.batch} (FLOPs = 2 × MACs)",
@@ -214,7 +214,7 @@ def _peaks_panel(ax: Axes, profile: Profile) -> bool:
     width = 0.8 / len(drawn)
     for column, (label, values, style, measured_phase) in enumerate(drawn):
         xs = _offsets(len(models), column, len(drawn), width)
-        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, **style)
+        _bars(ax, xs, values, fmt_number, width=width, label=label, **style)
         if measured_phase:
             _gaps(ax, xs, values, profile, measured_phase)
     ax.set(
@@ -276,7 +276,7 @@ def memory_breakdown(profile: Profile, phase: str) -> Figure:
     _stacked_categories(ax, breakdowns, _offsets(len(models), 0, columns, width), width)
     for column, (label, values, style) in enumerate(measured, start=1):
         xs = _offsets(len(models), column, columns, width)
-        _bars(ax, xs, values, "{:,.0f}".format, width=width, label=label, ec="black", **style)
+        _bars(ax, xs, values, fmt_number, width=width, label=label, ec="black", **style)
         _gaps(ax, xs, values, profile, phase)
     _model_axis(ax, [m.name for m in models])
     ax.set_ylabel(f"MiB alive at the peak, batch of {profile.config.batch}")
@@ -320,7 +320,7 @@ def label_totals(ax: Axes, xs: Sequence[float], totals: Sequence[float], rotatio
     """Each stacked bar's total (MiB) just above it."""
     for x, total in zip(xs, totals, strict=True):
         ax.annotate(
-            f"{total:,.0f}",
+            fmt_number(total),
             (x, total),
             xytext=(0, 2),
             textcoords="offset points",
@@ -344,23 +344,27 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
     VGG-11 holds most of its parameters)."""
     groups = layer_groups(model)
     layers = [group.stats for group in groups if group.stats.name != "loss"]
-    fig = Figure(figsize=(13.0, max(3.5, 0.28 * len(layers) + 2.2)), layout="constrained")
+    names = [f"{layer.name} {layer.type}" for layer in layers]
+    # the panels keep their width beside long layer names (a transformer's run to 60 letters)
+    width = 13.0 + 0.07 * max(0, max(map(len, names)) - 40)
+    fig = Figure(figsize=(width, max(3.5, 0.28 * len(layers) + 2.2)), layout="constrained")
     params_ax, flops_ax, saved_ax = fig.subplots(1, 3, sharey=True)
     ys = list(range(len(layers)))
     params = [layer.params for layer in layers]
     scale, unit = _count_unit(max(params))
     params_ax.barh(ys, [p / scale for p in params], color=PARAMS_COLOR)
     _share_labels(params_ax, ys, [p / scale for p in params], params, model.params)
-    params_ax.set(title="Parameters, % of the model's", xlabel=f"parameters ({unit})")
+    params_ax.set(title="Parameters,\n% of the model's", xlabel=f"parameters ({unit})")
     _layer_flops(flops_ax, ys, layers, model.flops_train_step)
     saved = [layer.saved_bytes for layer in layers]
-    saved_ax.barh(ys, [s / MiB for s in saved], color=CATEGORY_COLORS[MemoryCategory.ACTIVATIONS])
-    _share_labels(saved_ax, ys, [s / MiB for s in saved], saved, model.activation_bytes_saved)
-    saved_ax.set(title="Saved for backward, % of the model's", xlabel="MiB per batch")
+    size, byte_unit = _bytes_unit(max(saved))
+    saved_ax.barh(ys, [s / size for s in saved], color=CATEGORY_COLORS[MemoryCategory.ACTIVATIONS])
+    _share_labels(saved_ax, ys, [s / size for s in saved], saved, model.activation_bytes_saved)
+    saved_ax.set(title="Saved for backward,\n% of the model's", xlabel=f"{byte_unit} per batch")
     for ax in (params_ax, flops_ax, saved_ax):
         ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
         ax.margins(x=HEADROOM)
-    params_ax.set_yticks(ys, [f"{layer.name} {layer.type}" for layer in layers], fontsize="small")
+    params_ax.set_yticks(ys, names, fontsize="small")
     params_ax.invert_yaxis()
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     by = "block by block" if any(group.grouped for group in groups) else "layer by layer"
@@ -371,8 +375,10 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
 def _layer_flops(ax: Axes, ys: Sequence[int], layers: Sequence[LayerStats], total: int) -> None:
     """Forward and backward GFLOPs of each layer, labelled with its share of a training step."""
     height = 0.4
-    forward = [layer.flops_forward / 1e9 for layer in layers]
-    backward = [layer.flops_backward / 1e9 for layer in layers]
+    largest = max((max(layer.flops_forward, layer.flops_backward) for layer in layers), default=0)
+    scale, unit = _flops_unit(largest)
+    forward = [layer.flops_forward / scale for layer in layers]
+    backward = [layer.flops_backward / scale for layer in layers]
     ax.barh([y - height / 2 for y in ys], forward, height=height, label="forward", color="#dd8452")
     ax.barh(
         [y + height / 2 for y in ys], backward, height=height, label="backward", color="#55a868"
@@ -380,7 +386,19 @@ def _layer_flops(ax: Axes, ys: Sequence[int], layers: Sequence[LayerStats], tota
     ends = [max(f, b) for f, b in zip(forward, backward, strict=True)]
     step = [layer.flops_forward + layer.flops_backward for layer in layers]
     _share_labels(ax, ys, ends, step, total)
-    ax.set(title="FLOPs per batch, % of a training step's", xlabel="GFLOPs per batch")
+    ax.set(title="FLOPs per batch,\n% of a training step's", xlabel=f"{unit} per batch")
+
+
+def _flops_unit(largest: float) -> tuple[float, str]:
+    """The scale of a FLOPs axis and its name: GFLOPs down to FLOPs, the largest it reaches."""
+    units = ((1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs"))
+    return next(((s, u) for s, u in units if largest >= s), (1.0, "FLOPs"))
+
+
+def _bytes_unit(largest: float) -> tuple[float, str]:
+    """The scale of a bytes axis and its name: MiB, KiB or B (MiB = 2^20 B)."""
+    units = ((MiB, "MiB"), (KiB, "KiB"))
+    return next(((s, u) for s, u in units if largest >= s), (1.0, "B"))
 
 
 def _count_unit(largest: float) -> tuple[float, str]:

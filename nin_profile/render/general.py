@@ -38,7 +38,7 @@ from nin_profile.results import (
     PhaseMeasurement,
     Profile,
 )
-from nin_profile.units import fmt_bytes, fmt_int, fmt_mib, fmt_percent, fmt_scaled
+from nin_profile.units import fmt_bytes, fmt_int, fmt_mib, fmt_number, fmt_percent, fmt_scaled
 
 # The chapter's models: a run of only these gets the exercises, not the general comparison.
 CHAPTER = frozenset(
@@ -508,13 +508,16 @@ def memory_sentence(m: ModelProfile, phase: str, batch: int) -> str:
     return text + f", while {held} take {fmt_bytes(held_bytes(b))}."
 
 
-def extremes(models: Sequence[ModelProfile], value: Callable[[ModelProfile], float]) -> str:
-    """'X has the most (N), Y the fewest (M): Z× fewer'."""
+def extremes(
+    models: Sequence[ModelProfile], value: Callable[[ModelProfile], float], noun: str
+) -> str:
+    """'X has the most parameters (N) and Y the fewest (M, Z× fewer)'."""
     ordered = sorted(models, key=value)
     low, high = ordered[0], ordered[-1]
     return (
-        f"{display(high.name)} the most ({value(high):,.0f}) and {display(low.name)} the "
-        f"fewest ({value(low):,.0f}, {how_many(value(low), value(high))})"
+        f"{display(high.name)} has the most {noun} ({fmt_number(value(high))}) and "
+        f"{display(low.name)} the fewest ({fmt_number(value(low))}, "
+        f"{how_many(value(low), value(high))})"
     )
 
 
@@ -527,7 +530,7 @@ def comparison_section(profile: Profile, charts: bool) -> str:
         "### Parameters",
         parameters_table(models, reference),
         (
-            f"Of the {len(models)} models, {extremes(models, lambda m: m.params)} parameters."
+            f"Of the {len(models)} models, {extremes(models, lambda m: m.params, 'parameters')}."
             if len(models) > 1
             else ""
         ),
@@ -535,7 +538,7 @@ def comparison_section(profile: Profile, charts: bool) -> str:
         computation_table(models, reference, b),
         (
             f"Per training step at batch {b}, "
-            f"{extremes(models, lambda m: m.flops_train_step / 1e9)} GFLOPs."
+            f"{extremes(models, lambda m: m.flops_train_step / 1e9, 'GFLOPs')}."
             if len(models) > 1
             else ""
         ),
