@@ -9,7 +9,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from nin_profile.results import LayerStats
-from nin_profile.units import MiB, fmt_int, fmt_shape
+from nin_profile.units import MiB, fmt_int, fmt_number, fmt_shape
 
 
 class Column(str, Enum):
@@ -62,11 +62,11 @@ VALUES: dict[Column, Callable[[LayerStats], object]] = {
 
 
 def _mega(value: object) -> str:
-    return f"{int(value) / 1e6:,.1f}"  # type: ignore[call-overload]
+    return fmt_number(int(value) / 1e6, 1)  # type: ignore[call-overload]
 
 
 def _mib(value: object) -> str:
-    return f"{int(value) / MiB:,.2f}"  # type: ignore[call-overload]
+    return fmt_number(int(value) / MiB, 2)  # type: ignore[call-overload]
 
 
 FORMATS: dict[Column, Callable[[object], str]] = {
