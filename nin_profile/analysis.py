@@ -511,7 +511,8 @@ def _layer_rows(model: nn.Module, trace: _TrainingTrace) -> tuple[LayerStats, ..
     """The leaves of the run (modules none ran inside) in the order they ran, then any module
     with parameters, FLOPs or saved bytes of its own: a container's own ops (timm's Attention
     calling SDPA between its two Linear layers) belong to it, with its calls and output shape."""
-    params = _params_where_used(params_by_layer(model), set(trace.records))
+    ran = set(trace.records)
+    params = _params_where_used(params_by_layer(model, ran), ran)
     flops = trace.tracer.flops
     saved: dict[str, int] = {}
     for key, layer in trace.saved_by.items():

@@ -115,7 +115,7 @@ def check_parallel(
         raise ProfileError(
             f"--parallel {parallel} needs --world-size N (or several: --world-size 1,8,64,1024)"
         )
-    if any(not isinstance(n, int) or n <= 0 for n in world_sizes):
+    if any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in world_sizes):
         raise ProfileError(f"world sizes must be positive whole numbers, got {list(world_sizes)}")
     if parallel == "fsdp" and (bucket_cap_mb is not None or gradient_as_bucket_view):
         raise ProfileError(
@@ -123,8 +123,10 @@ def check_parallel(
         )
     if parallel == "ddp" and not reshard_after_forward:
         raise ProfileError("--no-reshard-after-forward is FSDP2's option; DDP does not shard")
-    if bucket_cap_mb is not None and bucket_cap_mb <= 0:
-        raise ProfileError(f"--bucket-cap-mb must be more than 0, got {bucket_cap_mb:g}")
+    if bucket_cap_mb is not None and not (_finite(bucket_cap_mb) and bucket_cap_mb > 0):
+        raise ProfileError(
+            f"--bucket-cap-mb must be a finite number above 0, got {bucket_cap_mb!r}"
+        )
     if measured_on is not None:
         from nin_profile.parallel_run import check_real_ranks
 
@@ -311,10 +313,15 @@ def _positive(what: str, value: int) -> int:
     return value
 
 
+def _finite(value: object) -> bool:
+    """A finite int or float (not a bool, not nan or inf)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value)  # type: ignore[arg-type]
+
+
 def _seconds(what: str, value: float) -> float:
     """A time budget: a finite number of seconds, 0 or more (0: no limit)."""
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not valid or not math.isfinite(value) or value < 0:
+    if not _finite(value) or value < 0:
         raise ProfileError(f"{what} must be a finite number of seconds, 0 or more, got {value!r}")
     return float(value)
 

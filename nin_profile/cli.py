@@ -415,8 +415,8 @@ def _check_params(path: Path, args: argparse.Namespace) -> int:
             f"{path} is not a parameter-count file (no 'models'); "
             f"write one with --write-params {path}"
         )
-    if args.models:
-        wanted = [n.strip() for n in args.models.split(",") if n.strip()]
+    if args.models is not None:
+        wanted = _model_names(args.models)
         missing = [n for n in wanted if n not in expected["models"]]
         if missing:
             raise ProfileError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 
@@ -94,9 +95,27 @@ _VALUES_NEEDED = (
 )
 
 
+# ops whose output's size depends on the input's values: meta has no kernel for them
+_VALUE_SIZED_OPS = re.compile(
+    r"aten::(_unique2|_unique|unique_dim|unique_consecutive|masked_select|bincount|equal|"
+    r"nonzero|nonzero_static): attempted to run this operator with Meta tensors"
+)
+
+
+def values_reason(exc: BaseException) -> str:
+    """What needed the values, and where: the op by name where torch's message is about its
+    missing meta kernel (a paragraph on custom ops), else the error's first line."""
+    op = _VALUE_SIZED_OPS.search(str(exc))
+    if op is None:
+        return user_error(exc)
+    return f"{type(exc).__name__}: aten::{op.group(1)} ({raised_where(exc)})"
+
+
 def needs_values(exc: BaseException) -> bool:
-    """Whether `exc` is torch refusing to read the values of a meta tensor."""
-    return any(phrase in str(exc) for phrase in _VALUES_NEEDED)
+    """Whether `exc` is torch refusing to read the values of a meta tensor, or to run an op
+    whose output's size depends on them (not any op without a meta kernel: that one says so)."""
+    text = str(exc)
+    return any(phrase in text for phrase in _VALUES_NEEDED) or bool(_VALUE_SIZED_OPS.search(text))
 
 
 # Frames in these folders are torch's or nin_profile's, not the user's.

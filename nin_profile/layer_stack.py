@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -21,6 +21,7 @@ from nin_profile.errors import (
     needs_values,
     raised_in_torch,
     user_error,
+    values_reason,
 )
 
 ROOT = "(root)"
@@ -56,20 +57,29 @@ class ParamCount(NamedTuple):
     nbytes: int
 
 
-def params_by_layer(model: nn.Module) -> dict[str, ParamCount]:
-    """Parameters owned directly by each module (shared ones count once, for the first owner)."""
-    seen: set[int] = set()
-    counts: dict[str, ParamCount] = {}
+def params_by_layer(model: nn.Module, ran: Collection[str] = ()) -> dict[str, ParamCount]:
+    """Parameters owned directly by each module. A parameter shared by several counts once,
+    for the first of them whose forward ran (`ran`, the names of the modules that did), else
+    for the first."""
+    owners: dict[int, list[str]] = {}
+    held: dict[int, nn.Parameter] = {}
     for module, name in layer_names(model).items():
-        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
-        seen.update(id(p) for p in own)
-        if own:
-            counts[name] = ParamCount(
-                sum(p.numel() for p in own),
-                sum(p.numel() for p in own if p.requires_grad),
-                sum(p.numel() * p.element_size() for p in own),
-            )
-    return counts
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+            held[id(p)] = p
+    by_owner: dict[str, list[nn.Parameter]] = {}
+    for key, names in owners.items():
+        owner = next((n for n in names if n in ran), names[0])
+        by_owner.setdefault(owner, []).append(held[key])
+    order = {name: i for i, name in enumerate(layer_names(model).values())}
+    return {
+        name: ParamCount(
+            sum(p.numel() for p in own),
+            sum(p.numel() for p in own if p.requires_grad),
+            sum(p.numel() * p.element_size() for p in own),
+        )
+        for name, own in sorted(by_owner.items(), key=lambda item: order[item[0]])
+    }
 
 
 Hook = Callable[[Frame, Any], None]
@@ -92,6 +102,7 @@ class LayerStack:
         for name, module in (extra or {}).items():
             self.names[module] = name
         self.frames: list[Frame] = []
+        self.forward_done = False  # the root's forward returned: backward or an optimizer next
         self._on_enter = on_enter
         self._on_exit = on_exit
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -112,6 +123,7 @@ class LayerStack:
         self._handles.clear()
 
     def _enter(self, module: nn.Module, args: Any) -> None:
+        self.forward_done = False
         inputs = tensors_in(args)
         frame = Frame(self.names[module], module, tuple(inputs[0].shape) if inputs else ())
         if self.frames:
@@ -134,6 +146,7 @@ class LayerStack:
         if self._on_exit:
             self._on_exit(frame, output)
         self.frames.pop()
+        self.forward_done = not self.frames
 
     def failure(self, exc: BaseException) -> ProfileError:
         """Name the innermost layer that was running when `exc` was raised; an error raised
@@ -144,10 +157,14 @@ class LayerStack:
             return exc
         frame = self.frames[-1] if self.frames else None
         reason = first_line(exc) or type(exc).__name__
-        if not raised_in_torch(exc) or needs_values(exc):
+        if needs_values(exc):
+            reason = values_reason(exc)
+        elif not raised_in_torch(exc):
             reason = user_error(exc)
         if frame is None:
-            return StepFailed(reason)
+            return (
+                StepFailed(reason) if self.forward_done else LayerFailed(ROOT, "model", (), reason)
+            )
         if needs_values(exc):
             return NeedsValues(frame.name, type(frame.module).__name__, reason)
         return LayerFailed(

@@ -26,8 +26,13 @@ def fmt_number(value: float, digits: int = 0) -> str:
     """`value` with `digits` decimals, or with more where those would leave fewer than two
     significant digits (a small model's figures in a column of MiB or GFLOPs): 2,048 · 1.4 ·
     0.0063; zero stays 0."""
-    if value and math.isfinite(value):
-        digits = max(digits, min(9, 1 - math.floor(math.log10(abs(value)))))
+    if value == 0:
+        return f"{0.0:,.{digits}f}"  # not -0
+    if math.isfinite(value):
+        rounded = abs(float(f"{value:.1e}"))  # two significant digits: 0.0996 is 0.10
+        if rounded < 1e-9:
+            return f"{value:.2g}"
+        digits = max(digits, 1 - math.floor(math.log10(rounded)))
     return f"{value:,.{digits}f}"
 
 

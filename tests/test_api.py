@@ -193,6 +193,11 @@ def test_a_module_defined_in_main_cannot_be_measured_and_says_so() -> None:
         ({"cpu_time_budget": float("nan")}, "cpu_time_budget must be a finite number of"),
         ({"cpu_time_budget": float("inf")}, "cpu_time_budget must be a finite number of"),
         ({"sweep_batches": (32, 2, 32)}, "32 given more than once; give each once"),
+        ({"parallel": "ddp", "world_size": True}, "world sizes must be positive whole numbers"),
+        (
+            {"parallel": "ddp", "world_size": 8, "bucket_cap_mb": float("nan")},
+            "--bucket-cap-mb must be a finite number above 0, got nan",
+        ),
     ],
 )
 def test_bad_keywords_are_one_line(kwargs: dict[str, object], message: str) -> None:

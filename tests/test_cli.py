@@ -264,3 +264,6 @@ def test_check_params_honours_models_and_refuses_another_configuration(
     assert main(["--check-params", str(golden), "--classes", "100"]) == 2
     assert "was written with --classes 10, not 100" in capsys.readouterr().err
     assert main(["--check-params", str(golden), "--classes", "10", "--models", "nin"]) == 0
+    capsys.readouterr()
+    assert main(["--check-params", str(golden), "--models", ""]) == 2
+    assert "--models is empty" in capsys.readouterr().err

@@ -32,7 +32,7 @@ from nin_profile.render.names import chart_plan
 from nin_profile.report import ChartPool, chart_pngs
 from nin_profile.results import MemoryCategory, ModelProfile, Profile, Timing
 from nin_profile.run import run_profile
-from nin_profile.units import MiB, fmt_mib, fmt_scaled
+from nin_profile.units import MiB, fmt_mib, fmt_number, fmt_scaled
 
 GOLDEN = Path(__file__).parent / "golden"
 PROFILE = GOLDEN / "profile_cpu.json"
@@ -398,3 +398,21 @@ def test_layers_are_named_with_their_spec(profile: Profile) -> None:
     assert "| 0.0 Conv2d 11×11/4, 1→96 |" in text
     assert "| 1 MaxPool2d 3×3/2 |" in text
     assert "| 14 Linear 6400→4096 |" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "digits", "text"),
+    [
+        (2048, 0, "2,048"),  # enough digits already: as asked
+        (1.4, 0, "1.4"),  # a small model's MiB in a column of whole MiB
+        (0.0063, 1, "0.0063"),  # its GFLOPs in a column of one decimal
+        (-0.004, 0, "-0.0040"),
+        (0.0996, 2, "0.10"),  # rounds to 0.10, two significant digits, not 0.100
+        (9.96, 0, "10"),  # rounds to 10: no decimal needed
+        (0.0, 1, "0.0"),
+        (-0.0, 0, "0"),
+        (1e-12, 0, "1e-12"),
+    ],
+)
+def test_small_figures_keep_two_significant_digits(value: float, digits: int, text: str) -> None:
+    assert fmt_number(value, digits) == text

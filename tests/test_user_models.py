@@ -141,6 +141,11 @@ USER_ERRORS = [
         "Tensor.item() cannot be called on meta tensors (zoo_models.py:",
     ),
     (
+        ["--models", "zoo_models:CountsDistinct", "--channels", "3", "--image-size", "16"],
+        "layer (root) (CountsDistinct) needs the values of its tensors (NotImplementedError: "
+        "aten::_unique2",
+    ),
+    (
         ["--models", "zoo_models:InPlaceOnSaved", "--channels", "3", "--image-size", "16"],
         "zoo_models:InPlaceOnSaved: the training step failed after the forward (in backward or "
         "the optimizer's step): one of the variables needed for gradient computation has been "
@@ -208,3 +213,31 @@ def test_a_user_models_counts_are_checked_whatever_the_model_options(tmp_path: P
     path = tmp_path / "params.json"
     assert main(["--models", "zoo_models:TupleOut", "--write-params", str(path)]) == 0
     assert main(["--check-params", str(path), "--classes", "7", "--channels", "3"]) == 0
+
+
+class TiedToAnUnusedLayer(nn.Module):
+    """`body.0` runs with the weight of `unused`, a layer whose forward never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Linear(8, 8)
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.body[0].weight = self.unused.weight
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.flatten(1)))
+
+
+def test_a_shared_weight_counts_with_the_layer_that_runs() -> None:
+    import nin_profile
+
+    layers = {
+        layer.name: layer.params
+        for layer in nin_profile.profile(TiedToAnUnusedLayer(), input_size=(2, 2, 2), batch=2)
+        .models[0]
+        .layers
+    }
+    assert layers["body.0"] == 8 * 8 + 8 == 72  # the shared weight and its own bias
+    assert layers["unused"] == 8  # its bias alone
+    assert sum(layers.values()) == 72 + 8 + (8 * 3 + 3) == 107
