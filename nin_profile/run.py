@@ -117,6 +117,11 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
     reach it and it wants others; else the smallest image size the step runs at."""
     if exc.expected_channels and exc.input_shape[1:2] == (config.channels,):
         return f"; {name} expects --channels {exc.expected_channels}"
+    if exc.layer_type in ("Embedding", "EmbeddingBag"):
+        return (
+            f"; nin_profile feeds {name} a batch of float images (batch × channels × side × "
+            "side), not the integer token ids an embedding looks up"
+        )
     cfg, batch = model_config(config), batch or config.batch
     smallest = None if fits(name, cfg, batch) else smallest_image_size(name, cfg, batch)
     return f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""

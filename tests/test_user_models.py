@@ -146,6 +146,17 @@ USER_ERRORS = [
         "aten::_unique2",
     ),
     (
+        ["--models", "zoo_models:TokenClassifier", "--image-size", "16"],
+        "layer embed (Embedding) cannot run on input 1×1×16×16: RuntimeError: Expected tensor "
+        "for argument #1 'indices' to have one of the following scalar types: Long, Int; but "
+        "got torch.float32 instead (zoo_models.py:",
+    ),
+    (
+        ["--models", "zoo_models:TokenClassifier", "--image-size", "16"],
+        "; nin_profile feeds zoo_models:TokenClassifier a batch of float images (batch × "
+        "channels × side × side), not the integer token ids an embedding looks up",
+    ),
+    (
         ["--models", "zoo_models:InPlaceOnSaved", "--channels", "3", "--image-size", "16"],
         "zoo_models:InPlaceOnSaved: the training step failed after the forward (in backward or "
         "the optimizer's step): one of the variables needed for gradient computation has been "

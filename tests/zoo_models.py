@@ -297,6 +297,18 @@ class CountsDistinct(nn.Module):
         return self.head(x.flatten(1)) * torch.unique(x.round()).numel()
 
 
+class TokenClassifier(nn.Module):
+    """Looks token ids up in an embedding: it wants integers, not images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, WIDTH)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
 class InPlaceOnSaved(nn.Module):
     """Adds in place to what ReLU saved for backward: the forward runs, backward refuses."""
 
