@@ -35,10 +35,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import zoo_models
-from test_memory import recording_saved
+from test_memory import step_saved_bytes
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
-from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
+from nin_profile.training import make_batch
 
 aten = torch.ops.aten
 # the fused RNN kernel of each device, and the index of what it keeps for backward in its outputs
@@ -142,12 +142,9 @@ def zoo_saved(name: str, device: str, batch: int) -> tuple[int, int]:
     )
     estimated = analyse_model(f"zoo_models:{name}", cfg).activation_bytes_saved
     torch.manual_seed(0)
-    model = getattr(zoo_models, name)().to(device).train()
+    model = getattr(zoo_models, name)().to(device)
     x, y = make_batch(batch, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, device)
-    optimizer = make_optimizer("sgd", model.parameters())
-    with recording_saved([*model.parameters(), *model.buffers()]) as saved:
-        training_step(model, TrainingLoss(zoo_models.CLASSES), optimizer, x, y)
-    return estimated, sum(saved.values())
+    return estimated, step_saved_bytes(model, x, y, zoo_models.CLASSES)
 
 
 def write_csv(rows: list[Row], path: Path) -> None:

@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 import zoo_models
-from test_memory import recording_saved
+from test_cuda_precision import estimated_and_measured
+from test_memory import step_saved_bytes
+from test_precision import real_amp
 from torch.nn.attention import SDPBackend
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.kernels import cuda_sdpa_backend
-from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
-from nin_profile.precision import get_precision
-from nin_profile.training import Amp, TrainingLoss, make_batch, make_optimizer, training_step
+from nin_profile.training import make_batch
 
 pytestmark = pytest.mark.cuda
 BATCH = 512  # 16 tokens of 32 a row: the activations are megabytes, above the fixed costs
@@ -152,18 +152,9 @@ def real_saved_bytes(name: str, precision: str) -> int:
     """What autograd saves in a real CUDA training step, each storage once, the model's own
     parameters and buffers left out."""
     torch.manual_seed(0)
-    model = getattr(zoo_models, name)().cuda().train()
+    model = getattr(zoo_models, name)().cuda()
     x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cuda")
-    p = get_precision(precision)
-    amp = None
-    if p.amp:
-        scaler = torch.amp.GradScaler("cuda") if p.grad_scaler else None
-        half = p.autocast_dtype()
-        amp = Amp(lambda: torch.autocast("cuda", dtype=half), scaler)
-    optimizer = make_optimizer("sgd", model.parameters())
-    with recording_saved([*model.parameters(), *model.buffers()]) as saved:
-        training_step(model, TrainingLoss(zoo_models.CLASSES), optimizer, x, y, amp=amp)
-    return sum(saved.values())
+    return step_saved_bytes(model, x, y, zoo_models.CLASSES, real_amp(precision, "cuda"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "amp-fp16", "amp-bf16"])
@@ -202,11 +193,5 @@ def test_attention_peaks_between_ops_are_within_5_percent(
         precision=precision,
         per_layer=False,
     )
-    m = to_measurement(run_worker(request, timeout_s=300), request)
-    assert m.memory is not None and m.memory.peak_between_ops is not None, m.error
-    profile = analyse_model(f"zoo_models:{name}", config(precision))
-    peak = (profile.train if phase == "train" else profile.inference).peak
-    assert abs(peak - m.memory.peak_between_ops) <= 0.05 * m.memory.peak_between_ops, (
-        peak,
-        m.memory.peak_between_ops,
-    )
+    peak, measured = estimated_and_measured(f"zoo_models:{name}", request, config(precision))
+    assert abs(peak - measured) <= 0.05 * measured, (peak, measured)

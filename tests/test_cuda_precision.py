@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_memory import recording_saved
+from test_memory import step_saved_bytes
+from test_precision import real_amp
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Device, Request, measure_ceilings
 from nin_profile.models import get_model
 from nin_profile.precision import get_precision
-from nin_profile.training import Amp, TrainingLoss, make_batch, make_optimizer, training_step
+from nin_profile.training import make_batch
 
 pytestmark = pytest.mark.cuda
 HALF = ["amp-fp16", "amp-bf16", "fp16", "bf16"]
@@ -30,19 +31,19 @@ def cuda_config(batch: int, precision: str) -> AnalysisConfig:
 
 def real_saved_bytes(name: str, batch: int, precision: str) -> int:
     """What autograd saves in a real CUDA step, each storage once, parameters excluded."""
-    p = get_precision(precision)
-    dtype = p.model_dtype()
+    dtype = get_precision(precision).model_dtype()
     model = get_model(name).to("cuda", dtype)
     x, y = make_batch(batch, 1, 224, 10, "cuda", dtype, False)
-    amp = None
-    if p.amp:
-        scaler = torch.amp.GradScaler("cuda") if p.grad_scaler else None
-        half = p.autocast_dtype()
-        amp = Amp(lambda: torch.autocast("cuda", dtype=half), scaler)
-    optimizer = make_optimizer("sgd", model.parameters())
-    with recording_saved(model.parameters()) as saved:
-        training_step(model.train(), TrainingLoss(10), optimizer, x, y, amp=amp)
-    return sum(saved.values())
+    return step_saved_bytes(model, x, y, 10, real_amp(precision, "cuda"))
+
+
+def estimated_and_measured(name: str, request: Request, cfg: AnalysisConfig) -> tuple[int, int]:
+    """The estimated peak of the request's phase and the worker's peak between ops."""
+    m = to_measurement(run_worker(request, timeout_s=300), request)
+    assert m.memory is not None and m.memory.peak_between_ops is not None, m.error
+    profile = analyse_model(name, cfg)
+    estimate = (profile.train if request.phase == "train" else profile.inference).peak
+    return estimate, m.memory.peak_between_ops
 
 
 @pytest.mark.parametrize("precision", HALF)
@@ -67,11 +68,8 @@ def test_the_peak_between_ops_is_within_2_percent(name: str, precision: str, pha
         precision=precision,
         per_layer=False,
     )
-    m = to_measurement(run_worker(request, timeout_s=300), request)
-    assert m.memory is not None and m.memory.peak_between_ops is not None, m.error
-    profile = analyse_model(name, cuda_config(32, precision))
-    peak = (profile.train if phase == "train" else profile.inference).peak
-    assert abs(peak - m.memory.peak_between_ops) <= 0.02 * m.memory.peak_between_ops
+    peak, measured = estimated_and_measured(name, request, cuda_config(32, precision))
+    assert abs(peak - measured) <= 0.02 * measured, (peak, measured)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

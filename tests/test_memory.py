@@ -16,7 +16,7 @@ from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.memory import Event, peak_breakdown
 from nin_profile.models import get_model
 from nin_profile.results import MemoryCategory, ModelProfile, PeakSite
-from nin_profile.training import make_batch, make_optimizer, training_step
+from nin_profile.training import Amp, TrainingLoss, make_batch, make_optimizer, training_step
 
 MiB = 2**20
 
@@ -54,6 +54,17 @@ def autograd_saved_bytes(
     with recording_saved([*model.parameters(), *model.buffers()]) as saved:
         loss = (loss_fn or nn.CrossEntropyLoss())(model(x), y)
     del loss
+    return sum(saved.values())
+
+
+def step_saved_bytes(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, amp: Amp | None = None
+) -> int:
+    """Bytes of the distinct storages autograd saves in one real training step (SGD, under
+    `amp` where given, a GradScaler's scaling included), parameters and buffers excluded."""
+    optimizer = make_optimizer("sgd", model.parameters())
+    with recording_saved([*model.parameters(), *model.buffers()]) as saved:
+        training_step(model.train(), TrainingLoss(classes), optimizer, x, y, amp=amp)
     return sum(saved.values())
 
 

@@ -47,13 +47,14 @@ class RealRun:
     inference_peak: int  # the same for a forward under inference_mode
 
 
-def real_amp(precision: str) -> Amp | None:
+def real_amp(precision: str, device: str = "cpu") -> Amp | None:
+    """Real `torch.autocast` on `device` for an AMP precision, with a GradScaler for fp16."""
     p = get_precision(precision)
     if not p.amp:
         return None
     dtype = p.autocast_dtype()
-    scaler = torch.amp.GradScaler("cpu") if p.grad_scaler else None
-    return Amp(lambda: torch.autocast("cpu", dtype=dtype), scaler)
+    scaler = torch.amp.GradScaler(device) if p.grad_scaler else None
+    return Amp(lambda: torch.autocast(device, dtype=dtype), scaler)
 
 
 def storage_bytes(tensors: list[torch.Tensor]) -> int:
