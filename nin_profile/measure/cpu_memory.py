@@ -40,18 +40,25 @@ def cpu_peak_during(work: Callable[[], None]) -> int:
     return peak
 
 
-def _op_windows(prof: profile) -> list[tuple[int, int]]:
-    """(start, end) in ns of every outermost aten op (inside autograd's engine frames too)."""
+def _outermost_windows(
+    prof: profile, is_op: Callable[[_ProfilerEvent], bool]
+) -> list[tuple[int, int]]:
+    """(start, end) in ns of every outermost event `is_op` picks (inside autograd's engine
+    frames too); an op nested in one is inside its window already."""
     assert prof.profiler is not None and prof.profiler.kineto_results is not None
     windows = []
     pending: list[_ProfilerEvent] = list(prof.profiler.kineto_results.experimental_event_tree())
     while pending:
         event = pending.pop()
-        if event.tag == _EventType.TorchOp and event.name.startswith("aten::"):
+        if is_op(event):
             windows.append((event.start_time_ns, event.end_time_ns))
         else:
             pending.extend(event.children)
     return windows
+
+
+def _is_aten_op(event: _ProfilerEvent) -> bool:
+    return event.tag == _EventType.TorchOp and event.name.startswith("aten::")
 
 
 def _inside_one_op(start: int, end: int, windows: list[tuple[int, int]]) -> bool:
@@ -65,7 +72,7 @@ def cpu_peak_between_ops(work: Callable[[], None]) -> int:
     (a weight's half copy, freed when the op returns) fall inside that op's window."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
-    return _peak_between(prof, _op_windows(prof))
+    return _peak_between(prof, _outermost_windows(prof, _is_aten_op))
 
 
 _DISPATCHED = "nin_profile::dispatched_op"
@@ -79,18 +86,6 @@ class _DispatchedOps(TorchDispatchMode):
             return func(*args, **(kwargs or {}))
 
 
-def _dispatched_windows(prof: profile) -> list[tuple[int, int]]:
-    assert prof.profiler is not None and prof.profiler.kineto_results is not None
-    windows = []
-    pending: list[_ProfilerEvent] = list(prof.profiler.kineto_results.experimental_event_tree())
-    while pending:
-        event = pending.pop()
-        if event.name == _DISPATCHED:
-            windows.append((event.start_time_ns, event.end_time_ns))
-        pending.extend(event.children)
-    return windows
-
-
 def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> int:
     """As `cpu_peak_between_ops`, with an op being what a dispatch mode sees, as the CUDA
     measurement's KernelScratch and the estimate's trace see them: autocast's casts are ops
@@ -99,7 +94,7 @@ def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> int:
     gradient from two uses out of place: see docs/method.md)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, _DispatchedOps():
         work()
-    return _peak_between(prof, _dispatched_windows(prof))
+    return _peak_between(prof, _outermost_windows(prof, lambda e: e.name == _DISPATCHED))
 
 
 def _peak_between(prof: profile, windows: list[tuple[int, int]]) -> int:
