@@ -156,8 +156,9 @@ class LayerStack:
         if isinstance(exc, LayerFailed):
             return exc
         frame = self.frames[-1] if self.frames else None
+        values = needs_values(exc)
         reason = first_line(exc) or type(exc).__name__
-        if needs_values(exc):
+        if values:
             reason = values_reason(exc)
         elif not raised_in_torch(exc):
             reason = user_error(exc)
@@ -165,7 +166,7 @@ class LayerStack:
             return (
                 StepFailed(reason) if self.forward_done else LayerFailed(ROOT, "model", (), reason)
             )
-        if needs_values(exc):
+        if values:
             return NeedsValues(frame.name, type(frame.module).__name__, reason)
         return LayerFailed(
             frame.name,

@@ -351,13 +351,13 @@ def layer_costs(profile: Profile, model: ModelProfile) -> Figure:
     params_ax, flops_ax, saved_ax = fig.subplots(1, 3, sharey=True)
     ys = list(range(len(layers)))
     params = [layer.params for layer in layers]
-    scale, unit = _count_unit(max(params))
+    scale, unit = _axis_unit(max(params), COUNT_UNITS)
     params_ax.barh(ys, [p / scale for p in params], color=PARAMS_COLOR)
     _share_labels(params_ax, ys, [p / scale for p in params], params, model.params)
     params_ax.set(title="Parameters,\n% of the model's", xlabel=f"parameters ({unit})")
     _layer_flops(flops_ax, ys, layers, model.flops_train_step)
     saved = [layer.saved_bytes for layer in layers]
-    size, byte_unit = _bytes_unit(max(saved))
+    size, byte_unit = _axis_unit(max(saved), BYTES_UNITS)
     saved_ax.barh(ys, [s / size for s in saved], color=CATEGORY_COLORS[MemoryCategory.ACTIVATIONS])
     _share_labels(saved_ax, ys, [s / size for s in saved], saved, model.activation_bytes_saved)
     saved_ax.set(title="Saved for backward,\n% of the model's", xlabel=f"{byte_unit} per batch")
@@ -376,7 +376,7 @@ def _layer_flops(ax: Axes, ys: Sequence[int], layers: Sequence[LayerStats], tota
     """Forward and backward GFLOPs of each layer, labelled with its share of a training step."""
     height = 0.4
     largest = max((max(layer.flops_forward, layer.flops_backward) for layer in layers), default=0)
-    scale, unit = _flops_unit(largest)
+    scale, unit = _axis_unit(largest, FLOPS_UNITS)
     forward = [layer.flops_forward / scale for layer in layers]
     backward = [layer.flops_backward / scale for layer in layers]
     ax.barh([y - height / 2 for y in ys], forward, height=height, label="forward", color="#dd8452")
@@ -389,23 +389,15 @@ def _layer_flops(ax: Axes, ys: Sequence[int], layers: Sequence[LayerStats], tota
     ax.set(title="FLOPs per batch,\n% of a training step's", xlabel=f"{unit} per batch")
 
 
-def _flops_unit(largest: float) -> tuple[float, str]:
-    """The scale of a FLOPs axis and its name: GFLOPs down to FLOPs, the largest it reaches."""
-    units = ((1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs"))
-    return next(((s, u) for s, u in units if largest >= s), (1.0, "FLOPs"))
+COUNT_UNITS = ((1e6, "millions"), (1e3, "thousands"), (1.0, "count"))
+FLOPS_UNITS = ((1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs"), (1.0, "FLOPs"))
+BYTES_UNITS = ((MiB, "MiB"), (KiB, "KiB"), (1.0, "B"))  # MiB = 2^20 B
 
 
-def _bytes_unit(largest: float) -> tuple[float, str]:
-    """The scale of a bytes axis and its name: MiB, KiB or B (MiB = 2^20 B)."""
-    units = ((MiB, "MiB"), (KiB, "KiB"))
-    return next(((s, u) for s, u in units if largest >= s), (1.0, "B"))
-
-
-def _count_unit(largest: float) -> tuple[float, str]:
-    """The scale of a count's axis and its name: millions, thousands or ones."""
-    return next(
-        ((s, u) for s, u in ((1e6, "millions"), (1e3, "thousands")) if largest >= s), (1.0, "count")
-    )
+def _axis_unit(largest: float, units: Sequence[tuple[float, str]]) -> tuple[float, str]:
+    """The scale of an axis and its name: the largest of `units` (largest first) that
+    `largest` reaches, else the last."""
+    return next(((s, u) for s, u in units if largest >= s), units[-1])
 
 
 def _share_labels(
