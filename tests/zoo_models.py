@@ -261,24 +261,24 @@ def raises() -> nn.Module:
     raise ValueError("boom")
 
 
-class AssertsSize(nn.Module):
-    """Like torchvision's ViT: asserts the image size it was built for."""
+class FlatHead(nn.Module):
+    """One linear layer over the flattened image: the models below differ in their forward."""
 
     def __init__(self) -> None:
         super().__init__()
         self.head = nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)
+
+
+class AssertsSize(FlatHead):
+    """Like torchvision's ViT: asserts the image size it was built for."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[-1] == SIDE, f"Wrong image width! Expected {SIDE} but got {x.shape[-1]}!"
         return self.head(x.flatten(1))
 
 
-class BranchesOnValues(nn.Module):
+class BranchesOnValues(FlatHead):
     """A forward that reads a tensor's value: meta tensors have none."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.mean() > 0:
@@ -286,12 +286,8 @@ class BranchesOnValues(nn.Module):
         return self.head(x.flatten(1))
 
 
-class CountsDistinct(nn.Module):
+class CountsDistinct(FlatHead):
     """`torch.unique`: an output whose size depends on the values (no meta kernel)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.flatten(1)) * torch.unique(x.round()).numel()
