@@ -136,14 +136,13 @@ def zoo_saved(name: str, device: str, batch: int) -> tuple[int, int]:
     """(estimated, real) bytes autograd saves in a training step of the zoo's `name`."""
     cfg = AnalysisConfig(
         batch=batch,
-        channels=zoo_models.CHANNELS,
-        image_size=zoo_models.SIDE,
+        inputs=zoo_models.INPUTS,
         device=device,
     )
     estimated = analyse_model(f"zoo_models:{name}", cfg).activation_bytes_saved
     torch.manual_seed(0)
     model = getattr(zoo_models, name)().to(device)
-    x, y = make_batch(batch, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, device)
+    x, y = make_batch(batch, zoo_models.INPUTS, zoo_models.CLASSES, device)
     return estimated, step_saved_bytes(model, x, y, zoo_models.CLASSES)
 
 

@@ -123,7 +123,7 @@ def traced_setup(model_name: str, phase: str, batch: int) -> tuple[list[int], li
         held = [e.delta for e in trace.log.events if e.key in held_keys and e.delta > 0]
         return held, sorted(f"{t}:{lib}" for t, lib in trace.tracer.blas_users)
     model.eval()  # as analysis._trace_inference does
-    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, 1, "meta")
+    x, _ = make_batch(cfg.batch, cfg.inputs, 1, "meta")
     log = AllocationLog(RULES.block_bytes)
     for tensors in (model.parameters(), model.buffers(), [x]):
         log.keys_of(tensors)

@@ -40,6 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
 
@@ -161,12 +162,12 @@ def quiet() -> Iterator[None]:
 def measure(name: str, side: int, batch: int) -> Row:
     from torchinfo import summary
 
-    cfg = AnalysisConfig(batch=batch, channels=3, image_size=side, device="cpu")
+    cfg = AnalysisConfig(batch=batch, inputs=InputSpec.image(3, side), device="cpu")
     path = f"torchvision.models:{name}"
     analyse_model(path, cfg)  # warm-up: imports, meta kernels
     ours_s = seconds(lambda: analyse_model(path, cfg))
     ours = analyse_model(path, cfg)
-    x, y = make_batch(batch, 3, side, CLASSES, "cpu")
+    x, y = make_batch(batch, cfg.inputs, CLASSES, "cpu")
     real = build(name).train()
     params = sum(p.numel() for p in real.parameters())
     forward, backward = oracle_flops(name, x, y, ours.classes)

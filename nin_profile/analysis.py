@@ -20,6 +20,7 @@ from nin_profile._lazy_imports import without_heavy_imports
 from nin_profile.allocator import OutOfMemory, steady_reserved
 from nin_profile.autocast import traced_autocast
 from nin_profile.errors import InvalidConfig, LayerFailed, ProfileError, UserCodeFailed
+from nin_profile.inputs import IMAGES_224, InputSpec
 from nin_profile.kernels import DeviceKernels
 from nin_profile.layer_stack import (
     Frame,
@@ -33,7 +34,6 @@ from nin_profile.layer_stack import (
 )
 from nin_profile.memory import TRACE_DEVICE, AllocationLog, peak_breakdown
 from nin_profile.models import (
-    DEFAULT_CLASSES,
     ModelConfig,
     build_target,
     describe_model,
@@ -80,8 +80,7 @@ from nin_profile.training import (
 @dataclass(frozen=True)
 class AnalysisConfig:
     batch: int = 128
-    channels: int = 1
-    image_size: int = 224
+    inputs: InputSpec = IMAGES_224  # one example
     classes: int | None = None  # None: the model's own (read from its output)
     optimizer: str = "sgd"
     device: str = "cuda"  # the device whose memory is predicted; the trace itself runs on meta
@@ -177,9 +176,7 @@ def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
 
 
 def model_config(cfg: AnalysisConfig) -> ModelConfig:
-    return ModelConfig(
-        channels=cfg.channels, classes=cfg.classes or DEFAULT_CLASSES, image_size=cfg.image_size
-    )
+    return ModelConfig.of(cfg.inputs, cfg.classes)
 
 
 def build_on_meta(name: str, cfg: ModelConfig) -> nn.Module:
@@ -284,11 +281,9 @@ class TraceSetup:
                 ) from exc
         return model if self.device == TRACE_DEVICE else fake_copy(model, self.mode)
 
-    def batch(self, batch: int, channels: int, image_size: int, classes: int) -> Batch:
+    def batch(self, batch: int, inputs: InputSpec, classes: int) -> Batch:
         dtype = self.precision.model_dtype()
-        return make_batch(
-            batch, channels, image_size, classes, self.device, dtype, self.channels_last
-        )
+        return make_batch(batch, inputs, classes, self.device, dtype, self.channels_last)
 
     def amp(self, inference: bool = False) -> Amp | None:
         """Autocast as the target device runs it; a GradScaler for fp16 training (one per
@@ -325,9 +320,7 @@ def _loss(model: nn.Module, cfg: AnalysisConfig, name: str) -> _Loss:
     are the model's own; a `cfg.classes` given that disagrees is refused."""
     model.train()
     with naming_failures(LayerStack(model)), torch.no_grad():
-        output = model(
-            torch.empty(cfg.batch, cfg.channels, cfg.image_size, cfg.image_size, device="meta")
-        )
+        output = model(make_batch(cfg.batch, cfg.inputs, 1, "meta")[0])
     classes = output_classes(output, cfg.batch)
     if cfg.classes is not None and classes is not None and classes != cfg.classes:
         raise InvalidConfig(
@@ -357,7 +350,7 @@ def _trace_training(
     model: nn.Module, cfg: AnalysisConfig, loss: _Loss, setup: TraceSetup
 ) -> _TrainingTrace:
     model.train()
-    x, y = setup.batch(cfg.batch, cfg.channels, cfg.image_size, loss.classes or 1)
+    x, y = setup.batch(cfg.batch, cfg.inputs, loss.classes or 1)
     loss_fn = loss.module()
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.rules.foreach_optimizer)
     amp = setup.amp()
@@ -415,7 +408,7 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -
     dispatch mode sees composite ops whole and misses what they allocate inside, such as the
     int64 indices max_pool2d computes on CUDA)."""
     model.eval()
-    x, _ = setup.batch(cfg.batch, cfg.channels, cfg.image_size, 1)
+    x, _ = setup.batch(cfg.batch, cfg.inputs, 1)
     log = AllocationLog(cfg.rules.block_bytes)
     owners = {
         MemoryCategory.PARAMS: log.keys_of(model.parameters()),

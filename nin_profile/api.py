@@ -15,6 +15,7 @@ from torch import nn
 
 from nin_profile.environment import resolve_device
 from nin_profile.errors import DeviceUnavailable, ProfileError, UnknownModel
+from nin_profile.inputs import InputSpec
 from nin_profile.precision import get_precision
 from nin_profile.results import Profile, RunConfig
 
@@ -44,6 +45,36 @@ def model_names(names: Sequence[str]) -> tuple[str, ...]:
         if ":" not in name and name not in known and instance(name) is None:
             raise UnknownModel(name, known)
     return tuple(names)
+
+
+def input_fields(
+    inputs: InputSpec, models: Sequence[str], channels_last: bool = False
+) -> dict[str, Any]:
+    """RunConfig's fields for one example of `inputs`: channels and image_size for square
+    images (what the built-in models are built for); else input_shape and token_ids, for
+    models of the user's own. A built-in model on other inputs, or channels_last on other than
+    images, is one line."""
+    if image := inputs.square_image:
+        return {"channels": image[0], "image_size": image[1]}
+    from nin_profile.models import instance
+
+    built_in = [name for name in models if ":" not in name and instance(name) is None]
+    if built_in:
+        verb = "is" if len(built_in) == 1 else "are"
+        raise ProfileError(
+            f"{', '.join(built_in)} {verb} built for square images (channels × side × side), "
+            f"not {inputs.describe()}; other inputs are for models of your own"
+        )
+    if channels_last and (inputs.token_ids or len(inputs.shape) != 3):
+        raise ProfileError(
+            f"channels_last lays out images (channels × height × width), not {inputs.describe()}"
+        )
+    return {
+        "channels": None,
+        "image_size": None,
+        "input_shape": inputs.shape,
+        "token_ids": inputs.token_ids,
+    }
 
 
 def check_device(device: str, static: bool, max_batch: bool) -> str:
@@ -181,7 +212,8 @@ def run(config: RunConfig, on_progress: Callable[[Any], None] | None = None) -> 
 
 def profile(
     *models: ModelLike,
-    input_size: tuple[int, int, int] = (1, 224, 224),
+    input_size: Sequence[int] = (1, 224, 224),
+    token_ids: bool = False,
     batch: int = 128,
     device: str = "auto",
     optimizer: str = "sgd",
@@ -207,7 +239,10 @@ def profile(
     fsdp_reduce_dtype: str | None = None,
 ) -> Profile:
     """Profile `models` (nn.Module instances, registered names such as "nin", or import paths
-    "package.module:callable") for one batch of `input_size` (channels, height, width) images.
+    "package.module:callable") for one batch of inputs of `input_size` each: (channels, height,
+    width) images, or any shape a model of your own takes ((100, 40): 100 steps of 40 features);
+    with `token_ids`, int64 token ids for a model that starts with an nn.Embedding ((512,): 512
+    tokens an example).
 
     Estimates every figure without running (static analysis on meta tensors); with
     `measure=True` also measures on `device` ("auto": CUDA where present, else the CPU), each
@@ -221,7 +256,7 @@ def profile(
     profile.json. Bad input raises ProfileError with one line saying why."""
     from nin_profile.models import forget_instance, register_instance
 
-    channels, side = _image(input_size)
+    inputs = InputSpec(_shape(input_size), bool(token_ids))
     static = not measure
     resolved = check_device(device, static, max_batch)
     if optimizer not in OPTIMIZERS:
@@ -263,8 +298,7 @@ def profile(
             models=model_names(names),
             batch=_positive("batch", batch),
             device=resolved,
-            image_size=side,
-            channels=channels,
+            **input_fields(inputs, names, channels_last),
             classes=classes,
             optimizer=optimizer,
             precision=precision,
@@ -295,16 +329,15 @@ def ascending_once(values: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(values))
 
 
-def _image(input_size: tuple[int, int, int]) -> tuple[int, int]:
-    """(channels, side) of a square image size (channels, height, width)."""
-    if len(input_size) != 3 or any(
-        not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in input_size
-    ):
-        raise ProfileError(f"input_size {input_size!r}: give (channels, height, width), positive")
-    channels, height, width = input_size
-    if height != width:
-        raise ProfileError(f"input_size {input_size!r}: nin_profile profiles square images")
-    return channels, height
+def _shape(input_size: Sequence[int]) -> tuple[int, ...]:
+    """One example's sizes, each a positive whole number."""
+    sizes = tuple(input_size) if isinstance(input_size, (tuple, list)) else ()
+    if not sizes:
+        raise ProfileError(
+            f"input_size {input_size!r}: give one example's sizes as a tuple "
+            "((channels, height, width) for images)"
+        )
+    return tuple(_positive("each size in input_size", n) for n in sizes)
 
 
 def _positive(what: str, value: int) -> int:

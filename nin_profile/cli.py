@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from nin_profile.errors import ProfileError
 from nin_profile.precision import PRECISION_NAMES
@@ -49,14 +49,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_ints(text: str) -> tuple[int, ...]:
+    """'3,32,64' → (3, 32, 64): positive whole numbers, in the order given."""
+    if any(not part.strip() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry; give N1,N2,...")
+    return tuple(positive_int(part) for part in text.split(","))
+
+
 def batch_list(text: str) -> tuple[int, ...]:
     """'32,1,128' → (1, 32, 128): positive whole numbers, each once, in ascending order."""
     from nin_profile.api import ascending_once
 
-    if any(not part.strip() for part in text.split(",")):
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry; give N1,N2,...")
     try:
-        return ascending_once(tuple(positive_int(part) for part in text.split(",")))
+        return ascending_once(positive_ints(text))
     except ProfileError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -158,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=positive_int, help="square image side (224)")
     p.add_argument("--channels", type=positive_int, help="input channels (1)")
+    p.add_argument(
+        "--input-shape",
+        type=positive_ints,
+        metavar="D1,D2,...",
+        help="one example's input, for a model of your own that does not take square images "
+        "(instead of --channels and --image-size): 3,32,64 for images, 100,40 for 100 steps "
+        "of 40 features, 512 for 512 tokens with --token-ids",
+    )
+    p.add_argument(
+        "--token-ids",
+        action="store_true",
+        help="the input is int64 token ids (below the model's smallest nn.Embedding vocabulary), "
+        "--input-shape of them an example: for a model that starts with an embedding",
+    )
     p.add_argument(
         "--classes",
         type=positive_int,
@@ -353,10 +372,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     from nin_profile.models import ModelConfig
 
     names = _model_names(",".join(DEFAULT_MODELS) if args.models is None else args.models)
+    _take_input_shape(args, names)
     model_cfg = ModelConfig(**{k: _given(args, k) or v for k, v in MODEL_DEFAULTS.items()})
     if args.write_params:
         return _write_params(args.write_params, names, model_cfg)
     return _profile(args, names, model_cfg)
+
+
+def _take_input_shape(args: argparse.Namespace, names: list[str]) -> None:
+    """--input-shape of a square image becomes --channels and --image-size (what the built-in
+    models are built for); any other is checked against the models and kept."""
+    from nin_profile.api import input_fields
+    from nin_profile.inputs import InputSpec
+
+    if args.input_shape is None:
+        if args.token_ids:
+            raise ProfileError("--token-ids needs --input-shape LENGTH (tokens an example)")
+        return
+    if args.channels is not None or args.image_size is not None:
+        raise ProfileError(
+            "--input-shape gives the whole example: leave out --channels and --image-size"
+        )
+    fields = input_fields(InputSpec(args.input_shape, args.token_ids), names, args.channels_last)
+    if "input_shape" not in fields:  # a square image
+        args.channels, args.image_size = fields["channels"], fields["image_size"]
+        args.input_shape = None
 
 
 def _given(args: argparse.Namespace, name: str) -> int | None:
@@ -500,8 +540,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         models=tuple(names),
         batch=args.batch,
         device=device,
-        image_size=model_cfg.image_size,
-        channels=model_cfg.channels,
+        **_input_fields(args, names, model_cfg),
         classes=args.classes,  # None: each model's own, read from its output
         optimizer=args.optimizer,
         precision=args.precision,
@@ -546,6 +585,17 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         )
     console.print(f"wrote {out}/: {', '.join(files)}")
     return 0
+
+
+def _input_fields(
+    args: argparse.Namespace, names: list[str], model_cfg: ModelConfig
+) -> dict[str, Any]:
+    from nin_profile.api import input_fields
+    from nin_profile.inputs import InputSpec
+
+    if args.input_shape is None:
+        return {"channels": model_cfg.channels, "image_size": model_cfg.image_size}
+    return input_fields(InputSpec(args.input_shape, args.token_ids), names, args.channels_last)
 
 
 @contextmanager

@@ -580,7 +580,7 @@ def _trace_training(
     """Warm-up steps, then the traced one; one log from before the first."""
     model = wrapped.model
     model.train()
-    x, y = make_batch(cfg.batch, cfg.channels, cfg.image_size, classes or 1, device)
+    x, y = make_batch(cfg.batch, cfg.inputs, classes or 1, device)
     loss_fn = TrainingLoss(classes)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.rules.foreach_optimizer)
     log = RankLog(cfg.rules.block_bytes)
@@ -638,7 +638,7 @@ def _trace_inference(wrapped: _Wrapped, cfg: AnalysisConfig, device: str) -> Ran
     """One forward in eval mode under no_grad through the wrapper."""
     model = wrapped.model
     model.eval()
-    x, _ = make_batch(cfg.batch, cfg.channels, cfg.image_size, 1, device)
+    x, _ = make_batch(cfg.batch, cfg.inputs, 1, device)
     log = RankLog(cfg.rules.block_bytes)
     owners = {
         MemoryCategory.PARAMS: log.keys_of(model.parameters()),

@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from nin_profile.errors import ProfileError
-from nin_profile.models import get_model, instance
+from nin_profile.inputs import InputSpec
+from nin_profile.models import ModelConfig, get_model, instance
 from nin_profile.results import PeerFigures
+from nin_profile.training import make_batch, token_vocabulary
 
 
 def import_peers() -> tuple[Any, Any]:
@@ -29,33 +31,29 @@ def import_peers() -> tuple[Any, Any]:
     return torchinfo, FlopCountAnalysis
 
 
-def _at_batch(
-    name: str, channels: int, image_size: int, classes: int, batch: int
-) -> tuple[Any, Any]:
+def _at_batch(name: str, inputs: InputSpec, classes: int, batch: int) -> tuple[Any, Any]:
     """torchinfo's statistics and fvcore's count of `name` run at `batch` on the CPU."""
     torchinfo, flop_count_analysis = import_peers()
     torch.manual_seed(0)
-    model = get_model(name, channels=channels, classes=classes, image_size=image_size)
+    model = get_model(name, **vars(ModelConfig.of(inputs, classes)))
     if instance(name) is not None:  # a module handed to the Python API: theirs, not ours
         model = copy.deepcopy(model).to("cpu")
     model.eval()
-    shape = (batch, channels, image_size, image_size)
-    stats = torchinfo.summary(model, input_size=shape, verbose=0, device="cpu")
+    x, _ = make_batch(batch, inputs, classes, "cpu", vocabulary=token_vocabulary(model))
+    stats = torchinfo.summary(model, input_data=x, verbose=0, device="cpu")
     with torch.no_grad():
-        count = flop_count_analysis(model, torch.randn(shape))
+        count = flop_count_analysis(model, x)
         count.unsupported_ops_warnings(False)
         count.uncalled_modules_warnings(False)
         count.total()
     return stats, count
 
 
-def peer_figures(
-    name: str, channels: int, image_size: int, classes: int, batch: int
-) -> PeerFigures:
+def peer_figures(name: str, inputs: InputSpec, classes: int, batch: int) -> PeerFigures:
     """torchinfo's summary and fvcore's FLOP count of `name` for `batch`, from runs at batch 1
     and 2: each figure is affine in the batch (torchinfo adds a few bytes to each input's size),
     so two points give it at any batch without running the model at that batch."""
-    (s1, c1), (s2, c2) = (_at_batch(name, channels, image_size, classes, b) for b in (1, 2))
+    (s1, c1), (s2, c2) = (_at_batch(name, inputs, classes, b) for b in (1, 2))
 
     def at(one: float, two: float) -> int:
         return int(one + (two - one) * (batch - 1))

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from nin_profile.inputs import InputSpec
+
 if TYPE_CHECKING:  # pandas is imported where a frame is made: the CLI never needs it
     import pandas as pd
 
@@ -478,8 +480,10 @@ class RunConfig:
     models: tuple[str, ...]
     batch: int
     device: str
-    image_size: int
-    channels: int
+    # square images (channels × image_size × image_size), the built-in models' input; None
+    # where the input is given by `input_shape`
+    image_size: int | None
+    channels: int | None
     classes: int | None  # None: each model's own (read from its output)
     optimizer: str
     precision: str = "fp32"  # nin_profile.precision: fp32, amp-fp16, amp-bf16, fp16, bf16
@@ -504,10 +508,24 @@ class RunConfig:
     # (the model's dtype; for the reduction, the param dtype). Files before it: None
     fsdp_param_dtype: str | None = None
     fsdp_reduce_dtype: str | None = None
+    # --input-shape: one example's shape where the input is not a square image (a user's
+    # model: sequences, token ids, other images); --token-ids: int64 ids for an embedding.
+    # Files before them: None and False
+    input_shape: tuple[int, ...] | None = None
+    token_ids: bool = False
+
+    @property
+    def inputs(self) -> InputSpec:
+        """One example of the input every model is profiled on."""
+        if self.input_shape is not None:
+            return InputSpec(self.input_shape, self.token_ids)
+        assert self.channels is not None and self.image_size is not None
+        return InputSpec.image(self.channels, self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["models"] = list(self.models)
+        d["input_shape"] = None if self.input_shape is None else list(self.input_shape)
         d["sweep_batches"] = list(self.sweep_batches)
         d["compare_precisions"] = list(self.compare_precisions)
         d["world_sizes"] = list(self.world_sizes)
@@ -524,6 +542,7 @@ class RunConfig:
                 "sweep_batches": tuple(d.get("sweep_batches", ())),
                 "compare_precisions": tuple(d.get("compare_precisions", ())),
                 "world_sizes": tuple(d.get("world_sizes", ())),
+                "input_shape": None if d.get("input_shape") is None else tuple(d["input_shape"]),
             }
         )
 

@@ -64,11 +64,7 @@ def _ignore(event: ProgressEvent) -> None:
 
 
 def model_config(config: RunConfig) -> ModelConfig:
-    return ModelConfig(
-        channels=config.channels,
-        classes=config.classes or DEFAULT_CLASSES,
-        image_size=config.image_size,
-    )
+    return ModelConfig.of(config.inputs, config.classes)
 
 
 def analysis_config(
@@ -79,8 +75,7 @@ def analysis_config(
 ) -> AnalysisConfig:
     return AnalysisConfig(
         batch=batch or config.batch,
-        channels=config.channels,
-        image_size=config.image_size,
+        inputs=config.inputs,
         classes=config.classes,
         optimizer=config.optimizer,
         device=config.device,
@@ -107,22 +102,39 @@ def analyse_or_explain(
             raise ProfileError(
                 f"{name}: the training loss cannot take the model's output ({exc.reason})"
             ) from exc
-        raise ProfileError(
-            f"{name} at --image-size {config.image_size}: {exc}{_hint(name, config, exc, batch)}"
-        ) from exc
+        at = (
+            f"at --image-size {config.image_size}"
+            if config.inputs.square_image
+            else f"on {config.inputs.describe()}"
+        )
+        raise ProfileError(f"{name} {at}: {exc}{_hint(name, config, exc, batch)}") from exc
 
 
 def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> str:
-    """What would make the layer run: the channels the layer expects, where the batch's channels
-    reach it and it wants others; else the smallest image size the step runs at."""
-    if exc.expected_channels and exc.input_shape[1:2] == (config.channels,):
-        return f"; {name} expects --channels {exc.expected_channels}"
-    if exc.layer_type in ("Embedding", "EmbeddingBag"):
+    """What would make the layer run: float input where the token ids reach another layer than
+    an embedding; the channels the layer expects, where the batch's channels reach it and it
+    wants others; token ids for an embedding fed floats; else the smallest image size the step
+    runs at."""
+    inputs, batch = config.inputs, batch or config.batch
+    embedding = exc.layer_type in ("Embedding", "EmbeddingBag")
+    if inputs.token_ids and not embedding and exc.input_shape == inputs.batch_shape(batch):
         return (
-            f"; nin_profile feeds {name} a batch of float images (batch × channels × side × "
-            "side), not the integer token ids an embedding looks up"
+            f"; {name} takes the token ids into a {exc.layer_type}, not an embedding: "
+            "leave out --token-ids for float input"
         )
-    cfg, batch = model_config(config), batch or config.batch
+    if exc.expected_channels and exc.input_shape[1:2] == inputs.shape[:1]:
+        if inputs.square_image:
+            return f"; {name} expects --channels {exc.expected_channels}"
+        wanted = ",".join(map(str, (exc.expected_channels, *inputs.shape[1:])))
+        return f"; {name} expects {exc.expected_channels} channels (--input-shape {wanted})"
+    if embedding and not inputs.token_ids:
+        return (
+            f"; nin_profile fed {name} float {inputs.describe()}, not the integer token ids an "
+            "embedding looks up: give --token-ids and --input-shape LENGTH (tokens per example)"
+        )
+    if not inputs.square_image:
+        return ""
+    cfg = model_config(config)
     smallest = None if fits(name, cfg, batch) else smallest_image_size(name, cfg, batch)
     return f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
 
@@ -237,9 +249,9 @@ class Run:
             phase=phase,
             batch=plan.batch,
             device=c.device,
-            channels=c.channels,
+            input_shape=c.inputs.shape,
+            token_ids=c.inputs.token_ids,
             classes=self.classes.get(name, c.classes),
-            image_size=c.image_size,
             optimizer=c.optimizer,
             warmup=plan.warmup,
             iterations=plan.iterations,
@@ -367,7 +379,7 @@ def _peers(run: Run, static: ModelProfile) -> PeerFigures:
     c = run.config
     run.on_progress(ProgressEvent(f"{static.name} · torchinfo and fvcore", "peers", 0, 1))
     classes = c.classes or DEFAULT_CLASSES  # what a built-in model is built with
-    return peer_figures(static.name, c.channels, c.image_size, classes, c.batch)
+    return peer_figures(static.name, c.inputs, classes, c.batch)
 
 
 def _measure_on_cpu(run: Run, subjects: list[Subject]) -> Measured:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils._pytree import keystr, tree_flatten_with_path
 
 from nin_profile.errors import InvalidConfig
+from nin_profile.inputs import InputSpec
 from nin_profile.results import Phase
 
 # Learning rates do not change memory or FLOPs; they are d2l's defaults for these models.
@@ -42,22 +43,36 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
 
 def make_batch(
     batch: int,
-    channels: int,
-    image_size: int,
+    inputs: InputSpec,
     classes: int,
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    vocabulary: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic batch of images (in `dtype`, and in `torch.channels_last` where asked) and
-    class targets; values matter to neither memory nor FLOPs."""
-    shape = (batch, channels, image_size, image_size)
+    """A synthetic batch of `inputs` and class targets: float values in `dtype` (and in
+    `torch.channels_last` where asked), or int64 token ids below `vocabulary`; values matter
+    to neither memory nor FLOPs."""
+    shape = inputs.batch_shape(batch)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     y = torch.empty(batch, dtype=torch.long, device=device)
-    if torch.device(device).type == "meta":
+    meta = torch.device(device).type == "meta"
+    if inputs.token_ids:
+        x = torch.empty(shape, dtype=torch.long, device=device)
+        return (x, y) if meta else (x.random_(0, vocabulary), y.random_(0, classes))
+    if meta:
         return torch.empty(shape, device=device, dtype=dtype, memory_format=layout), y
     x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=layout)
     return x, y.random_(0, classes)
+
+
+def token_vocabulary(model: nn.Module) -> int:
+    """The ids every embedding of `model` can look up: the smallest `num_embeddings` (1 where
+    the model has no nn.Embedding or nn.EmbeddingBag: id 0 only)."""
+    sizes = [
+        m.num_embeddings for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+    ]
+    return min(sizes, default=1)
 
 
 def floating_outputs(output: Any) -> list[tuple[str, torch.Tensor]]:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,3 +27,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def worker_finds_the_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker is a process of its own: it imports `zoo_models` from tests/."""
+    tests = str(Path(__file__).parent)
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", tests if not path else tests + os.pathsep + path)

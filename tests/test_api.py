@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -148,20 +147,22 @@ def test_on_error_the_module_is_left_as_it_was_and_the_error_is_one_line() -> No
     assert_untouched(before, net)
 
 
+@pytest.mark.usefixtures("worker_finds_the_zoo")
 def test_a_measured_module_is_measured_on_a_copy_in_its_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The worker loads the copy saved for it: the class must be importable there."""
+    """The worker loads the copy saved for it: the class must be importable there. The model
+    takes token ids (tests/test_inputs.py): the worker makes its batch of ids for the model it
+    built, and its peak between ops is the estimate's."""
     monkeypatch.syspath_prepend(str(TESTS))
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
-    monkeypatch.setenv("PYTHONPATH", path)
     import zoo_models
 
-    net = zoo_models.depthwise_separable()
+    net = zoo_models.TokenClassifier()
     before = snapshot(net)
     profile = nin_profile.profile(
         net,
-        input_size=(zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.SIDE),
+        input_size=(zoo_models.TOKENS,),
+        token_ids=True,
         batch=2,
         measure=True,
         device="cpu",
@@ -169,8 +170,11 @@ def test_a_measured_module_is_measured_on_a_copy_in_its_worker(
         warmup=1,
         iterations=2,
     )
-    measured = profile.models[0].measured["train"]
+    assert profile.config.inputs == zoo_models.TOKEN_IDS
+    (model,) = profile.models
+    measured = model.measured["train"]
     assert measured.error is None and measured.memory is not None and measured.timing is not None
+    assert measured.batch == 2 and measured.memory.peak_between_ops == model.train.peak
     assert_untouched(before, net)
 
 
@@ -184,7 +188,13 @@ def test_a_module_defined_in_main_cannot_be_measured_and_says_so() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"input_size": (1, 96, 64)}, "nin_profile profiles square images"),
+        (
+            {"input_size": (1, 96, 64)},
+            "nin is built for square images (channels × side × side), not 1×96×64 images",
+        ),
+        ({"input_size": (12,), "token_ids": True}, "nin is built for square images"),
+        ({"input_size": 12}, "input_size 12: give one example's sizes as a tuple"),
+        ({"input_size": (3, 0)}, "each size in input_size must be a positive whole number, got 0"),
         ({"batch": 0}, "batch must be a positive whole number, got 0"),
         ({"optimizer": "lbfgs"}, "optimizer 'lbfgs': choose one of sgd, momentum, adam"),
         ({"memory_budget": "6"}, "memory_budget: give a unit: 6GiB"),

@@ -12,9 +12,7 @@ records it for a grid of sizes instead (data for a formula), beside today's esti
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
@@ -141,8 +139,7 @@ def test_the_attention_kernel_is_the_one_pytorch_picks(dtype: torch.dtype) -> No
 def config(precision: str) -> AnalysisConfig:
     return AnalysisConfig(
         batch=BATCH,
-        channels=zoo_models.CHANNELS,
-        image_size=zoo_models.SIDE,
+        inputs=zoo_models.INPUTS,
         device="cuda",
         precision=precision,
     )
@@ -153,7 +150,7 @@ def real_saved_bytes(name: str, precision: str) -> int:
     parameters and buffers left out."""
     torch.manual_seed(0)
     model = getattr(zoo_models, name)().cuda()
-    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cuda")
+    x, y = make_batch(BATCH, zoo_models.INPUTS, zoo_models.CLASSES, "cuda")
     return step_saved_bytes(model, x, y, zoo_models.CLASSES, real_amp(precision, "cuda"))
 
 
@@ -163,14 +160,6 @@ def test_attention_saved_bytes_are_within_2_percent(name: str, precision: str) -
     est = analyse_model(f"zoo_models:{name}", config(precision)).activation_bytes_saved
     real = real_saved_bytes(name, precision)
     assert abs(est - real) <= 0.02 * real, (est, real)
-
-
-@pytest.fixture
-def worker_finds_the_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker is a process of its own: it imports `zoo_models` from tests/."""
-    tests = str(Path(__file__).parent)
-    path = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", tests if not path else tests + os.pathsep + path)
 
 
 @pytest.mark.usefixtures("worker_finds_the_zoo")
@@ -185,9 +174,8 @@ def test_attention_peaks_between_ops_are_within_5_percent(
         phase=phase,
         batch=BATCH,
         device="cuda",
-        channels=zoo_models.CHANNELS,
+        input_shape=zoo_models.INPUTS.shape,
         classes=zoo_models.CLASSES,
-        image_size=zoo_models.SIDE,
         warmup=2,
         iterations=3,
         precision=precision,

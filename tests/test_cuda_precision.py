@@ -15,6 +15,7 @@ from test_memory import step_saved_bytes
 from test_precision import real_amp
 
 from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.inputs import IMAGES_224
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Device, Request, measure_ceilings
 from nin_profile.models import get_model
@@ -33,7 +34,7 @@ def real_saved_bytes(name: str, batch: int, precision: str) -> int:
     """What autograd saves in a real CUDA step, each storage once, parameters excluded."""
     dtype = get_precision(precision).model_dtype()
     model = get_model(name).to("cuda", dtype)
-    x, y = make_batch(batch, 1, 224, 10, "cuda", dtype, False)
+    x, y = make_batch(batch, IMAGES_224, 10, "cuda", dtype, False)
     return step_saved_bytes(model, x, y, 10, real_amp(precision, "cuda"))
 
 

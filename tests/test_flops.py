@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nin_profile.analysis import AnalysisConfig, analyse, analyse_model
+from nin_profile.inputs import InputSpec
 from nin_profile.models import get_model
 from nin_profile.results import ModelProfile
 
@@ -21,7 +22,9 @@ BATCH = 2
 
 
 def profile(name: str, image_size: int, batch: int = BATCH) -> ModelProfile:
-    return analyse_model(name, AnalysisConfig(batch=batch, image_size=image_size, device="cpu"))
+    return analyse_model(
+        name, AnalysisConfig(batch=batch, inputs=InputSpec.image(1, image_size), device="cpu")
+    )
 
 
 def real_model(name: str, image_size: int) -> nn.Module:
@@ -147,7 +150,7 @@ def test_grouped_conv_flops_match_the_decomposition_into_groups(case: tuple) -> 
     model = nn.Sequential(nn.Conv2d(c_in, c_in, 1), grouped_conv(*case), nn.Flatten())
     x = torch.randn(BATCH, c_in, SIDE, SIDE)
     forward, backward = decomposed_flops(model[1], model[0](x))
-    cfg = AnalysisConfig(batch=BATCH, channels=c_in, image_size=SIDE, device="cpu")
+    cfg = AnalysisConfig(batch=BATCH, inputs=InputSpec.image(c_in, SIDE), device="cpu")
     layer = {row.name: row for row in analyse(model.to("meta"), cfg, name="g").layers}["1"]
     assert layer.flops_forward == forward
     assert layer.flops_backward == backward == 2 * forward
@@ -159,7 +162,7 @@ def test_depthwise_backward_by_hand() -> None:
     # (PyTorch's own formula gives (1 + 32) × forward: it multiplies all 32 channels with all 32)
     c, side, batch = 32, 16, 2
     model = nn.Sequential(nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1, groups=c), nn.Flatten())
-    cfg = AnalysisConfig(batch=batch, channels=c, image_size=side, device="cpu")
+    cfg = AnalysisConfig(batch=batch, inputs=InputSpec.image(c, side), device="cpu")
     layer = {row.name: row for row in analyse(model.to("meta"), cfg, name="dw").layers}["1"]
     assert layer.flops_forward == 2 * batch * c * side * side * 9 == 294_912
     assert layer.flops_backward == 2 * layer.flops_forward == 589_824
@@ -168,7 +171,7 @@ def test_depthwise_backward_by_hand() -> None:
 def test_first_conv_of_a_model_computes_only_its_weight_gradient() -> None:
     # the batch needs no gradient: output_mask = (False, True, True) → one forward's worth
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Flatten())
-    cfg = AnalysisConfig(batch=1, channels=4, image_size=8, device="cpu")
+    cfg = AnalysisConfig(batch=1, inputs=InputSpec.image(4, 8), device="cpu")
     (layer, *_) = analyse(model.to("meta"), cfg, name="first").layers
     assert layer.flops_forward == 2 * 4 * 6 * 6 * 9  # 4 channels × 6×6 outputs × 9 MACs
     assert layer.flops_backward == layer.flops_forward

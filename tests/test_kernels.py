@@ -24,9 +24,7 @@ SEQUENCE = ("sdpa_block", "mha_block", "lstm", "gru")
 
 
 def profile(name: str, device: str = "cpu") -> ModelProfile:
-    cfg = AnalysisConfig(
-        batch=BATCH, channels=zoo_models.CHANNELS, image_size=zoo_models.SIDE, device=device
-    )
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device=device)
     return analyse_model(f"zoo_models:{name}", cfg)
 
 
@@ -37,7 +35,7 @@ def real(name: str) -> nn.Module:
 
 
 def real_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    return make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    return make_batch(BATCH, zoo_models.INPUTS, zoo_models.CLASSES, "cpu")
 
 
 def held(*tensors: torch.Tensor) -> int:

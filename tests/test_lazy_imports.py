@@ -110,8 +110,10 @@ def test_user_modules_get_the_real_modules_or_stand_ins_that_hand_over(tmp_path:
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
         from nin_profile.analysis import AnalysisConfig, analyse_model
+        from nin_profile.inputs import InputSpec
 
-        analyse_model("usermodel:net", AnalysisConfig(batch=2, image_size=8, device="cuda"))
+        cfg = AnalysisConfig(batch=2, inputs=InputSpec.image(1, 8), device="cuda")
+        analyse_model("usermodel:net", cfg)
         import during_forward, while_building
 
         assert while_building.shapes is sys.modules["torch.fx.experimental.symbolic_shapes"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nin_profile.analysis import AnalysisConfig, analyse, analyse_model
+from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.memory import Event, peak_breakdown
 from nin_profile.models import get_model
@@ -24,7 +25,9 @@ MiB = 2**20
 def profile(
     name: str, image_size: int = 224, batch: int = 2, device: str = "cpu", optimizer: str = "sgd"
 ) -> ModelProfile:
-    cfg = AnalysisConfig(batch=batch, image_size=image_size, device=device, optimizer=optimizer)
+    cfg = AnalysisConfig(
+        batch=batch, inputs=InputSpec.image(1, image_size), device=device, optimizer=optimizer
+    )
     return analyse_model(name, cfg)
 
 
@@ -75,7 +78,7 @@ def step_saved_bytes(
 def test_saved_bytes_match_what_autograd_saves_on_real_tensors(name: str, image_size: int) -> None:
     torch.manual_seed(0)
     model = get_model(name, image_size=image_size).train()
-    x, y = make_batch(2, 1, image_size, 10, "cpu")
+    x, y = make_batch(2, InputSpec.image(1, image_size), 10, "cpu")
     assert profile(name, image_size).activation_bytes_saved == autograd_saved_bytes(model, x, y)
 
 
@@ -137,7 +140,9 @@ def test_a_chain_of_relus_peaks_at_input_plus_two_outputs() -> None:
     batch, side = 4, 64
     n_bytes = batch * side * side * 4  # 65_536, a multiple of 512
     for device, param_bytes in (("cpu", 4), ("cuda", 512)):
-        cfg = AnalysisConfig(batch=batch, image_size=side, classes=side * side, device=device)
+        cfg = AnalysisConfig(
+            batch=batch, inputs=InputSpec.image(1, side), classes=side * side, device=device
+        )
         p = analyse(nn.Sequential(model, nn.Flatten()), cfg, name="relus")
         assert p.inference.peak == 3 * n_bytes + param_bytes
         assert p.inference[MemoryCategory.INPUT] == n_bytes
@@ -162,7 +167,7 @@ def real_cpu_step_peak(name: str, image_size: int, batch: int, optimizer: str) -
     alive when it started (parameters, optimizer state, the batch)."""
     torch.manual_seed(0)
     model = get_model(name, image_size=image_size).train()
-    x, y = make_batch(batch, 1, image_size, 10, "cpu")
+    x, y = make_batch(batch, InputSpec.image(1, image_size), 10, "cpu")
     loss_fn = nn.CrossEntropyLoss()
     opt = make_optimizer(optimizer, model.parameters(), foreach=False)
     training_step(model, loss_fn, opt, x, y)

@@ -16,6 +16,7 @@ import nin_profile
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.cli import main
 from nin_profile.errors import ProfileError
+from nin_profile.inputs import InputSpec
 from nin_profile.measure.ranks import RankRequest, measure_ranks
 from nin_profile.parallel import (
     Parallel,
@@ -34,7 +35,7 @@ from nin_profile.results import MemoryCategory as C
 
 F32 = 4  # bytes of a float32
 HALF = 2  # bytes of a bfloat16 or a float16
-CFG = AnalysisConfig(batch=4, channels=1, image_size=8, device="cpu")
+CFG = AnalysisConfig(batch=4, inputs=InputSpec.image(1, 8), device="cpu")
 CLASSES = 7
 
 
@@ -148,7 +149,7 @@ def test_fsdp_gathers_each_block_whole_with_its_padding(world_size: int) -> None
 
 
 def test_fsdp_momentum_is_kept_for_the_shard_only() -> None:
-    cfg = AnalysisConfig(batch=4, channels=1, image_size=8, device="cpu", optimizer="momentum")
+    cfg = AnalysisConfig(batch=4, inputs=InputSpec.image(1, 8), device="cpu", optimizer="momentum")
     train, _ = trace_rank(small_net(), cfg, Parallel("fsdp", 3), CLASSES, inference=False)
     assert held_bytes(train, [C.OPTIMIZER]) == shard_bytes(3)
 
@@ -265,7 +266,7 @@ def test_vgg11s_largest_layer_is_the_chapters_first_dense_layer() -> None:
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_on_cuda_a_rank_reserves_whole_segments_over_its_peak(strategy: str) -> None:
-    cfg = AnalysisConfig(batch=4, channels=1, image_size=8, device="cuda")
+    cfg = AnalysisConfig(batch=4, inputs=InputSpec.image(1, 8), device="cuda")
     train, _ = trace_rank(small_net(), cfg, Parallel(strategy, 4), CLASSES, inference=False)
     at_peak = breakdown(train, cfg)
     assert at_peak.reserved is not None and at_peak.reserved >= at_peak.peak
@@ -276,11 +277,11 @@ def test_on_cuda_a_rank_reserves_whole_segments_over_its_peak(strategy: str) -> 
 
 # ---- real ranks on the CPU -----------------------------------------------------------------
 
-NIN_SMALL = {"model": "nin", "batch": 2, "image_size": 96, "threads": 1}
+NIN_SMALL = {"model": "nin", "batch": 2, "input_shape": (1, 96, 96), "threads": 1}
 
 
 def predicted_peaks(strategy: str) -> tuple[int, int]:
-    cfg = AnalysisConfig(batch=2, image_size=96, device="cpu")
+    cfg = AnalysisConfig(batch=2, inputs=InputSpec.image(1, 96), device="cpu")
     single = analyse_model("nin", cfg).train.peak
     return analyse_rank("nin", cfg, Parallel(strategy, 2), 10).train.peak, single
 
@@ -507,7 +508,7 @@ def test_the_largest_batch_a_rank_fits_is_the_edge_of_the_budget() -> None:
     assert fit.batch is not None and fit.limit_bytes == 64 * 2**20
 
     def peak(batch: int) -> int:
-        cfg = AnalysisConfig(batch=batch, image_size=96, device="cpu")
+        cfg = AnalysisConfig(batch=batch, inputs=InputSpec.image(1, 96), device="cpu")
         return analyse_rank("nin", cfg, Parallel("fsdp", 8), 10).train.peak
 
     # the largest: its step fits the budget on the CPU, one example more does not

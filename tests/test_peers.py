@@ -12,6 +12,7 @@ import torchinfo
 from fvcore.nn import FlopCountAnalysis
 from run_configs import small_run
 
+from nin_profile.inputs import IMAGES_224
 from nin_profile.models import get_model
 from nin_profile.peers import peer_figures
 from nin_profile.render.markdown import render_report
@@ -20,7 +21,7 @@ from nin_profile.run import run_profile
 
 def test_figures_at_batch_1_scaled_are_the_tools_own_at_the_batch() -> None:
     """The oracle is each tool run at batch 4 itself."""
-    peers = peer_figures("nin", channels=1, image_size=224, classes=10, batch=4)
+    peers = peer_figures("nin", IMAGES_224, classes=10, batch=4)
     model = get_model("nin").eval()
     stats = torchinfo.summary(model, input_size=(4, 1, 224, 224), verbose=0, device="cpu")
     assert peers.torchinfo_params == stats.total_params == 1_992_166

@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from nin_profile.analysis import AnalysisConfig, analyse, analyse_model, meta_copy
 from nin_profile.autocast import CudaAutocast, autocast_ops, op_overload
+from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops
 from nin_profile.models import get_model
 from nin_profile.precision import PRECISION_NAMES, get_precision
@@ -67,9 +68,7 @@ def real_cpu_run(model: nn.Module, cfg: AnalysisConfig, classes: int | None = 10
     model.to(dtype)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    x, y = make_batch(
-        cfg.batch, cfg.channels, cfg.image_size, classes or 1, "cpu", dtype, cfg.channels_last
-    )
+    x, y = make_batch(cfg.batch, cfg.inputs, classes or 1, "cpu", dtype, cfg.channels_last)
     amp, loss_fn = real_amp(precision), TrainingLoss(classes)
     opt = make_optimizer("sgd", model.parameters(), foreach=False)
     model.train()
@@ -93,11 +92,16 @@ def real_cpu_run(model: nn.Module, cfg: AnalysisConfig, classes: int | None = 10
 
 
 def config(
-    image_size: int, batch: int, precision: str, channels_last: bool = False, **kw: Any
+    image_size: int,
+    batch: int,
+    precision: str,
+    channels_last: bool = False,
+    channels: int = 1,
+    **kw: Any,
 ) -> AnalysisConfig:
     return AnalysisConfig(
         batch=batch,
-        image_size=image_size,
+        inputs=InputSpec.image(channels, image_size),
         device=kw.pop("device", "cpu"),
         precision=precision,
         channels_last=channels_last,
@@ -202,7 +206,7 @@ def test_what_autocast_saves_by_hand() -> None:
     # log-softmax keeps its float32 output, which nll_loss saves too (counted once), with the
     # targets and the total weight (a float32 scalar).
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()).to("meta")
-    cfg = AnalysisConfig(batch=2, image_size=8, device="cpu", precision="amp-bf16")
+    cfg = AnalysisConfig(batch=2, inputs=InputSpec.image(1, 8), device="cpu", precision="amp-bf16")
     saved = analyse(model, cfg, name="conv").activation_bytes_saved
     assert saved == 2 * 1 * 8 * 8 * 2 + 4 * 1 * 3 * 3 * 2 + 2 * 144 * 4 + 2 * 8 + 4  # = 1,500
 

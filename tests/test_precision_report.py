@@ -22,6 +22,7 @@ from nin_profile import api
 from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.cli import build_parser, precision_list
 from nin_profile.errors import ProfileError
+from nin_profile.inputs import InputSpec
 from nin_profile.measure.plan import Plan
 from nin_profile.precision import PRECISION_NAMES, cuda_amp_note
 from nin_profile.render.charts import all_charts
@@ -272,7 +273,9 @@ def test_the_largest_batch_in_a_precision_is_that_precisions() -> None:
     limit = 64 * MiB
 
     def peak(batch: int, precision: str) -> int:
-        cfg = AnalysisConfig(batch=batch, image_size=96, device="cpu", precision=precision)
+        cfg = AnalysisConfig(
+            batch=batch, inputs=InputSpec.image(1, 96), device="cpu", precision=precision
+        )
         return analyse_model("nin", cfg).train.peak
 
     fit = _predicted_fit(run, run.analyse("nin", precision="bf16"), "train", limit, "bf16")

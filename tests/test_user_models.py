@@ -29,8 +29,7 @@ BATCH = 4
 def profile(name: str, batch: int = BATCH, classes: int | None = None) -> ModelProfile:
     cfg = AnalysisConfig(
         batch=batch,
-        channels=zoo_models.CHANNELS,
-        image_size=zoo_models.SIDE,
+        inputs=zoo_models.INPUTS,
         classes=classes,
         device="cpu",
     )
@@ -44,7 +43,7 @@ def real(name: str) -> nn.Module:
 
 
 def real_batch(batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    return make_batch(batch, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    return make_batch(batch, zoo_models.INPUTS, zoo_models.CLASSES, "cpu")
 
 
 # ---- outputs of any shape --------------------------------------------------------------------
@@ -150,9 +149,9 @@ USER_ERRORS = [
         ["--models", "zoo_models:TokenClassifier", "--image-size", "16"],
         "layer embed (Embedding) cannot run on input 1×1×16×16: RuntimeError: Expected tensor "
         "for argument #1 'indices' to have one of the following scalar types: Long, Int; but "
-        f"got torch.float32 instead (zoo_models.py:{EMBEDDING_LINE}); nin_profile feeds "
-        "zoo_models:TokenClassifier a batch of float images (batch × channels × side × side), "
-        "not the integer token ids an embedding looks up",
+        f"got torch.float32 instead (zoo_models.py:{EMBEDDING_LINE}); nin_profile fed "
+        "zoo_models:TokenClassifier float 1×16×16 images, not the integer token ids an "
+        "embedding looks up: give --token-ids and --input-shape LENGTH (tokens per example)",
     ),
     (
         ["--models", "zoo_models:InPlaceOnSaved", "--channels", "3", "--image-size", "16"],

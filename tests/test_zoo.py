@@ -30,9 +30,7 @@ SEQUENCE_MODELS = {*ATTENTION, "lstm", "gru"}
 
 
 def profile(name: str) -> ModelProfile:
-    cfg = AnalysisConfig(
-        batch=BATCH, channels=zoo_models.CHANNELS, image_size=zoo_models.SIDE, device="cpu"
-    )
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
     return analyse_model(f"zoo_models:{name}", cfg)
 
 
@@ -84,7 +82,7 @@ def oracle_flops(name: str, classes: int | None) -> tuple[int, int]:
     formulas are wrong or missing: grouped convolutions split, attention on the math path,
     the LSTM on its composite cell (oneDNN off)."""
     model = one_group_each(real(name))
-    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    x, y = make_batch(BATCH, zoo_models.INPUTS, zoo_models.CLASSES, "cpu")
     with sdpa_kernel(SDPBackend.MATH), onednn_off():
         with FlopCounterMode(display=False) as forward:
             loss = TrainingLoss(classes)(model(x), y)
@@ -121,7 +119,7 @@ def test_flops_match_flopcountermode_on_the_decomposed_model(name: str) -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_saved_bytes_match_what_autograd_saves(name: str) -> None:
     ours = profile(name)
-    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    x, y = make_batch(BATCH, zoo_models.INPUTS, zoo_models.CLASSES, "cpu")
     saved = autograd_saved_bytes(real(name), x, y, TrainingLoss(ours.classes))
     assert ours.activation_bytes_saved == saved
 
@@ -146,7 +144,7 @@ def real_peak_between_ops(model: nn.Module, classes: int | None) -> int:
     """The CPU allocator's peak over a steady training step without the scratch a kernel frees
     inside its op (CPU convolutions' im2col columns and oneDNN reorders, which no trace of
     tensors sees), with what the step started with."""
-    x, y = make_batch(BATCH, zoo_models.CHANNELS, zoo_models.SIDE, zoo_models.CLASSES, "cpu")
+    x, y = make_batch(BATCH, zoo_models.INPUTS, zoo_models.CLASSES, "cpu")
     loss_fn, opt = TrainingLoss(classes), make_optimizer("sgd", model.parameters())
     training_step(model, loss_fn, opt, x, y)
     opt.zero_grad(set_to_none=True)

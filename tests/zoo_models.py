@@ -10,7 +10,10 @@ from collections import namedtuple
 import torch
 from torch import nn
 
+from nin_profile.inputs import InputSpec
+
 CHANNELS, SIDE, CLASSES = 3, 16, 10
+INPUTS = InputSpec.image(CHANNELS, SIDE)
 WIDTH, HEADS = 32, 4  # token width and attention heads of the transformer blocks
 
 
@@ -318,6 +321,38 @@ class InPlaceOnSaved(nn.Module):
         y = self.relu(self.conv(x))
         y += 1
         return self.head(y.mean((2, 3)))
+
+
+# Inputs other than images (--input-shape, --token-ids): TOKENS ids an example, below VOCAB;
+# FEATURES channels of STEPS values
+TOKENS, VOCAB, FEATURES, STEPS = 12, 100, 8, 20
+TOKEN_IDS = InputSpec((TOKENS,), token_ids=True)
+SEQUENCE = InputSpec((FEATURES, STEPS))
+
+
+class TokenLSTM(nn.Module):
+    """A text classifier: token ids, an embedding, an LSTM, the last hidden state classifies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.rnn = nn.LSTM(WIDTH, WIDTH, batch_first=True)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+def conv1d_sequence() -> nn.Module:
+    """A 1-d convolution over FEATURES channels of STEPS values, averaged over time."""
+    return nn.Sequential(
+        nn.Conv1d(FEATURES, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(16, CLASSES),
+    )
 
 
 def needs_width(width: int) -> nn.Module:

@@ -43,8 +43,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from nin_profile.models import DEFAULT_CLASSES, get_model
-from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
+from nin_profile.inputs import InputSpec
+from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
+from nin_profile.training import (
+    TrainingLoss,
+    make_batch,
+    make_optimizer,
+    token_vocabulary,
+    training_step,
+)
 
 HOST = "127.0.0.1"
 
@@ -59,9 +66,9 @@ class RankRequest:
     world_size: int
     batch: int
     device: str = "cpu"
-    channels: int = 1
+    input_shape: tuple[int, ...] = (1, 224, 224)  # one example's (InputSpec.shape)
+    token_ids: bool = False
     classes: int | None = DEFAULT_CLASSES
-    image_size: int = 224
     optimizer: str = "sgd"
     bucket_cap_mb: float | None = None
     gradient_as_bucket_view: bool = False
@@ -152,15 +159,12 @@ def _setup(req: RankRequest) -> _Step:
     `req.warmup` steps; gradients cleared as each step begins."""
     torch.manual_seed(0)
     device = torch.device(req.device, torch.cuda.current_device()) if req.device == "cuda" else None
-    model = get_model(
-        req.model,
-        channels=req.channels,
-        classes=req.classes or DEFAULT_CLASSES,
-        image_size=req.image_size,
-    ).to(device or "cpu")
+    inputs = InputSpec(req.input_shape, req.token_ids)
+    model = get_model(req.model, **vars(ModelConfig.of(inputs, req.classes))).to(device or "cpu")
     module = wrap(model, req)
     model.train()
-    x, y = make_batch(req.batch, req.channels, req.image_size, req.classes or 1, device or "cpu")
+    classes, vocabulary = req.classes or 1, token_vocabulary(model)
+    x, y = make_batch(req.batch, inputs, classes, device or "cpu", vocabulary=vocabulary)
     optimizer = make_optimizer(req.optimizer, model.parameters())
     step = _Step(module, model, x, y, TrainingLoss(req.classes), optimizer)
     for _ in range(req.warmup):

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nin_profile.inputs import InputSpec
 from nin_profile.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
 from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
 from nin_profile.measure.nvml import Nvml
-from nin_profile.models import DEFAULT_CLASSES, get_model
+from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
 from nin_profile.precision import get_precision
 from nin_profile.training import (
     Amp,
@@ -36,6 +37,7 @@ from nin_profile.training import (
     make_optimizer,
     optimizer_state,
     scaler_state,
+    token_vocabulary,
     training_step,
 )
 
@@ -46,9 +48,9 @@ class Request:
     phase: str  # "train" or "inference"
     batch: int
     device: str  # "cuda" or "cpu"
-    channels: int = 1
+    input_shape: tuple[int, ...] = (1, 224, 224)  # one example's (InputSpec.shape)
+    token_ids: bool = False
     classes: int | None = DEFAULT_CLASSES  # the model's, as the analysis read them from its output
-    image_size: int = 224
     optimizer: str = "sgd"
     warmup: int = 3
     iterations: int = 20
@@ -58,6 +60,10 @@ class Request:
     scratch: bool = True  # one more step to find the peak between ops (KernelScratch on CUDA)
     precision: str = "fp32"  # nin_profile.precision
     channels_last: bool = False
+
+    @property
+    def inputs(self) -> InputSpec:
+        return InputSpec(self.input_shape, self.token_ids)
 
 
 def emit(message: dict[str, Any]) -> None:
@@ -315,11 +321,13 @@ def timing(
     }
 
 
-def batch_of(req: Request, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The request's batch, in its precision's dtype and its memory format."""
+def batch_of(req: Request, classes: int, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The request's batch for `model`, in its precision's dtype and its memory format."""
     dtype = get_precision(req.precision).model_dtype()
-    sizes = (req.batch, req.channels, req.image_size, classes)
-    return make_batch(*sizes, req.device, dtype, req.channels_last)
+    vocabulary = token_vocabulary(model)
+    return make_batch(
+        req.batch, req.inputs, classes, req.device, dtype, req.channels_last, vocabulary
+    )
 
 
 def amp_of(req: Request, training: bool) -> Amp | None:
@@ -346,7 +354,7 @@ class TrainingStep:
 
     @classmethod
     def of(cls, model: nn.Module, req: Request) -> TrainingStep:
-        x, y = batch_of(req, req.classes or 1)
+        x, y = batch_of(req, req.classes or 1, model)
         model.train()
         optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
         return cls(model, x, y, TrainingLoss(req.classes), optimizer, amp_of(req, training=True))
@@ -382,7 +390,7 @@ class InferencePass:
 
     @classmethod
     def of(cls, model: nn.Module, req: Request) -> InferencePass:
-        x, _ = batch_of(req, 1)
+        x, _ = batch_of(req, 1, model)
         model.eval()
         return cls(model, x, amp_of(req, training=False))
 
@@ -567,12 +575,7 @@ def build(req: Request) -> nn.Module:
     """The request's model with its real weights (seed 0), on the request's device, in its
     precision's dtype (`model.to(dtype)`: float32 for AMP) and memory format."""
     torch.manual_seed(0)
-    model = get_model(
-        req.model,
-        channels=req.channels,
-        classes=req.classes or DEFAULT_CLASSES,
-        image_size=req.image_size,
-    )
+    model = get_model(req.model, **vars(ModelConfig.of(req.inputs, req.classes)))
     model.to(req.device, get_precision(req.precision).model_dtype())
     if req.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

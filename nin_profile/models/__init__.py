@@ -16,6 +16,7 @@ from nin_profile.errors import (
     UserCodeFailed,
     user_error,
 )
+from nin_profile.inputs import InputSpec
 
 # Fashion-MNIST's, as d2l trains the built-in models; a user model's classes come from its output.
 DEFAULT_CLASSES = 10
@@ -34,6 +35,13 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
                 raise InvalidConfig(f"{field} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def of(cls, inputs: InputSpec, classes: int | None) -> ModelConfig:
+        """What a built-in model is built with for `inputs` (square images only; a user's
+        model is built bare and ignores it), with `classes` or the default's."""
+        channels, side = inputs.square_image or (cls.channels, cls.image_size)
+        return cls(channels=channels, classes=classes or DEFAULT_CLASSES, image_size=side)
 
 
 Builder = Callable[[ModelConfig], nn.Module]

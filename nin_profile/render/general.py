@@ -101,9 +101,10 @@ def classes_words(profile: Profile) -> str:
 def conditions(profile: Profile) -> str:
     """The run's conditions, stated once for the whole report."""
     c, env = profile.config, profile.environment
-    shape = f"{c.channels}×{c.image_size}×{c.image_size}"
+    inputs = c.inputs
+    batch = f"of {inputs.describe()}" if inputs.square_image else f"of {inputs.describe()} each"
     text = (
-        f"Batch {c.batch} of {shape} images, {classes_words(profile)}, "
+        f"Batch {c.batch} {batch}, {classes_words(profile)}, "
         f"{precision_meaning(c)}, optimizer {c.optimizer}. Every figure is per batch unless it "
         "says per example. "
     )
@@ -862,7 +863,7 @@ GLOSSARY = (
         "memory a library holds from one step to the next: on CUDA, the cuBLAS and cuBLASLt "
         "workspace of each thread that runs a matrix product.",
     ),
-    ("input", "the batch of images and its targets."),
+    ("input", "the batch of inputs and its targets."),
     (
         "saved activations",
         "in training, the tensors autograd keeps for the backward pass (each storage once); in "

@@ -1,0 +1,50 @@
+"""What a model is profiled on: one example's input, its shape and kind (float values, or the
+integer token ids an embedding looks up). The synthetic batch itself is made by
+`training.make_batch`; values matter to neither memory nor FLOPs. No torch here: a profile
+(results.RunConfig) is read and rendered without it; the user's sizes are checked where they
+are given (api.input_spec)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One example of a model's input, without the batch dimension.
+
+    shape: channels × side × side for the images the built-in models take; any shape for a
+    user's model (a sequence of 512 tokens is (512,), 100 steps of 40 features (100, 40)).
+    token_ids: int64 ids below the model's smallest embedding vocabulary (`nn.Embedding`'s
+    `num_embeddings`), never cast to a lower precision; else float values in the run's dtype.
+    """
+
+    shape: tuple[int, ...]
+    token_ids: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(self.shape))  # a list from JSON
+
+    @classmethod
+    def image(cls, channels: int, side: int) -> InputSpec:
+        return cls((channels, side, side))
+
+    @property
+    def square_image(self) -> tuple[int, int] | None:
+        """(channels, side) where the input is float channels × side × side; else None."""
+        if self.token_ids or len(self.shape) != 3 or self.shape[1] != self.shape[2]:
+            return None
+        return self.shape[0], self.shape[1]
+
+    def batch_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.shape)
+
+    def describe(self) -> str:
+        """In words, e.g. "1×224×224 images", "512 token ids", "100×40 values" (per example)."""
+        sizes = "×".join(map(str, self.shape))
+        if self.token_ids:
+            return f"{sizes} token ids"
+        return f"{sizes} images" if len(self.shape) == 3 else f"{sizes} values"
+
+
+IMAGES_224 = InputSpec((1, 224, 224))  # the built-in models' default: 1×224×224 images
