@@ -28,8 +28,9 @@ CPU
   `onednn_lstm_workspace` below (PyTorch's meta kernel says 0). What a call allocates and
   frees inside itself (reordered weights, the scratchpad) is `kernel_scratch`.
 - GRU: PyTorch 2.13 has no oneDNN path for it; the CPU runs the composite of RNN.cpp, which
-  (`FullLayer`, when the input is on the CPU) projects the whole sequence's input in one
-  product where meta projects it step by step: `gru_on_cpu` follows the CPU's order.
+  (`FullLayer` and `FullBidirectionalLayer`, when the input is on the CPU) projects the whole
+  sequence's input in one product where meta projects it step by step: `gru_on_cpu` follows
+  the CPU's order, and what each layer keeps alive until its outputs are stacked.
 
 CUDA (written from the source, not yet checked on a GPU)
 - SDPA: `select_sdp_backend` (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) tries
@@ -50,7 +51,7 @@ CUDA (written from the source, not yet checked on a GPU)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -308,35 +309,79 @@ def gru_on_cpu(
     bidirectional: bool,
     batch_first: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`gru` as the CPU runs it (aten/src/ATen/native/RNN.cpp, one direction): `FullLayer`
-    computes the input's gate projections for the whole sequence in one product when the
-    input is on the CPU (on meta, one per step), then `GRUCell` with `pre_compute_input`, op
-    for op: the hidden projection, then in-place gate arithmetic."""
+    """`gru` as the CPU runs it (aten/src/ATen/native/RNN.cpp, `_rnn_impl_with_concat`): each
+    layer's `FullLayer` (`FullBidirectionalLayer` for two directions) computes a direction's
+    input gate projections for the whole sequence in one product when the input is on the CPU
+    (on meta, one per step), then runs `GRUCell` with `pre_compute_input`, op for op."""
     x = input.transpose(0, 1) if batch_first else input
     hiddens = hx.unbind(0)
-    per_layer = 4 if has_biases else 2
-    finals = []
+    per_cell = 4 if has_biases else 2
+    cells = [params[i : i + per_cell] for i in range(0, len(params), per_cell)]
+    directions = 2 if bidirectional else 1
+    finals: list[torch.Tensor] = []
     for layer in range(num_layers):
-        w = params[layer * per_layer : (layer + 1) * per_layer]
-        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-        h = hiddens[layer]
-        outputs = []
-        for gates_in in _linear_on_cpu(x, w[0], b_ih).unbind(0):
-            i_r, i_z, i_n = gates_in.unsafe_chunk(3, 1)
-            h_r, h_z, h_n = F.linear(h, w[1], b_hh).unsafe_chunk(3, 1)
-            reset = h_r.add_(i_r).sigmoid_()
-            update = h_z.add_(i_z).sigmoid_()
-            new = i_n.add(h_n.mul_(reset)).tanh_()
-            h = (h - new).mul_(update).add_(new)
-            outputs.append(h)
-            del i_r, i_z, i_n, h_r, h_z, h_n, reset, update, new  # C++ frees them here
-        finals.append(h)
-        del gates_in  # the last step's view would keep this layer's projection alive
-        x = torch.stack(outputs, 0)
-        del outputs
+        first = layer * directions
+        layer_cells = cells[first : first + directions]
+        layer_hiddens = hiddens[first : first + directions]
+        if bidirectional:
+            x, layer_finals = _bidirectional_gru_layer(x, layer_hiddens, layer_cells)
+        else:
+            x, layer_finals = _gru_layer(x, layer_hiddens[0], layer_cells[0])
+        finals += layer_finals
         if dropout and train and layer < num_layers - 1:
             x = F.dropout(x, dropout, True)
     return (x.transpose(0, 1) if batch_first else x), torch.stack(finals, 0)
+
+
+def _gru_layer(
+    x: torch.Tensor, h: torch.Tensor, cell: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`FullLayer`: the projection (`inputs_w`) and the steps' outputs live until the outputs
+    are stacked."""
+    projection = _linear_on_cpu(x, cell[0], _bias_ih(cell))
+    outputs, h = _gru_steps(projection.unbind(0), h, cell)
+    return torch.stack(outputs, 0), [h]
+
+
+def _bidirectional_gru_layer(
+    x: torch.Tensor, hiddens: Sequence[torch.Tensor], cells: list[list[torch.Tensor]]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`FullBidirectionalLayer`: the forward direction's outputs stacked; the reverse
+    direction's projection made before the forward one is let go; the reverse projection and
+    both directions' step outputs live until the two outputs are concatenated."""
+    forward_cell, reverse_cell = cells
+    projection = _linear_on_cpu(x, forward_cell[0], _bias_ih(forward_cell))
+    steps = projection.unbind(0)
+    forward_steps, forward_h = _gru_steps(steps, hiddens[0], forward_cell)
+    forward_output = torch.stack(forward_steps, 0)
+    projection = _linear_on_cpu(x, reverse_cell[0], _bias_ih(reverse_cell))
+    steps = projection.unbind(0)[::-1]
+    reverse_steps, reverse_h = _gru_steps(steps, hiddens[1], reverse_cell)
+    reverse_output = torch.stack(reverse_steps[::-1], 0)
+    return torch.cat([forward_output, reverse_output], -1), [forward_h, reverse_h]
+
+
+def _bias_ih(cell: list[torch.Tensor]) -> torch.Tensor | None:
+    return cell[2] if len(cell) == 4 else None
+
+
+def _gru_steps(
+    steps: Sequence[torch.Tensor], h: torch.Tensor, cell: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`GRUCell` with `pre_compute_input` over each step's projected input: the hidden
+    projection, then in-place gate arithmetic; the step outputs and the last hidden state."""
+    w_hh, b_hh = cell[1], (cell[3] if len(cell) == 4 else None)
+    outputs = []
+    for gates_in in steps:
+        i_r, i_z, i_n = gates_in.unsafe_chunk(3, 1)
+        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).unsafe_chunk(3, 1)
+        reset = h_r.add_(i_r).sigmoid_()
+        update = h_z.add_(i_z).sigmoid_()
+        new = i_n.add(h_n.mul_(reset)).tanh_()
+        h = (h - new).mul_(update).add_(new)
+        outputs.append(h)
+        del i_r, i_z, i_n, h_r, h_z, h_n, reset, update, new  # C++ frees them here
+    return outputs, h
 
 
 def _good_ld(dim: int, itemsize: int = 4) -> int:
@@ -526,7 +571,7 @@ class DeviceKernels:
 
         def gru_layers(*args: Any, **kwargs: Any) -> Any:
             unpacked = isinstance(args[2], (list, tuple))  # not a packed sequence
-            if device == "cpu" and unpacked and not args[7]:  # one direction
+            if device == "cpu" and unpacked:
                 return gru_on_cpu(*args, **kwargs)
             return gru(*args, **kwargs)
 

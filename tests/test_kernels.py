@@ -20,7 +20,7 @@ from nin_profile.results import ModelProfile
 from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
 
 BATCH = 4
-SEQUENCE = ("sdpa_block", "mha_block", "lstm", "gru")
+SEQUENCE = ("sdpa_block", "mha_block", "lstm", "gru", "bigru")
 
 
 def profile(name: str, device: str = "cpu") -> ModelProfile:
@@ -68,7 +68,7 @@ def _discard(value: object) -> None:
 def test_saved_bytes_are_what_the_cpu_kernels_save(name: str) -> None:
     # SDPA and nn.MultiheadAttention run the CPU's flash kernel (output and logsumexp saved,
     # not the attention matrix); nn.LSTM runs oneDNN's layer (its workspace saved); nn.GRU the
-    # CPU's composite with the input projected for the whole sequence at once
+    # CPU's composite with the input projected for the whole sequence at once, each direction
     x, y = real_batch()
     saved = autograd_saved_bytes(real(name).train(), x, y, TrainingLoss(zoo_models.CLASSES))
     assert profile(name).activation_bytes_saved == saved

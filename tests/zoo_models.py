@@ -139,10 +139,14 @@ class RowsClassifier(nn.Module):
     """An RNN over an image's rows (SIDE steps of CHANNELS·SIDE features); the last hidden
     state classifies."""
 
-    def __init__(self, kind: type[nn.LSTM] | type[nn.GRU], layers: int = 2) -> None:
+    def __init__(
+        self, kind: type[nn.LSTM] | type[nn.GRU], layers: int = 2, bidirectional: bool = False
+    ) -> None:
         super().__init__()
-        self.rnn = kind(CHANNELS * SIDE, WIDTH, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(WIDTH, CLASSES)
+        self.rnn = kind(
+            CHANNELS * SIDE, WIDTH, layers, batch_first=True, bidirectional=bidirectional
+        )
+        self.head = nn.Linear(WIDTH * (2 if bidirectional else 1), CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.permute(0, 2, 1, 3).flatten(2)  # (batch, SIDE, CHANNELS·SIDE)
@@ -156,6 +160,10 @@ def lstm() -> nn.Module:
 
 def gru() -> nn.Module:
     return RowsClassifier(nn.GRU)
+
+
+def bigru() -> nn.Module:
+    return RowsClassifier(nn.GRU, bidirectional=True)
 
 
 class BatchNormToOnePixel(nn.Module):
@@ -368,6 +376,7 @@ ZOO = (
     "mha_block",
     "lstm",
     "gru",
+    "bigru",
     "BatchNormToOnePixel",
     "frozen_backbone",
     "SharedTwice",
