@@ -31,6 +31,12 @@ CPU
   (`FullLayer` and `FullBidirectionalLayer`, when the input is on the CPU) projects the whole
   sequence's input in one product where meta projects it step by step: `gru_on_cpu` follows
   the CPU's order, and what each layer keeps alive until its outputs are stacked.
+- Inference fast paths (nin_profile/fastpath.py): in eval mode without autograd,
+  `nn.MultiheadAttention` self-attention runs `_native_multi_head_attention` and
+  `nn.TransformerEncoderLayer` runs `_transformer_encoder_layer_fwd` (PyTorch's own Python
+  decides; the trace lets meta tensors pass its device check and its hook check), which on
+  the CPU keep the whole T×T scores beside packed q, k, v instead of running the flash kernel:
+  traced op for op from attention.cpp and transformer.cpp.
 
 CUDA (written from the source, not yet checked on a GPU)
 - SDPA: `select_sdp_backend` (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) tries
@@ -47,10 +53,14 @@ CUDA (written from the source, not yet checked on a GPU)
 - LSTM/GRU: `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), whose reserve (what backward
   needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`, known only on a GPU: the trace keeps
   the composite cell there, and the report says the RNN reserve is not predicted for CUDA.
+- Inference fast paths: not traced; the slow path stands in (CUDA's native attention runs
+  in-projection, SDPA and out-projection, as the slow path does, where no weights are asked
+  for and the head dim is a multiple of 8; otherwise it keeps the scores as the CPU's does).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,6 +68,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.utils._python_dispatch import _disable_current_modes
+
+from nin_profile.fastpath import cpu_fast_paths
 
 aten = torch.ops.aten
 
@@ -550,6 +562,7 @@ class DeviceKernels:
     def __init__(self, device: str) -> None:
         self.device = device
         self._saved: dict[str, Any] = {}
+        self._fast_paths = contextlib.ExitStack()
 
     def __enter__(self) -> DeviceKernels:
         sdpa, lstm, gru = F.scaled_dot_product_attention, torch._VF.lstm, torch._VF.gru
@@ -578,9 +591,12 @@ class DeviceKernels:
         F.scaled_dot_product_attention = scaled_dot_product_attention
         torch._VF.lstm = lstm_layers
         torch._VF.gru = gru_layers
+        if device == "cpu":
+            self._fast_paths.enter_context(cpu_fast_paths())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._fast_paths.close()
         F.scaled_dot_product_attention = self._saved["sdpa"]
         del torch._VF.lstm  # the instance attributes: torch._VF answers from torch._C again
         del torch._VF.gru

@@ -35,6 +35,14 @@ CASES = [
     ("TokenLSTM", zoo_models.TOKEN_IDS),  # embedding, LSTM (oneDNN's layer), linear
     ("conv1d_sequence", zoo_models.SEQUENCE),  # float (batch, 8, 20): Conv1d over time
 ]
+# inference on the CPU's fused fast paths (nin_profile/fastpath.py), 64 tokens an example: the
+# fast path keeps the 64×64 scores of each head (4·4·64·64·4 = 262_144 B) where the flash
+# kernel of the slow path keeps none
+LONG_TOKENS = InputSpec((64,), token_ids=True)
+ATTENTION = [
+    ("token_encoder", LONG_TOKENS),  # nn.TransformerEncoderLayer
+    ("token_self_attention", LONG_TOKENS),  # nn.MultiheadAttention, weights returned
+]
 
 
 def profile(name: str, inputs: InputSpec) -> ModelProfile:
@@ -61,7 +69,7 @@ def test_token_ids_are_int64_below_the_smallest_vocabulary() -> None:
     assert half.dtype == torch.int64
 
 
-@pytest.mark.parametrize(("name", "inputs"), CASES)
+@pytest.mark.parametrize(("name", "inputs"), CASES + ATTENTION)
 def test_saved_bytes_match_what_autograd_saves(name: str, inputs: InputSpec) -> None:
     model, x, y = real(name, inputs)
     saved = autograd_saved_bytes(model, x, y, TrainingLoss(CLASSES))
@@ -90,7 +98,7 @@ def held(*tensors: torch.Tensor) -> int:
     return sum(t.untyped_storage().nbytes() for t in tensors)
 
 
-@pytest.mark.parametrize(("name", "inputs"), [c for c in CASES if c[0] != "TokenLSTM"])
+@pytest.mark.parametrize(("name", "inputs"), [c for c in CASES + ATTENTION if c[0] != "TokenLSTM"])
 def test_peaks_are_within_5_percent_of_the_cpu_allocator(name: str, inputs: InputSpec) -> None:
     # TokenLSTM is left out: at this size the per-thread GEMM buffers oneDNN's LSTM allocates
     # inside its calls (not modelled, kernels._onednn_lstm_scratch) are 20,536 B of a 303,664 B
@@ -203,3 +211,12 @@ def test_a_size_that_is_not_positive_is_refused_by_the_parser(
         main(["--input-shape", "12,0", "--static"])
     assert exit.value.code == 2
     assert "--input-shape: must be a positive whole number, got 0" in capsys.readouterr().err
+
+
+def test_attention_on_the_fast_path_is_traced_under_amp() -> None:
+    # under CPU autocast the attention still takes its fast path (torch's check asks CUDA's
+    # autocast only); on the fake tensors of an AMP trace its fake kernel returned the weights
+    # it was not asked for as an empty tensor, which the trace took for a layer that cannot run
+    cfg = AnalysisConfig(batch=BATCH, inputs=LONG_TOKENS, device="cpu", precision="amp-bf16")
+    p = analyse_model("zoo_models:token_encoder", cfg)
+    assert p.inference.site is not None and p.inference.site.layer == "attention"

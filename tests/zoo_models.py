@@ -352,6 +352,36 @@ class TokenLSTM(nn.Module):
         return self.head(out[:, -1])
 
 
+class TokenAttention(nn.Module):
+    """Token ids, an embedding, then `nn.TransformerEncoderLayer` (post-norm) or a bare
+    `nn.MultiheadAttention` (its weights returned, the default); the mean classifies. In eval
+    mode without autograd both take PyTorch's fused fast path on the CPU."""
+
+    def __init__(self, encoder: bool) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.encoder = encoder
+        self.attention = (
+            nn.TransformerEncoderLayer(WIDTH, HEADS, 2 * WIDTH, dropout=0.0, batch_first=True)
+            if encoder
+            else nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
+        )
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        x = self.attention(x) if self.encoder else self.attention(x, x, x)[0]
+        return self.head(x.mean(1))
+
+
+def token_encoder() -> nn.Module:
+    return TokenAttention(encoder=True)
+
+
+def token_self_attention() -> nn.Module:
+    return TokenAttention(encoder=False)
+
+
 def conv1d_sequence() -> nn.Module:
     """A 1-d convolution over FEATURES channels of STEPS values, averaged over time."""
     return nn.Sequential(
