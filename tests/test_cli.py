@@ -28,6 +28,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def refusal(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int | str | None, str]:
+    """The CLI's exit code and stderr for `args`, run here: a refusal is the same in-process as
+    in a process of its own (run_cli, 2-5 s each), argparse's included."""
+    try:
+        code: int | str | None = main(list(args))
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def static_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
@@ -148,19 +158,27 @@ def test_batch_and_world_sizes_come_in_ascending_order() -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
-def test_bad_input_gets_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+def test_bad_input_gets_one_line_and_exit_code_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     if "--device" in args:
         pytest.importorskip("torch")
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
-    result = run_cli(*args)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr  # and no blank line before it
-    assert "Traceback" not in result.stderr
+    code, stderr = refusal(capsys, *args)
+    assert code == 2, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr  # and no blank line before it
+    assert "Traceback" not in stderr
     assert message in lines[0]
+
+
+def test_a_refusal_in_a_process_of_its_own_is_one_line_too() -> None:
+    result = run_cli("--models", "resnet")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "unknown model 'resnet'" in result.stderr
 
 
 def test_out_refuses_a_folder_that_is_not_ours(

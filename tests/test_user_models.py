@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import zoo_models
-from test_cli import run_cli
+from test_cli import refusal, run_cli
 from test_memory import autograd_saved_bytes
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -169,11 +169,13 @@ USER_ERRORS = [
 
 
 @pytest.mark.parametrize(("args", "message"), USER_ERRORS)
-def test_user_errors_are_one_line_and_exit_code_2(args: list[str], message: str) -> None:
-    result = run_cli(*args, "--static", "--batch", "1", "--no-charts")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+def test_user_errors_are_one_line_and_exit_code_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stderr = refusal(capsys, *args, "--static", "--batch", "1", "--no-charts")
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert message in lines[0]
 
 
