@@ -901,12 +901,14 @@ METHOD = (
     "Kernels: the trace runs the kernel the device selects where the meta device would run "
     "another (`nin_profile/kernels.py`, with the PyTorch source of each rule). On the CPU, "
     "attention (`scaled_dot_product_attention`, `nn.MultiheadAttention`) runs the flash kernel "
-    "PyTorch's own selection picks, which keeps a logsumexp instead of the attention matrix; "
-    "`nn.LSTM` runs oneDNN's layer with its workspace; `nn.GRU` the CPU's composite. For "
-    "CUDA, float32 attention runs the memory-efficient kernel (flash and cuDNN need fp16 or "
-    "bf16): these CUDA choices follow PyTorch's source and are not yet validated on a GPU, and "
-    "the reserve cuDNN's RNN keeps is not predicted (LSTM and GRU are traced as their "
-    "composite cell for CUDA).",
+    "PyTorch's own selection picks, which keeps a logsumexp instead of the attention matrix, "
+    "but in inference `nn.MultiheadAttention` and `nn.TransformerEncoderLayer` run PyTorch's "
+    "fused fast path, which keeps the whole attention matrix; `nn.LSTM` runs oneDNN's layer "
+    "with its workspace; `nn.GRU` the CPU's composite. For CUDA, float32 attention runs the "
+    "memory-efficient kernel (flash and cuDNN need fp16 or bf16): these CUDA choices follow "
+    "PyTorch's source and are not yet validated on a GPU; the reserve cuDNN's RNN keeps is "
+    "not predicted (LSTM and GRU are traced as their composite cell for CUDA), nor are the "
+    "inference fast paths of the attention layers.",
     "Bytes: KiB = 2^10 B, MiB = 2^20 B, GiB = 2^30 B.",
     "Estimated figures come from tracing one training step (after a warm-up step, so optimizer "
     "state exists) and one inference pass on meta tensors: nothing of batch size is allocated. "
