@@ -111,8 +111,8 @@ def transformer_encoder_layer_on_cpu(
     attn, eps = layer.self_attn, layer.norm1.eps
     embed_dim = attn.embed_dim
 
-    def norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        return F.layer_norm(x, (embed_dim,), norm.weight, norm.bias, eps)
+    def norm(x: torch.Tensor, which: nn.LayerNorm) -> torch.Tensor:
+        return F.layer_norm(x, (embed_dim,), which.weight, which.bias, eps)
 
     x = norm(src, layer.norm1) if layer.norm_first else src
     x = native_mha_on_cpu(
