@@ -45,7 +45,9 @@ def native_mha_on_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`_native_multi_head_attention` on the CPU. Under autocast the op is on the CPU's
     lower-precision list: each floating-point argument is cast on its own (query, key and
-    value, the same tensor, three times), and the kernel runs on the casts."""
+    value, the same tensor, three times), and the kernel runs on the casts. `mask_type` (which
+    shape the mask has) allocates nothing here: the softmax is over the last dim, where
+    `_masked_softmax` reads a (B, L) or (L, L) mask as it is."""
     args = [query, key, value, qkv_weight, qkv_bias, proj_weight, proj_bias]
     options = (embed_dim, num_head, mask, need_weights, average_attn_weights)
     if not torch.is_autocast_enabled("cpu"):
@@ -64,10 +66,13 @@ def _native_mha(
     average_attn_weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`native_multi_head_attention_cpu`: the projection [B, T, 3D] (`qkv_projection`: one
-    product for self-attention, else three and a `cat`); q, k and v packed in one
+    product for self-attention, where query, key and value are one tensor; three and a `cat`
+    where they are not, as after autocast cast each on its own); q, k and v packed in one
     [3B, H, T, d] tensor (`_transform_bias_rescale_qkv`), which lives to the end, after which
     the projection is let go; the scores [B·H, T, T] (`bmm_nt`), softmaxed in place without a
-    mask (a new tensor with one), let go after the context unless the weights are returned;
+    mask; with one, the mask made boolean (`masked_softmax`) and a new output
+    (`_masked_softmax`) that replaces the scores; let go after the context unless the weights
+    are returned;
     the context written into q's storage (`bmm_nn`), reordered to [B, T, D]
     (`transform_0213`, let go after) and projected (`linear`); the weights averaged over
     the heads where asked. `args`: query, key, value, qkv_weight, qkv_bias (added inside the
@@ -87,8 +92,10 @@ def _native_mha(
     scores = torch.bmm(q.reshape(flat), k.reshape(flat).transpose(1, 2))
     if mask is None:
         aten._softmax.out(scores, -1, False, out=scores)
-    else:
-        scores = torch.empty_like(scores)  # `_masked_softmax`: a new tensor
+    else:  # `masked_softmax`: the mask made boolean, then `_masked_softmax`'s new output
+        boolean = mask if mask.dtype == torch.bool else mask.to(torch.bool)
+        scores = torch.empty_like(scores)
+        del boolean
     context = torch.bmm(scores, v.reshape(flat), out=q.view(flat))
     weights = scores.view(batch, num_head, steps, steps) if need_weights else None
     del scores
@@ -205,6 +212,23 @@ def _encoder_forward(original: Callable[..., torch.Tensor]) -> Callable[..., tor
         src_key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
+        # as the layer's forward begins: boolean masks made additive float ones, which
+        # `merge_masks` then adds into one (batch, heads, T, T) float mask
+        src_key_padding_mask = F._canonical_mask(
+            mask=src_key_padding_mask,
+            mask_name="src_key_padding_mask",
+            other_type=F._none_or_dtype(src_mask),
+            other_name="src_mask",
+            target_type=src.dtype,
+        )
+        src_mask = F._canonical_mask(
+            mask=src_mask,
+            mask_name="src_mask",
+            other_type=None,
+            other_name="",
+            target_type=src.dtype,
+            check_other=False,
+        )
         if not encoder_layer_takes_fast_path(self, src, src_mask, src_key_padding_mask):
             return original(self, src, src_mask, src_key_padding_mask, is_causal)
         mask, mask_type = self.self_attn.merge_masks(src_mask, src_key_padding_mask, src)

@@ -42,6 +42,7 @@ LONG_TOKENS = InputSpec((64,), token_ids=True)
 ATTENTION = [
     ("token_encoder", LONG_TOKENS),  # nn.TransformerEncoderLayer
     ("token_self_attention", LONG_TOKENS),  # nn.MultiheadAttention, weights returned
+    ("token_masked_encoder", LONG_TOKENS),  # causal and padding masks merged
 ]
 
 

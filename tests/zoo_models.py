@@ -357,10 +357,10 @@ class TokenAttention(nn.Module):
     `nn.MultiheadAttention` (its weights returned, the default); the mean classifies. In eval
     mode without autograd both take PyTorch's fused fast path on the CPU."""
 
-    def __init__(self, encoder: bool) -> None:
+    def __init__(self, encoder: bool, masked: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, WIDTH)
-        self.encoder = encoder
+        self.encoder, self.masked = encoder, masked
         self.attention = (
             nn.TransformerEncoderLayer(WIDTH, HEADS, 2 * WIDTH, dropout=0.0, batch_first=True)
             if encoder
@@ -370,7 +370,12 @@ class TokenAttention(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)
-        x = self.attention(x) if self.encoder else self.attention(x, x, x)[0]
+        if self.masked:  # causal, and id 0 as padding: one (batch, heads, T, T) mask merged
+            steps = ids.shape[1]
+            causal = torch.ones(steps, steps, dtype=torch.bool, device=ids.device).triu(1)
+            x = self.attention(x, src_mask=causal, src_key_padding_mask=ids == 0)
+        else:
+            x = self.attention(x) if self.encoder else self.attention(x, x, x)[0]
         return self.head(x.mean(1))
 
 
@@ -380,6 +385,10 @@ def token_encoder() -> nn.Module:
 
 def token_self_attention() -> nn.Module:
     return TokenAttention(encoder=False)
+
+
+def token_masked_encoder() -> nn.Module:
+    return TokenAttention(encoder=True, masked=True)
 
 
 def conv1d_sequence() -> nn.Module:
