@@ -256,7 +256,9 @@ def profile(
     profile.json. Bad input raises ProfileError with one line saying why."""
     from nin_profile.models import forget_instance, register_instance
 
-    inputs = InputSpec(_shape(input_size), bool(token_ids))
+    if not isinstance(token_ids, bool):
+        raise ProfileError(f"token_ids must be True or False, got {token_ids!r}")
+    inputs = InputSpec(_shape(input_size), token_ids)
     static = not measure
     resolved = check_device(device, static, max_batch)
     if optimizer not in OPTIMIZERS:

@@ -144,7 +144,7 @@ def _epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
-        description="Parameters, FLOPs and memory of CNNs for training and prediction:\n"
+        description="Parameters, FLOPs and memory of PyTorch models for training and prediction:\n"
         "estimated per layer without a GPU, measured on one.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -67,12 +67,19 @@ class NeedsValues(ProfileError):
 
     def __init__(self, layer: str, layer_type: str, reason: str):
         self.layer = layer
-        super().__init__(
+        text = (
             f"layer {layer} ({layer_type}) needs the values of its tensors ({reason}); the "
             "analysis runs the model on meta tensors, which have shapes but no values, so it "
             "cannot estimate a forward that branches on a tensor (`if x.mean() > 0`), calls "
             "`.item()` or `.tolist()`, or selects by value (`x[x > 0]`, `nonzero`, `unique`)"
         )
+        if _NESTED in reason:
+            text += (
+                "; nn.TransformerEncoder given a src_key_padding_mask packs the batch into a "
+                "nested tensor in eval mode, whose size depends on where the padding is: build "
+                "it with enable_nested_tensor=False to profile the padded batch as it is"
+            )
+        super().__init__(text)
 
 
 class StepFailed(ProfileError):
@@ -96,9 +103,12 @@ _VALUES_NEEDED = (
 
 
 # ops whose output's size depends on the input's values: meta has no kernel for them
+# (nn.TransformerEncoder's nested tensor is as long as each sequence's padding leaves it)
+_NESTED = "_nested_tensor_from_mask"
 _VALUE_SIZED_OPS = re.compile(
     r"aten::(_unique2|_unique|unique_dim|unique_consecutive|masked_select|bincount|equal|"
-    r"nonzero|nonzero_static): attempted to run this operator with Meta tensors"
+    rf"nonzero|nonzero_static|{_NESTED}_left_aligned|{_NESTED}): attempted to run this "
+    r"operator with Meta tensors"
 )
 
 

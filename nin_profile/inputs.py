@@ -2,7 +2,7 @@
 integer token ids an embedding looks up). The synthetic batch itself is made by
 `training.make_batch`; values matter to neither memory nor FLOPs. No torch here: a profile
 (results.RunConfig) is read and rendered without it; the user's sizes are checked where they
-are given (api.input_spec)."""
+are given (the CLI's parser, `api.profile`, `api.input_fields`)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
     if inputs.token_ids and not embedding and exc.input_shape == inputs.batch_shape(batch):
         return (
             f"; {name} takes the token ids into a {exc.layer_type}, not an embedding: "
-            "leave out --token-ids for float input"
+            "leave out --token-ids for float input (token_ids=False from Python)"
         )
     if exc.expected_channels and exc.input_shape[1:2] == inputs.shape[:1]:
         if inputs.square_image:
@@ -130,7 +130,8 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
     if embedding and not inputs.token_ids:
         return (
             f"; nin_profile fed {name} float {inputs.describe()}, not the integer token ids an "
-            "embedding looks up: give --token-ids and --input-shape LENGTH (tokens per example)"
+            "embedding looks up: give --token-ids and --input-shape LENGTH, the tokens of an "
+            "example (token_ids=True, input_size=(LENGTH,) from Python)"
         )
     if not inputs.square_image:
         return ""

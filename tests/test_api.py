@@ -195,6 +195,7 @@ def test_a_module_defined_in_main_cannot_be_measured_and_says_so() -> None:
         ({"input_size": (12,), "token_ids": True}, "nin is built for square images"),
         ({"input_size": 12}, "input_size 12: give one example's sizes as a tuple"),
         ({"input_size": (3, 0)}, "each size in input_size must be a positive whole number, got 0"),
+        ({"input_size": (12,), "token_ids": "no"}, "token_ids must be True or False, got 'no'"),
         ({"batch": 0}, "batch must be a positive whole number, got 0"),
         ({"optimizer": "lbfgs"}, "optimizer 'lbfgs': choose one of sgd, momentum, adam"),
         ({"memory_budget": "6"}, "memory_budget: give a unit: 6GiB"),

@@ -160,6 +160,17 @@ def test_an_input_shape_of_a_square_image_is_channels_and_image_size(tmp_path: P
 
 CLI_REFUSALS = [
     (
+        ["--models", "zoo_models:PaddedEncoder", "--input-shape", "12", "--token-ids"],
+        "needs the values of its tensors (NotImplementedError: "
+        "aten::_nested_tensor_from_mask_left_aligned",
+    ),
+    (
+        ["--models", "zoo_models:PaddedEncoder", "--input-shape", "12", "--token-ids"],
+        "; nn.TransformerEncoder given a src_key_padding_mask packs the batch into a nested "
+        "tensor in eval mode, whose size depends on where the padding is: build it with "
+        "enable_nested_tensor=False to profile the padded batch as it is",
+    ),
+    (
         ["--models", "nin", "--input-shape", "12"],
         "nin is built for square images (channels × side × side), not 12 values; other "
         "inputs are for models of your own",
@@ -181,7 +192,7 @@ CLI_REFUSALS = [
     (
         ["--models", "zoo_models:conv1d_sequence", "--input-shape", "8,20", "--token-ids"],
         "; zoo_models:conv1d_sequence takes the token ids into a Conv1d, not an embedding: "
-        "leave out --token-ids for float input",
+        "leave out --token-ids for float input (token_ids=False from Python)",
     ),
     (
         ["--models", "zoo_models:conv1d_sequence", "--input-shape", "5,20"],
@@ -190,7 +201,8 @@ CLI_REFUSALS = [
     (
         ["--models", "zoo_models:TokenClassifier", "--input-shape", "12"],
         "nin_profile fed zoo_models:TokenClassifier float 12 values, not the integer token ids "
-        "an embedding looks up: give --token-ids and --input-shape LENGTH (tokens per example)",
+        "an embedding looks up: give --token-ids and --input-shape LENGTH, the tokens of an "
+        "example (token_ids=True, input_size=(LENGTH,) from Python)",
     ),
 ]
 

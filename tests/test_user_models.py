@@ -151,7 +151,8 @@ USER_ERRORS = [
         "for argument #1 'indices' to have one of the following scalar types: Long, Int; but "
         f"got torch.float32 instead (zoo_models.py:{EMBEDDING_LINE}); nin_profile fed "
         "zoo_models:TokenClassifier float 1×16×16 images, not the integer token ids an "
-        "embedding looks up: give --token-ids and --input-shape LENGTH (tokens per example)",
+        "embedding looks up: give --token-ids and --input-shape LENGTH, the tokens of an "
+        "example (token_ids=True, input_size=(LENGTH,) from Python)",
     ),
     (
         ["--models", "zoo_models:InPlaceOnSaved", "--channels", "3", "--image-size", "16"],

@@ -391,6 +391,22 @@ def token_masked_encoder() -> nn.Module:
     return TokenAttention(encoder=True, masked=True)
 
 
+class PaddedEncoder(nn.Module):
+    """`nn.TransformerEncoder` told where the padding (id 0) is, as text models write it: in
+    eval mode it packs the batch into a nested tensor, whose size depends on the padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        layer = nn.TransformerEncoderLayer(WIDTH, HEADS, 2 * WIDTH, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(self.embed(ids), src_key_padding_mask=ids == 0)
+        return self.head(x.mean(1))
+
+
 def conv1d_sequence() -> nn.Module:
     """A 1-d convolution over FEATURES channels of STEPS values, averaged over time."""
     return nn.Sequential(
