@@ -644,6 +644,21 @@ def peers_section(profile: Profile, charts: bool) -> str:
 MATRIX_OPS = frozenset({"conv", "linear", "addmm", "matmul", "bmm", "einsum", "mm"})
 
 
+def _fvcore_difference(m: ModelProfile, difference: int, p: PeerFigures) -> str:
+    """Where fvcore's count departs from our forward MACs: more for the ops it counts that we
+    list under *not counted*, less for the ops it skips."""
+    if difference > 0:
+        counted = [
+            f"`{op}` ({n:,})" for op, n in p.fvcore_by_operator.items() if op not in MATRIX_OPS
+        ]
+        return (
+            f"{difference:+,} for {m.name}, which is what it counts for {listing(counted)}, "
+            "ops we list under *not counted*"
+        )
+    skipped = [f"`{op}`" for op in p.fvcore_unsupported]
+    return f"{difference:+,} for {m.name}, the products of the ops it skips ({listing(skipped)})"
+
+
 def _peer_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> list[str]:
     """Why each figure differs from ours, in one line each, from the numbers."""
     same_params = [m.name for m, p in rows if p.torchinfo_params == m.params]
@@ -658,25 +673,26 @@ def _peer_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> list[str]
     fvcore = [(m, p.fvcore_flops - m.macs_forward) for m, p in rows]
     exact = [m.name for m, d in fvcore if d == 0]
     differing = [
-        f"{d:+,} for {m.name}, which is what it counts for "
-        + listing(
-            [f"`{op}` ({n:,})" for op, n in p.fvcore_by_operator.items() if op not in MATRIX_OPS]
-        )
-        for (m, d), (_, p) in zip(fvcore, rows, strict=True)
-        if d
+        _fvcore_difference(m, d, p) for (m, d), (_, p) in zip(fvcore, rows, strict=True) if d
     ]
     lines.append(
         'fvcore\'s "flops" are multiply-adds, half of our FLOPs (FLOPs = 2 × MACs): its count '
         + (f"equals our forward MACs for {listing(exact)}" if exact else "")
         + ("; it differs by " if exact and differing else "differs by " if differing else "")
         + "; ".join(differing)
-        + ", ops we list under *not counted*. It skips the ops listed (no formula)."
+        + ". It skips the ops listed (no formula)."
     )
     extra = [(m, p.torchinfo_mult_adds - m.macs_forward) for m, p in rows]
     lines.append(
-        "torchinfo's mult-adds are our forward MACs plus "
-        + ", ".join(f"{fmt_scaled(d, 1e6)} M for {m.name}" for m, d in extra)
-        + ": it also counts each bias addition of a convolution or linear layer as one."
+        "torchinfo's mult-adds are our forward MACs "
+        + ", ".join(
+            f"{'plus' if d >= 0 else 'minus'} {fmt_scaled(abs(d), 1e6)} M for {m.name}"
+            for m, d in extra
+        )
+        + ": it counts a convolution's parameters once per output position and any other "
+        "layer's once per example, so a bias addition counts as one multiply-add, an "
+        "embedding counts its whole table and a linear layer over a sequence counts once, "
+        "not once per step."
     )
     lines.append(
         "torchinfo's \"estimated total size\" is the input, every layer's output counted twice "
