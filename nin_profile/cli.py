@@ -372,31 +372,34 @@ def _dispatch(args: argparse.Namespace) -> int:
     from nin_profile.models import ModelConfig
 
     names = _model_names(",".join(DEFAULT_MODELS) if args.models is None else args.models)
-    _take_input_shape(args, names)
+    other_input = _take_input_shape(args, names)
     model_cfg = ModelConfig(**{k: _given(args, k) or v for k, v in MODEL_DEFAULTS.items()})
     if args.write_params:
         return _write_params(args.write_params, names, model_cfg)
-    return _profile(args, names, model_cfg)
+    image = {"channels": model_cfg.channels, "image_size": model_cfg.image_size}
+    return _profile(args, names, other_input or image)
 
 
-def _take_input_shape(args: argparse.Namespace, names: list[str]) -> None:
-    """--input-shape of a square image becomes --channels and --image-size (what the built-in
-    models are built for); any other is checked against the models and kept."""
+def _take_input_shape(args: argparse.Namespace, names: list[str]) -> dict[str, Any] | None:
+    """RunConfig's input fields for an --input-shape that is not a square image, checked
+    against the models; None without one, and for a square image, which becomes --channels
+    and --image-size (what the built-in models are built for)."""
     from nin_profile.api import input_fields
     from nin_profile.inputs import InputSpec
 
     if args.input_shape is None:
         if args.token_ids:
             raise ProfileError("--token-ids needs --input-shape LENGTH (tokens an example)")
-        return
+        return None
     if args.channels is not None or args.image_size is not None:
         raise ProfileError(
             "--input-shape gives the whole example: leave out --channels and --image-size"
         )
     fields = input_fields(InputSpec(args.input_shape, args.token_ids), names, args.channels_last)
-    if "input_shape" not in fields:  # a square image
-        args.channels, args.image_size = fields["channels"], fields["image_size"]
-        args.input_shape = None
+    if "input_shape" in fields:
+        return fields
+    args.channels, args.image_size = fields["channels"], fields["image_size"]  # a square image
+    return None
 
 
 def _given(args: argparse.Namespace, name: str) -> int | None:
@@ -504,7 +507,8 @@ def _write_params(path: Path, names: list[str], cfg: ModelConfig) -> int:
     return 0
 
 
-def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig) -> int:
+def _profile(args: argparse.Namespace, names: list[str], inputs: dict[str, Any]) -> int:
+    """Run and write the profile; `inputs`: RunConfig's input fields."""
     from nin_profile.api import check_device, check_parallel
     from nin_profile.files import check_output_folder
 
@@ -540,7 +544,7 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         models=tuple(names),
         batch=args.batch,
         device=device,
-        **_input_fields(args, names, model_cfg),
+        **inputs,
         classes=args.classes,  # None: each model's own, read from its output
         optimizer=args.optimizer,
         precision=args.precision,
@@ -585,17 +589,6 @@ def _profile(args: argparse.Namespace, names: list[str], model_cfg: ModelConfig)
         )
     console.print(f"wrote {out}/: {', '.join(files)}")
     return 0
-
-
-def _input_fields(
-    args: argparse.Namespace, names: list[str], model_cfg: ModelConfig
-) -> dict[str, Any]:
-    from nin_profile.api import input_fields
-    from nin_profile.inputs import InputSpec
-
-    if args.input_shape is None:
-        return {"channels": model_cfg.channels, "image_size": model_cfg.image_size}
-    return input_fields(InputSpec(args.input_shape, args.token_ids), names, args.channels_last)
 
 
 @contextmanager
