@@ -137,7 +137,10 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
         return ""
     cfg = model_config(config)
     smallest = None if fits(name, cfg, batch) else smallest_image_size(name, cfg, batch)
-    return f"; the smallest --image-size {name} accepts is {smallest}" if smallest else ""
+    if smallest is None:
+        return ""
+    shape = f"{cfg.channels},{smallest},{smallest}"
+    return f"; the smallest --image-size {name} accepts is {smallest} (--input-shape {shape})"
 
 
 def predicted(profile: ModelProfile, phase: str) -> MemoryBreakdown:

@@ -128,7 +128,7 @@ BAD_INPUTS = [
     ),
     (
         ["--models", "nin", "--image-size", "66", "--static"],
-        "smallest --image-size nin accepts is 67",
+        "smallest --image-size nin accepts is 67 (--input-shape 1,67,67)",
     ),
     (["--device", "cuda"], "CUDA is not available here"),
     (["--models", "math:pi", "--static"], "'math:pi' gave a float, not a torch.nn.Module"),
