@@ -233,3 +233,20 @@ def test_attention_on_the_fast_path_is_traced_under_amp() -> None:
     cfg = AnalysisConfig(batch=BATCH, inputs=LONG_TOKENS, device="cpu", precision="amp-bf16")
     p = analyse_model("zoo_models:token_encoder", cfg)
     assert p.inference.site is not None and p.inference.site.layer == "attention"
+
+
+def test_the_fast_paths_are_put_back_after_a_trace() -> None:
+    # the trace replaces PyTorch's functions while it runs (nin_profile/fastpath.py); a
+    # user's own model run after it must meet PyTorch's own
+    from torch.nn.modules import activation
+
+    def originals() -> tuple[object, ...]:
+        return (
+            torch._native_multi_head_attention,
+            nn.TransformerEncoderLayer.forward,
+            activation._check_arg_device,
+        )
+
+    before = originals()
+    profile("token_encoder", LONG_TOKENS)
+    assert originals() == before
