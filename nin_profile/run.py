@@ -110,11 +110,23 @@ def analyse_or_explain(
         raise ProfileError(f"{name} {at}: {exc}{_hint(name, config, exc, batch)}") from exc
 
 
+# the sizes of one example a convolution takes (the batch in front)
+_EXAMPLE_SIZES = {
+    f"{kind}{len(sizes) - 1}d": sizes
+    for kind in ("Conv", "ConvTranspose")
+    for sizes in (
+        ("channels", "length"),
+        ("channels", "height", "width"),
+        ("channels", "depth", "height", "width"),
+    )
+}
+
+
 def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> str:
     """What would make the layer run: float input where the token ids reach another layer than
-    an embedding; the channels the layer expects, where the batch's channels reach it and it
-    wants others; token ids for an embedding fed floats; else the smallest image size the step
-    runs at."""
+    an embedding; as many sizes an example as a convolution fed the batch takes; the channels
+    the layer expects, where the batch's channels reach it and it wants others; token ids for
+    an embedding fed floats; else the smallest image size the step runs at."""
     inputs, batch = config.inputs, batch or config.batch
     embedding = exc.layer_type in ("Embedding", "EmbeddingBag")
     if inputs.token_ids and not embedding and exc.input_shape == inputs.batch_shape(batch):
@@ -122,11 +134,17 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
             f"; {name} takes the token ids into a {exc.layer_type}, not an embedding: "
             "leave out --token-ids for float input (token_ids=False from Python)"
         )
+    sizes = _EXAMPLE_SIZES.get(exc.layer_type)
+    if sizes and exc.input_shape == inputs.batch_shape(batch) and len(inputs.shape) != len(sizes):
+        return (
+            f"; a {exc.layer_type} takes examples of {len(sizes)} sizes ({', '.join(sizes)}): "
+            f"give --input-shape {','.join(size.upper() for size in sizes)}"
+        )
     if exc.expected_channels and exc.input_shape[1:2] == inputs.shape[:1]:
         if inputs.square_image:
             return f"; {name} expects --channels {exc.expected_channels}"
-        wanted = ",".join(map(str, (exc.expected_channels, *inputs.shape[1:])))
-        return f"; {name} expects {exc.expected_channels} channels (--input-shape {wanted})"
+        shape = ",".join(map(str, (exc.expected_channels, *inputs.shape[1:])))
+        return f"; {name} expects {exc.expected_channels} channels (--input-shape {shape})"
     if embedding and not inputs.token_ids:
         return (
             f"; nin_profile fed {name} float {inputs.describe()}, not the integer token ids an "

@@ -195,6 +195,12 @@ CLI_REFUSALS = [
         "leave out --token-ids for float input (token_ids=False from Python)",
     ),
     (
+        # a (batch, 8) batch: Conv1d reads it as one unbatched example of 4 channels
+        ["--models", "zoo_models:conv1d_sequence", "--input-shape", "8"],
+        "; a Conv1d takes examples of 2 sizes (channels, length): give --input-shape "
+        "CHANNELS,LENGTH",
+    ),
+    (
         ["--models", "zoo_models:conv1d_sequence", "--input-shape", "5,20"],
         "zoo_models:conv1d_sequence expects 8 channels (--input-shape 8,20)",
     ),
