@@ -39,6 +39,7 @@ from nin_profile.models import (
     describe_model,
     get_model,
     instance,
+    is_built_in,
     resolve_import_path,
 )
 from nin_profile.precision import Precision, get_precision
@@ -623,8 +624,7 @@ def smallest_image_size(name: str, cfg: ModelConfig, batch: int, largest: int = 
 
     A built-in model is rebuilt at each size (VGG's dense layer depends on it); a user's is
     built once (its builder takes no size)."""
-    built_once = ":" in name or instance(name) is not None
-    user_model = build_on_meta(name, cfg) if built_once else None
+    user_model = None if is_built_in(name) else build_on_meta(name, cfg)
 
     def runs(size: int) -> bool:
         if user_model is None:

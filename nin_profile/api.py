@@ -56,9 +56,9 @@ def input_fields(
     images, is one line."""
     if image := inputs.square_image:
         return {"channels": image[0], "image_size": image[1]}
-    from nin_profile.models import instance
+    from nin_profile.models import is_built_in
 
-    built_in = [name for name in models if ":" not in name and instance(name) is None]
+    built_in = [name for name in models if is_built_in(name)]
     if built_in:
         verb = "is" if len(built_in) == 1 else "are"
         raise ProfileError(

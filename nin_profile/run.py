@@ -129,13 +129,14 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
     an embedding fed floats; else the smallest image size the step runs at."""
     inputs, batch = config.inputs, batch or config.batch
     embedding = exc.layer_type in ("Embedding", "EmbeddingBag")
-    if inputs.token_ids and not embedding and exc.input_shape == inputs.batch_shape(batch):
+    fed_the_batch = exc.input_shape == inputs.batch_shape(batch)
+    if inputs.token_ids and not embedding and fed_the_batch:
         return (
             f"; {name} takes the token ids into a {exc.layer_type}, not an embedding: "
             "leave out --token-ids for float input (token_ids=False from Python)"
         )
     sizes = _EXAMPLE_SIZES.get(exc.layer_type)
-    if sizes and exc.input_shape == inputs.batch_shape(batch) and len(inputs.shape) != len(sizes):
+    if sizes and fed_the_batch and len(inputs.shape) != len(sizes):
         return (
             f"; a {exc.layer_type} takes examples of {len(sizes)} sizes ({', '.join(sizes)}): "
             f"give --input-shape {','.join(size.upper() for size in sizes)}"

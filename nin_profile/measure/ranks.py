@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nin_profile.inputs import InputSpec
+from nin_profile.inputs import IMAGES_224, InputSpec
 from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
 from nin_profile.training import (
     TrainingLoss,
@@ -66,7 +66,7 @@ class RankRequest:
     world_size: int
     batch: int
     device: str = "cpu"
-    input_shape: tuple[int, ...] = (1, 224, 224)  # one example's (InputSpec.shape)
+    input_shape: tuple[int, ...] = IMAGES_224.shape  # one example's (InputSpec.shape)
     token_ids: bool = False
     classes: int | None = DEFAULT_CLASSES
     optimizer: str = "sgd"

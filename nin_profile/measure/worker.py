@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.inputs import InputSpec
+from nin_profile.inputs import IMAGES_224, InputSpec
 from nin_profile.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
 from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
 from nin_profile.measure.nvml import Nvml
@@ -48,7 +48,7 @@ class Request:
     phase: str  # "train" or "inference"
     batch: int
     device: str  # "cuda" or "cpu"
-    input_shape: tuple[int, ...] = (1, 224, 224)  # one example's (InputSpec.shape)
+    input_shape: tuple[int, ...] = IMAGES_224.shape  # one example's (InputSpec.shape)
     token_ids: bool = False
     classes: int | None = DEFAULT_CLASSES  # the model's, as the analysis read them from its output
     optimizer: str = "sgd"

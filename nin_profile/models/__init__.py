@@ -88,6 +88,11 @@ def register_instance(module: nn.Module, taken: set[str]) -> str:
     return name
 
 
+def is_built_in(name: str) -> bool:
+    """Whether `name` is one of the registered models (not an import path nor an instance)."""
+    return name in _REGISTRY
+
+
 def instance(name: str) -> nn.Module | None:
     """The module instance registered under `name` in this process, if any."""
     return _INSTANCES.get(name)
