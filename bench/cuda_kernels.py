@@ -4,7 +4,8 @@
 
 PyTorch cannot size cuDNN's reserve without a GPU (its meta kernel for `_cudnn_rnn` returns an
 empty one: "TODO: Query cudnnGetRNNTrainingReserveSize"), so nin_profile's CUDA trace keeps the
-composite cell for LSTM and GRU and says the reserve is not predicted (nin_profile/kernels.py).
+composite cell for LSTM and GRU and says the reserve is not predicted
+(nin_profile/engine/kernels.py).
 This records what a formula would need, over a grid: LSTM and GRU, one and two layers, one and
 two directions, steps, batch, input and hidden sizes, float32 and float16. For each, the
 reserve `aten._cudnn_rnn` returns, the bytes it allocates and frees inside the call (cuDNN's
@@ -37,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import zoo_models
 from test_memory import step_saved_bytes
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
-from nin_profile.training import make_batch
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.training import make_batch
 
 aten = torch.ops.aten
 # the fused RNN kernel of each device, and the index of what it keeps for backward in its outputs

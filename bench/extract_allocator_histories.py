@@ -7,7 +7,7 @@ SNAPSHOT_DIR holds the pickles `python bench/memory_snapshot.py record` wrote on
 machine ({model}-{phase}-{batch}.pickle; two warm-up steps, then the recorded one). Each is
 `torch.cuda.memory._snapshot()`: 'segments' are what the allocator held at the end,
 'device_traces'[0] the allocations and frees of the recorded step, in order. For each point the
-JSON gets what `nin_profile.allocator.steady_reserved` needs to replay the step (as
+JSON gets what `nin_profile.engine.allocator.steady_reserved` needs to replay the step (as
 tests/test_allocator.py does) and the segments the H100 held after it:
 
 - held: what the worker allocated before its first step and holds throughout (parameters,
@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from nin_profile.allocator import round_size
-from nin_profile.analysis import (
+from nin_profile.engine.allocator import round_size
+from nin_profile.engine.analysis import (
     HELD_FROM_START,
     AnalysisConfig,
     TraceSetup,
@@ -47,11 +47,12 @@ from nin_profile.analysis import (
     build_on_meta,
     model_config,
 )
-from nin_profile.layer_stack import LayerStack
-from nin_profile.memory import AllocationLog
+from nin_profile.engine.devices import DEVICE_RULES, workspace_size
+from nin_profile.engine.layer_stack import LayerStack
+from nin_profile.engine.memory import AllocationLog
+from nin_profile.engine.tracing import StepTracer
+from nin_profile.engine.training import make_batch
 from nin_profile.results import MemoryCategory
-from nin_profile.tracing import DEVICE_RULES, StepTracer, workspace_size
-from nin_profile.training import make_batch
 from nin_profile.units import MiB
 
 RULES = DEVICE_RULES["cuda"]

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
 from nin_profile.results import MemoryBreakdown, MemoryCategory, PhaseMeasurement, Profile

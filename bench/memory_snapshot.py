@@ -23,7 +23,7 @@ from nin_profile.units import MiB
 
 
 def record(args: argparse.Namespace) -> None:
-    from nin_profile.analysis import AnalysisConfig, analyse_model
+    from nin_profile.engine.analysis import AnalysisConfig, analyse_model
     from nin_profile.measure.runner import run_worker, to_measurement
     from nin_profile.measure.worker import Request
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_precision import config, estimate, real_cpu_run
 
+from nin_profile.engine.precision import PRECISION_NAMES
 from nin_profile.models import get_model
-from nin_profile.precision import PRECISION_NAMES
 
 CASES = [(p, False) for p in PRECISION_NAMES] + [("amp-bf16", True)]
 

@@ -7,7 +7,7 @@ name says so), one line each: saved bytes, the training step's and the inference
 (the CPU allocator's full peak, as tests/test_kernels.py holds attention, LSTM and GRU to it),
 estimated (`--device cpu`, fp32 unless the line says AMP) and real, and the error. The real
 inference runs under `inference_mode`, where PyTorch takes its fused fast paths for
-nn.MultiheadAttention and nn.TransformerEncoderLayer (nin_profile/fastpath.py).
+nn.MultiheadAttention and nn.TransformerEncoderLayer (nin_profile/engine/fastpath.py).
 On the project's 2-core machine (2026-11-27, torch 2.13, batch 8, 64 steps, width 32) see
 docs/accuracy.md.
 """
@@ -27,10 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_memory import step_saved_bytes
 from test_precision import real_amp
 
-from nin_profile.analysis import AnalysisConfig, analyse, meta_copy
-from nin_profile.inputs import InputSpec
-from nin_profile.measure.cpu_memory import cpu_peak_during
-from nin_profile.training import (
+from nin_profile.engine.analysis import AnalysisConfig, analyse, meta_copy
+from nin_profile.engine.training import (
     TrainingLoss,
     forward,
     make_batch,
@@ -38,6 +36,8 @@ from nin_profile.training import (
     token_vocabulary,
     training_step,
 )
+from nin_profile.inputs import InputSpec
+from nin_profile.measure.cpu_memory import cpu_peak_during
 
 CLASSES = 4
 

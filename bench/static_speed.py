@@ -24,7 +24,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torchinfo import summary
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 from nin_profile.models import get_model
 
 MODELS = ("nin", "alexnet", "vgg11")

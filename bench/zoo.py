@@ -39,10 +39,10 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.training import TrainingLoss, make_batch, make_optimizer, training_step
 from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_during
-from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
 
 MODELS = {  # torchvision name → image side it runs at
     "resnet18": 224,

@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
+from nin_profile.engine.precision import get_precision
 from nin_profile.environment import resolve_device
 from nin_profile.errors import DeviceUnavailable, ProfileError, UnknownModel
 from nin_profile.inputs import InputSpec
-from nin_profile.precision import get_precision
 from nin_profile.results import Profile, RunConfig
 
 ModelLike = nn.Module | str

@@ -11,8 +11,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from nin_profile.engine.precision import PRECISION_NAMES
 from nin_profile.errors import ProfileError
-from nin_profile.precision import PRECISION_NAMES
 
 if TYPE_CHECKING:  # the package's modules are imported where they are used: `--help` needs none
     from nin_profile.models import ModelConfig
@@ -94,7 +94,7 @@ def positive_float(text: str) -> float:
 
 def precision_list(text: str) -> tuple[str, ...]:
     """'fp32,amp-bf16' → ('fp32', 'amp-bf16'); each a known precision, each once."""
-    from nin_profile.precision import PRECISION_NAMES
+    from nin_profile.engine.precision import PRECISION_NAMES
 
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [n for n in names if n not in PRECISION_NAMES]

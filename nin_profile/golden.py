@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nin_profile.analysis import build_on_meta
-from nin_profile.layer_stack import params_by_layer
+from nin_profile.engine.analysis import build_on_meta
+from nin_profile.engine.layer_stack import params_by_layer
 from nin_profile.models import ModelConfig
 
 

@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from nin_profile.engine.parallel import Parallel, analyse_rank, rank_train_peak
 from nin_profile.errors import ProfileError
 from nin_profile.measure.plan import largest_fitting
 from nin_profile.measure.ranks import RankRequest, backend, default_threads
 from nin_profile.measure.runner import run_worker
-from nin_profile.parallel import Parallel, analyse_rank, rank_train_peak
 from nin_profile.parallel_results import (
     ParallelProfile,
     RankCheck,

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
+from nin_profile.engine.training import make_batch, token_vocabulary
 from nin_profile.errors import ProfileError
 from nin_profile.inputs import InputSpec
 from nin_profile.models import ModelConfig, get_model, instance
 from nin_profile.results import PeerFigures
-from nin_profile.training import make_batch, token_vocabulary
 
 
 def import_peers() -> tuple[Any, Any]:

@@ -486,7 +486,7 @@ class RunConfig:
     channels: int | None
     classes: int | None  # None: each model's own (read from its output)
     optimizer: str
-    precision: str = "fp32"  # nin_profile.precision: fp32, amp-fp16, amp-bf16, fp16, bf16
+    precision: str = "fp32"  # nin_profile.engine.precision: fp32, amp-fp16, amp-bf16, fp16, bf16
     channels_last: bool = False
     static: bool = False
     sweep_batches: tuple[int, ...] = ()

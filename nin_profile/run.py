@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nin_profile.analysis import AnalysisConfig, analyse_model, fits, smallest_image_size
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model, fits, smallest_image_size
+from nin_profile.engine.precision import cuda_amp_note, get_precision
+from nin_profile.engine.tracing import LOSS
 from nin_profile.environment import collect_environment
 from nin_profile.errors import LayerFailed, NeedsValues, ProfileError, StepFailed
 from nin_profile.files import save_for_worker
@@ -26,7 +28,6 @@ from nin_profile.measure.plan import (
 from nin_profile.measure.runner import run_worker, timing_of, to_measurement
 from nin_profile.measure.worker import Request, TimingRequest
 from nin_profile.models import DEFAULT_CLASSES, SAVED_PREFIX, ModelConfig, instance
-from nin_profile.precision import cuda_amp_note, get_precision
 from nin_profile.results import (
     BatchFit,
     Ceilings,
@@ -38,7 +39,6 @@ from nin_profile.results import (
     Profile,
     RunConfig,
 )
-from nin_profile.tracing import LOSS
 from nin_profile.units import fmt_bytes
 
 PHASES = ("train", "inference")

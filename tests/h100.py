@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 from nin_profile.results import MeasuredMemory, MemoryBreakdown, ModelProfile, Profile, RunConfig
 from nin_profile.run import analysis_config
 

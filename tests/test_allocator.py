@@ -12,8 +12,8 @@ import pytest
 from h100 import H100Point, h100_points
 from run_configs import small_run
 
-from nin_profile.allocator import CachingAllocator, round_size, segment_size, steady_reserved
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.allocator import CachingAllocator, round_size, segment_size, steady_reserved
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 from nin_profile.run import run_profile
 from nin_profile.units import MiB
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from run_configs import small_run
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Request
 from nin_profile.results import PhaseMeasurement

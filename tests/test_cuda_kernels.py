@@ -1,4 +1,4 @@
-"""The kernels CUDA runs (nin_profile/kernels.py) against a real GPU: issue 11's CUDA half.
+"""The kernels CUDA runs (nin_profile/engine/kernels.py) against a real GPU: issue 11's CUDA half.
 Skipped without one.
 
 Not yet run: no GPU was lent to the session that wrote them (2026-11-27). They hold
@@ -22,10 +22,10 @@ from test_memory import step_saved_bytes
 from test_precision import real_amp
 from torch.nn.attention import SDPBackend
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
-from nin_profile.kernels import cuda_sdpa_backend
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.kernels import cuda_sdpa_backend
+from nin_profile.engine.training import make_batch
 from nin_profile.measure.worker import Request
-from nin_profile.training import make_batch
 
 pytestmark = pytest.mark.cuda
 BATCH = 512  # 16 tokens of 32 a row: the activations are megabytes, above the fixed costs

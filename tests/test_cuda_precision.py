@@ -14,13 +14,13 @@ import torch
 from test_memory import step_saved_bytes
 from test_precision import real_amp
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.precision import get_precision
+from nin_profile.engine.training import make_batch
 from nin_profile.inputs import IMAGES_224
 from nin_profile.measure.runner import run_worker, to_measurement
 from nin_profile.measure.worker import Device, Request, measure_ceilings
 from nin_profile.models import get_model
-from nin_profile.precision import get_precision
-from nin_profile.training import make_batch
 
 pytestmark = pytest.mark.cuda
 HALF = ["amp-fp16", "amp-bf16", "fp16", "bf16"]

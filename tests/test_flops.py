@@ -11,7 +11,7 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_profile.analysis import AnalysisConfig, analyse, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse, analyse_model
 from nin_profile.inputs import InputSpec
 from nin_profile.models import get_model
 from nin_profile.results import ModelProfile

@@ -16,18 +16,18 @@ from test_zoo import onednn_off
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.cli import main
-from nin_profile.inputs import InputSpec
-from nin_profile.measure.cpu_memory import cpu_peak_during
-from nin_profile.results import ModelProfile
-from nin_profile.training import (
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.training import (
     TrainingLoss,
     make_batch,
     make_optimizer,
     token_vocabulary,
     training_step,
 )
+from nin_profile.inputs import InputSpec
+from nin_profile.measure.cpu_memory import cpu_peak_during
+from nin_profile.results import ModelProfile
 
 BATCH, CLASSES = 4, zoo_models.CLASSES
 CASES = [
@@ -35,9 +35,9 @@ CASES = [
     ("TokenLSTM", zoo_models.TOKEN_IDS),  # embedding, LSTM (oneDNN's layer), linear
     ("conv1d_sequence", zoo_models.SEQUENCE),  # float (batch, 8, 20): Conv1d over time
 ]
-# inference on the CPU's fused fast paths (nin_profile/fastpath.py), 64 tokens an example: the
-# fast path keeps the 64×64 scores of each head (4·4·64·64·4 = 262_144 B) where the flash
-# kernel of the slow path keeps none
+# inference on the CPU's fused fast paths (nin_profile/engine/fastpath.py), 64 tokens an
+# example: the fast path keeps the 64×64 scores of each head (4·4·64·64·4 = 262_144 B)
+# where the flash kernel of the slow path keeps none
 LONG_TOKENS = InputSpec((64,), token_ids=True)
 ATTENTION = [
     ("token_encoder", LONG_TOKENS),  # nn.TransformerEncoderLayer
@@ -242,7 +242,7 @@ def test_attention_on_the_fast_path_is_traced_under_amp() -> None:
 
 
 def test_the_fast_paths_are_put_back_after_a_trace() -> None:
-    # the trace replaces PyTorch's functions while it runs (nin_profile/fastpath.py); a
+    # the trace replaces PyTorch's functions while it runs (nin_profile/engine/fastpath.py); a
     # user's own model run after it must meet PyTorch's own
     from torch.nn.modules import activation
 

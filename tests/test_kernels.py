@@ -1,4 +1,4 @@
-"""The kernels the device runs (nin_profile/kernels.py) against a real CPU run: what autograd
+"""The kernels the device runs (nin_profile/engine/kernels.py) against a real CPU run: what autograd
 saves (each storage once), the CPU allocator's peaks, oneDNN's LSTM workspace as the CPU
 returns it, FLOPs against the dense decomposition and by hand; CUDA's attention choices
 against the rules written out from PyTorch's source (not yet run on a GPU)."""
@@ -13,11 +13,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
-from nin_profile.kernels import cuda_sdpa_backend, onednn_lstm_workspace
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.kernels import cuda_sdpa_backend, onednn_lstm_workspace
+from nin_profile.engine.training import TrainingLoss, make_batch, make_optimizer, training_step
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.results import ModelProfile
-from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
 
 BATCH = 4
 SEQUENCE = ("sdpa_block", "mha_block", "lstm", "gru", "bigru")

@@ -1,5 +1,6 @@
-"""The stand-ins of nin_profile/_lazy_imports.py: same numbers as with torch's real modules, the
-real modules left unimported, and anything the stand-ins do not answer taken from the real ones.
+"""The stand-ins of nin_profile/engine/_lazy_imports.py: same numbers as with torch's real
+modules, the real modules left unimported, and anything the stand-ins do not answer taken from
+the real ones.
 
 Each test runs in a fresh interpreter: in this one, other tests may have imported the modules.
 """
@@ -25,7 +26,7 @@ def test_analysis_is_the_same_with_the_real_modules_and_leaves_them_unimported()
     run_fresh(
         f"""
         import sys
-        from nin_profile.analysis import AnalysisConfig, analyse_model
+        from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 
         cfg = AnalysisConfig(batch=4, device="cuda", optimizer="adam")
         with_stand_ins = {{name: analyse_model(name, cfg) for name in ("nin", "alexnet")}}
@@ -44,7 +45,7 @@ def test_stand_ins_hand_over_to_the_real_modules_and_leave_no_trace() -> None:
         """
         import sys
         import torch
-        from nin_profile._lazy_imports import without_heavy_imports
+        from nin_profile.engine._lazy_imports import without_heavy_imports
 
         with without_heavy_imports():
             import sympy
@@ -68,7 +69,7 @@ def test_stand_ins_hand_over_to_the_real_modules_and_leave_no_trace() -> None:
         assert "torch._dynamo" not in sys.modules and "_dynamo" not in vars(torch)
         # No module kept a stand-in: the real symbolic_shapes, imported inside the first block,
         # has the real sympy, not the stand-in that was in sys.modules when it was imported.
-        from nin_profile._lazy_imports import _StandIn
+        from nin_profile.engine._lazy_imports import _StandIn
 
         kept = [
             (module_name, attr)
@@ -109,7 +110,7 @@ def test_user_modules_get_the_real_modules_or_stand_ins_that_hand_over(tmp_path:
         f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
-        from nin_profile.analysis import AnalysisConfig, analyse_model
+        from nin_profile.engine.analysis import AnalysisConfig, analyse_model
         from nin_profile.inputs import InputSpec
 
         cfg = AnalysisConfig(batch=2, inputs=InputSpec.image(1, 8), device="cuda")

@@ -14,8 +14,8 @@ import zoo_models
 from run_configs import small_run
 from torch import nn
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
-from nin_profile.layer_stack import leaf_spans
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.layer_stack import leaf_spans
 from nin_profile.measure.nvml import Nvml
 from nin_profile.measure.plan import (
     CpuPlan,

@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from nin_profile.analysis import AnalysisConfig, analyse, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse, analyse_model
+from nin_profile.engine.memory import Event, peak_breakdown
+from nin_profile.engine.training import Amp, TrainingLoss, make_batch, make_optimizer, training_step
 from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_during
-from nin_profile.memory import Event, peak_breakdown
 from nin_profile.models import get_model
 from nin_profile.results import MemoryCategory, ModelProfile, PeakSite
-from nin_profile.training import Amp, TrainingLoss, make_batch, make_optimizer, training_step
 
 MiB = 2**20
 

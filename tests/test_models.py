@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from nin_profile.engine.layer_stack import params_by_layer
 from nin_profile.errors import ImportPathError, InvalidConfig, UnknownModel
-from nin_profile.layer_stack import params_by_layer
 from nin_profile.models import get_model, list_models, register_model
 
 

@@ -13,12 +13,9 @@ import torch
 from torch import nn
 
 import nin_profile
-from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.cli import main
-from nin_profile.errors import ProfileError
-from nin_profile.inputs import InputSpec
-from nin_profile.measure.ranks import RankRequest, measure_ranks
-from nin_profile.parallel import (
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.parallel import (
     Parallel,
     RankTrace,
     _Chunks,
@@ -28,6 +25,9 @@ from nin_profile.parallel import (
     trace_rank,
     zero_estimates,
 )
+from nin_profile.errors import ProfileError
+from nin_profile.inputs import InputSpec
+from nin_profile.measure.ranks import RankRequest, measure_ranks
 from nin_profile.parallel_results import ParallelProfile, RankCheck, RankProfile, ZeroEstimates
 from nin_profile.render.parallel import scaling_sentence
 from nin_profile.results import MemoryBreakdown, ModelProfile, PeakSite, RunConfig

@@ -22,14 +22,10 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from nin_profile.analysis import AnalysisConfig, analyse, analyse_model, meta_copy
-from nin_profile.autocast import CudaAutocast, autocast_ops, op_overload
-from nin_profile.inputs import InputSpec
-from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops
-from nin_profile.models import get_model
-from nin_profile.precision import PRECISION_NAMES, get_precision
-from nin_profile.results import MemoryCategory, ModelProfile
-from nin_profile.training import (
+from nin_profile.engine.analysis import AnalysisConfig, analyse, analyse_model, meta_copy
+from nin_profile.engine.autocast import CudaAutocast, autocast_ops, op_overload
+from nin_profile.engine.precision import PRECISION_NAMES, get_precision
+from nin_profile.engine.training import (
     Amp,
     TrainingLoss,
     forward,
@@ -37,6 +33,10 @@ from nin_profile.training import (
     make_optimizer,
     training_step,
 )
+from nin_profile.inputs import InputSpec
+from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops
+from nin_profile.models import get_model
+from nin_profile.results import MemoryCategory, ModelProfile
 
 aten = torch.ops.aten
 

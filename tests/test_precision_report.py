@@ -19,12 +19,12 @@ from matplotlib.patches import Rectangle
 from run_configs import small_run
 
 from nin_profile import api
-from nin_profile.analysis import AnalysisConfig, analyse_model
 from nin_profile.cli import build_parser, precision_list
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.precision import PRECISION_NAMES, cuda_amp_note
 from nin_profile.errors import ProfileError
 from nin_profile.inputs import InputSpec
 from nin_profile.measure.plan import Plan
-from nin_profile.precision import PRECISION_NAMES, cuda_amp_note
 from nin_profile.render.charts import all_charts
 from nin_profile.render.markdown import render_report
 from nin_profile.render.precision import verdict

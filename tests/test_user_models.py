@@ -16,12 +16,12 @@ from test_memory import autograd_saved_bytes
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_profile.analysis import AnalysisConfig, analyse_model, smallest_image_size
 from nin_profile.cli import main
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model, smallest_image_size
+from nin_profile.engine.training import TrainingLoss, make_batch
 from nin_profile.errors import InvalidConfig
 from nin_profile.models import ModelConfig
 from nin_profile.results import ModelProfile
-from nin_profile.training import TrainingLoss, make_batch
 
 BATCH = 4
 

@@ -17,10 +17,10 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_profile.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.training import TrainingLoss, make_batch, make_optimizer, training_step
 from nin_profile.measure.cpu_memory import cpu_peak_between_ops
 from nin_profile.results import ModelProfile
-from nin_profile.training import TrainingLoss, make_batch, make_optimizer, training_step
 
 BATCH = 4
 # the models the zoo builds; `instance` is one object shared with other tests

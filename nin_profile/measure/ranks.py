@@ -43,15 +43,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from nin_profile.inputs import IMAGES_224, InputSpec
-from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
-from nin_profile.training import (
+from nin_profile.engine.training import (
     TrainingLoss,
     make_batch,
     make_optimizer,
     token_vocabulary,
     training_step,
 )
+from nin_profile.inputs import IMAGES_224, InputSpec
+from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
 
 HOST = "127.0.0.1"
 
@@ -191,7 +191,7 @@ def wrap(model: nn.Module, req: RankRequest) -> nn.Module:
     if req.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        from nin_profile.parallel import default_blocks, mp_policy
+        from nin_profile.engine.parallel import default_blocks, mp_policy
 
         policy = mp_policy(req.param_dtype, req.reduce_dtype)
         for block in [*default_blocks(model), model]:

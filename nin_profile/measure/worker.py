@@ -23,13 +23,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.inputs import IMAGES_224, InputSpec
-from nin_profile.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
-from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
-from nin_profile.measure.nvml import Nvml
-from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
-from nin_profile.precision import get_precision
-from nin_profile.training import (
+from nin_profile.engine.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
+from nin_profile.engine.precision import get_precision
+from nin_profile.engine.training import (
     Amp,
     TrainingLoss,
     forward,
@@ -40,6 +36,10 @@ from nin_profile.training import (
     token_vocabulary,
     training_step,
 )
+from nin_profile.inputs import IMAGES_224, InputSpec
+from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
+from nin_profile.measure.nvml import Nvml
+from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Request:
     time_limit_s: float | None = None  # stop adding timed iterations after this (at least one)
     memory_history: str | None = None  # CUDA: write the allocator's history of the step here
     scratch: bool = True  # one more step to find the peak between ops (KernelScratch on CUDA)
-    precision: str = "fp32"  # nin_profile.precision
+    precision: str = "fp32"  # nin_profile.engine.precision
     channels_last: bool = False
 
     @property

@@ -13,7 +13,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from nin_profile.layer_stack import forward_on_meta
+from nin_profile.engine.layer_stack import forward_on_meta
 from nin_profile.models import ModelConfig, register_model
 
 # (out_channels, kernel, stride, padding) of NiN's first three blocks; the fourth maps to classes.

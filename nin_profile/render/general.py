@@ -915,7 +915,8 @@ METHOD = (
     "`groups` times too high (every input channel times every output channel): a depthwise "
     "convolution's backward came out at (1 + channels) times its forward instead of 2.",
     "Kernels: the trace runs the kernel the device selects where the meta device would run "
-    "another (`nin_profile/kernels.py`, with the PyTorch source of each rule). On the CPU, "
+    "another (the rules, each with the PyTorch source it follows, in "
+    "`nin_profile/engine/devices.py`). On the CPU, "
     "attention (`scaled_dot_product_attention`, `nn.MultiheadAttention`) runs the flash kernel "
     "PyTorch's own selection picks, which keeps a logsumexp instead of the attention matrix, "
     "but in inference `nn.MultiheadAttention` and `nn.TransformerEncoderLayer` run PyTorch's "

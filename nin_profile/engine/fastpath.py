@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import activation
 
+from nin_profile.engine.devices import encoder_layer_takes_fast_path
+
 aten = torch.ops.aten
 
 
@@ -147,38 +149,6 @@ def _feed_forward(x: torch.Tensor, layer: nn.TransformerEncoderLayer) -> torch.T
     )
     out = torch.addmm(layer.linear2.bias, hidden, layer.linear2.weight.t())
     return out.view(batch, steps, -1)
-
-
-def encoder_layer_takes_fast_path(
-    layer: nn.TransformerEncoderLayer,
-    src: torch.Tensor,
-    src_mask: torch.Tensor | None,
-    src_key_padding_mask: torch.Tensor | None,
-) -> bool:
-    """The conditions of `nn.TransformerEncoderLayer.forward` (torch/nn/modules/transformer.py)
-    for `_transformer_encoder_layer_fwd`, but for the three a trace fails by its nature: the
-    device (meta), forward hooks (the trace's own) and a torch function on the arguments."""
-    attn = layer.self_attn
-    tensors = (
-        src,
-        *(attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias),
-        *(layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias),
-        *(layer.linear1.weight, layer.linear1.bias, layer.linear2.weight, layer.linear2.bias),
-    )
-    return (
-        torch.backends.mha.get_fastpath_enabled()
-        and src.dim() == 3
-        and not layer.training
-        and attn.batch_first
-        and attn.in_proj_bias is not None
-        and attn._qkv_same_embed_dim
-        and bool(layer.activation_relu_or_gelu)
-        and layer.norm1.eps == layer.norm2.eps
-        and not (src.is_nested and (src_mask is not None or src_key_padding_mask is not None))
-        and attn.num_heads % 2 == 0
-        and not torch.is_autocast_enabled()
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    )
 
 
 @contextlib.contextmanager

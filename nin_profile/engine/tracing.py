@@ -1,7 +1,7 @@
 """Trace a step op by op on the meta device: FLOPs per layer and phase, allocations and frees.
 
 FLOPs come from PyTorch's own per-op formulas (`torch.utils.flop_counter`), and ours where
-PyTorch's are wrong or missing (`nin_profile.flops`).
+PyTorch's are wrong or missing (`nin_profile.engine.flops`).
 A backward op is charged to the layer whose forward built the autograd node running it: module
 hooks tag each node's `metadata` during forward, and `torch._C._current_autograd_node()` names
 the node during backward.
@@ -10,7 +10,6 @@ the node during backward.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -19,10 +18,11 @@ from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.flops import flop_formula
-from nin_profile.kernels import cpu_outputs, kernel_outputs, kernel_scratch
-from nin_profile.layer_stack import LayerStack, tensors_in
-from nin_profile.memory import AllocationLog
+from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
+from nin_profile.engine.flops import flop_formula
+from nin_profile.engine.kernels import cpu_outputs, kernel_outputs, kernel_scratch
+from nin_profile.engine.layer_stack import LayerStack, tensors_in
+from nin_profile.engine.memory import AllocationLog
 from nin_profile.results import PeakSite, Phase
 
 LOSS = "loss"
@@ -59,49 +59,6 @@ _NO_ARITHMETIC = frozenset(
         "_fused_sdp_choice",  # which attention kernel to run (kernels.py asks it on the CPU)
     }
 )
-
-
-@dataclass(frozen=True)
-class DeviceRules:
-    """How the target device differs from the meta device the step is traced on.
-
-    block_bytes: the allocator's rounding (CUDA's caching allocator: 512 B; CPU: exact).
-    fused_dropout: CUDA runs out-of-place train-mode dropout as `native_dropout`, saving a
-    1-byte bool mask; elsewhere dropout multiplies by a float noise tensor and saves it.
-    foreach_optimizer: torch.optim defaults to foreach kernels on CUDA, per-tensor loops on CPU.
-    blas_workspace, blaslt_workspace: what torch allocates, through the caching allocator, for
-    the cuBLAS handle of each thread that runs a matrix product, and for the cuBLASLt handle of
-    each thread that runs `addmm` (a linear layer with bias); held for the life of the process.
-    On CUDA, backward runs on autograd's device thread, forward on the caller's: a model with
-    linear layers holds one workspace per thread in training. The sizes are torch's on Hopper,
-    read off an H100 with torch 2.11 (bench/memory_snapshot.py: two 32 MiB blocks and one of
-    1 MiB held after a training step; one 32 MiB and one 1 MiB block after inference); torch
-    gives other GPUs smaller ones (`CUBLAS_WORKSPACE_CONFIG` sets them).
-    """
-
-    name: str
-    block_bytes: int
-    fused_dropout: bool
-    foreach_optimizer: bool
-    blas_workspace: int = 0
-    blaslt_workspace: int = 0
-
-
-DEVICE_RULES = {
-    "cuda": DeviceRules(
-        "cuda",
-        block_bytes=512,
-        fused_dropout=True,
-        foreach_optimizer=True,
-        blas_workspace=32 * 2**20,
-        blaslt_workspace=2**20,
-    ),
-    "cpu": DeviceRules("cpu", block_bytes=1, fused_dropout=False, foreach_optimizer=False),
-}
-
-# Matrix products that run through cuBLAS on CUDA; `addmm` runs through cuBLASLt as well.
-_BLAS_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot"})
-_BLASLT_OPS = frozenset({"addmm"})
 
 
 def counts_arithmetic(func: torch._ops.OpOverload) -> bool:
@@ -206,19 +163,8 @@ class StepTracer(TorchDispatchMode):
 
     def _note_blas(self, op: str) -> None:
         thread = "autograd" if self.phase is Phase.BACKWARD else "caller"
-        libraries = (("cuBLAS",) if op in _BLAS_OPS else ()) + (
-            ("cuBLASLt",) if op in _BLASLT_OPS else ()
+        libraries = (("cuBLAS",) if op in BLAS_OPS else ()) + (
+            ("cuBLASLt",) if op in BLASLT_OPS else ()
         )
         for library in libraries:
             self.blas_first_use.setdefault((thread, library), len(self.log.events))
-
-
-def workspace_size(rules: DeviceRules, library: str) -> int:
-    """Bytes of one `library` workspace ("cuBLAS" or "cuBLASLt") on `rules`' device."""
-    return {"cuBLAS": rules.blas_workspace, "cuBLASLt": rules.blaslt_workspace}[library]
-
-
-def workspace_sizes(rules: DeviceRules, blas_users: set[tuple[str, str]]) -> list[int]:
-    """The library workspaces a step holds on `rules`' device: one per (thread, library) used."""
-    sizes = (workspace_size(rules, library) for _, library in sorted(blas_users))
-    return [size for size in sizes if size]

@@ -9,53 +9,7 @@ called on meta tensors: PyTorch's own autograd formula for that kernel then save
 real kernel saves, and `kernel_outputs` gives a kernel's outputs the sizes the device gives
 them where PyTorch's meta kernel does not know them.
 
-The selection rules, and the PyTorch source they follow (torch 2.13):
-
-CPU
-- SDPA: `select_sdp_backend_cpp` (aten/src/ATen/native/transformers/sdp_utils_cpp.cpp): the
-  flash kernel (`_scaled_dot_product_flash_attention_for_cpu`, which keeps the output and a
-  float32 logsumexp of batch × heads × queries) where `use_flash_attention_cpp` allows it (no
-  dropout, 4-D dense inputs, equal head dims, last dim contiguous, float/double/bf16/half),
-  else the math path, as on meta. The answer is PyTorch's own: `torch._fused_sdp_choice` asked
-  on CPU tensors of the same sizes, last-dim stride and dtype, expanded from one row so that
-  nothing of batch size is allocated. A boolean mask is first made an additive float mask
-  (`convert_boolean_attn_mask` in aten/src/ATen/native/transformers/attention.cpp).
-- LSTM: `lstm` in aten/src/ATen/native/RNN.cpp takes oneDNN when `use_mkldnn` holds (the
-  input and weights on the CPU, float32, oneDNN enabled, a non-empty input); `mkldnn_rnn` in
-  aten/src/ATen/native/mkldnn/RNN.cpp then transposes a batch-first input to time-first
-  (a contiguous copy), and calls `mkldnn_rnn_layer` once per layer and direction. In
-  training, each call returns oneDNN's workspace, which backward needs: its size is
-  `onednn_lstm_workspace` below (PyTorch's meta kernel says 0). What a call allocates and
-  frees inside itself (reordered weights, the scratchpad) is `kernel_scratch`.
-- GRU: PyTorch 2.13 has no oneDNN path for it; the CPU runs the composite of RNN.cpp, which
-  (`FullLayer` and `FullBidirectionalLayer`, when the input is on the CPU) projects the whole
-  sequence's input in one product where meta projects it step by step: `gru_on_cpu` follows
-  the CPU's order, and what each layer keeps alive until its outputs are stacked.
-- Inference fast paths (nin_profile/fastpath.py): in eval mode without autograd,
-  `nn.MultiheadAttention` self-attention runs `_native_multi_head_attention` and
-  `nn.TransformerEncoderLayer` runs `_transformer_encoder_layer_fwd` (PyTorch's own Python
-  decides; the trace lets meta tensors pass its device check and its hook check), which on
-  the CPU keep the whole T×T scores beside packed q, k, v instead of running the flash kernel:
-  traced op for op from attention.cpp and transformer.cpp.
-
-CUDA (written from the source, not yet checked on a GPU)
-- SDPA: `select_sdp_backend` (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) tries
-  cuDNN, flash, memory-efficient, math in that order on sm90/sm100 with cuDNN ≥ 9.9
-  (`check_prefer_cudnn_attention`; flash first elsewhere). cuDNN and flash need fp16 or bf16
-  (`check_dtypes_low_precision`), so float32 attention runs the memory-efficient kernel where
-  `can_use_mem_efficient_attention` allows it: 4-D dense inputs, the same batch and heads for
-  q, k, v (no grouped-query attention), head dims divisible by 4 on sm80+ (float32 with
-  tensor cores, `minimum_gemm_alignment`), last dim contiguous; else math. The efficient
-  kernel keeps the output, a float32 logsumexp of batch × heads × queries rounded up to 32
-  (when an input requires grad), and two int64 RNG scalars. Not modelled: the copy of an
-  attention mask padded to a multiple of 16 (`preprocess_mask`), and the head-dim padding the
-  flash kernel applies to fp16/bf16 inputs.
-- LSTM/GRU: `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), whose reserve (what backward
-  needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`, known only on a GPU: the trace keeps
-  the composite cell there, and the report says the RNN reserve is not predicted for CUDA.
-- Inference fast paths: not traced; the slow path stands in (CUDA's native attention runs
-  in-projection, SDPA and out-projection, as the slow path does, where no weights are asked
-  for and the head dim is a multiple of 8; otherwise it keeps the scores as the CPU's does).
+The selection rules, with the PyTorch source each follows, are devices.py's.
 """
 
 from __future__ import annotations
@@ -67,9 +21,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
-from torch.utils._python_dispatch import _disable_current_modes
 
-from nin_profile.fastpath import cpu_fast_paths
+from nin_profile.engine.devices import (
+    cpu_sdpa_backend,
+    cuda_sdpa_backend,
+    gru_runs_whole_sequence,
+    lstm_uses_onednn,
+)
+from nin_profile.engine.fastpath import cpu_fast_paths
 
 aten = torch.ops.aten
 
@@ -78,84 +37,6 @@ PAGE = 4096  # oneDNN places each workspace part on its own page
 
 
 # ---- scaled dot-product attention -------------------------------------------------------------
-
-
-def _cpu_like(t: torch.Tensor) -> torch.Tensor:
-    """A CPU tensor with `t`'s sizes, dtype and last-dim stride, one row of storage."""
-    last = t.stride(-1) if t.dim() else 1
-    row = torch.zeros(max(1, (t.shape[-1] - 1) * last + 1), dtype=t.dtype)
-    return row.as_strided((t.shape[-1],), (last,)).expand(t.shape)
-
-
-def cpu_sdpa_backend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    dropout_p: float,
-    is_causal: bool,
-    enable_gqa: bool,
-) -> SDPBackend:
-    """The kernel the CPU runs for these inputs, as PyTorch's own selection answers (asked on
-    real CPU tensors, outside the trace's modes)."""
-    with _disable_current_modes():
-        mask = None if attn_mask is None else _cpu_like(attn_mask)
-        choice = torch._fused_sdp_choice(
-            _cpu_like(q),
-            _cpu_like(k),
-            _cpu_like(v),
-            mask,
-            dropout_p,
-            is_causal,
-            enable_gqa=enable_gqa,
-        )
-    return SDPBackend(choice)
-
-
-def cuda_sdpa_backend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    dropout_p: float,
-    is_causal: bool,
-    enable_gqa: bool,
-) -> SDPBackend:
-    """The kernel CUDA would run on sm90 (an H100), following `select_sdp_backend`."""
-    dense = all(t.dim() == 4 and t.stride(-1) == 1 for t in (q, k, v))
-    low_precision = q.dtype in (torch.float16, torch.bfloat16)
-    if not dense:
-        return SDPBackend.MATH
-    same_heads = q.shape[:2] == k.shape[:2] == v.shape[:2]
-    head_dims = q.shape[-1], k.shape[-1], v.shape[-1]
-    if low_precision and _cudnn_allows(q, k, v, dropout_p):
-        return SDPBackend.CUDNN_ATTENTION
-    causal_non_square = is_causal and q.shape[-2] != k.shape[-2]
-    flash_dims = len(set(head_dims)) == 1 and head_dims[0] <= 256
-    if low_precision and attn_mask is None and flash_dims and not causal_non_square:
-        return SDPBackend.FLASH_ATTENTION
-    alignment = 8 if low_precision else 4  # minimum_gemm_alignment on sm80+
-    if (
-        q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and same_heads  # no grouped-query attention
-        and q.shape[-1] == k.shape[-1]
-        and q.shape[-1] % alignment == 0
-        and v.shape[-1] % alignment == 0
-        and min(q.shape[-2], k.shape[-2]) > 0
-    ):
-        return SDPBackend.EFFICIENT_ATTENTION
-    return SDPBackend.MATH
-
-
-def _cudnn_allows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
-    """`check_cudnn_tensor_shapes` and `check_cudnn_layout` for cuDNN ≥ 9.10 on sm90."""
-    d_qk, d_v, s_k = q.shape[-1], v.shape[-1], k.shape[-2]
-    if d_qk > 256 or d_v > 256 or d_qk % 8 or d_v % 8 or s_k == 1:
-        return False
-    if q.shape[-2] == 1 and dropout_p:
-        return False
-    h, d = q.shape[1], q.shape[-1]
-    return all(t.stride(1) == d and t.stride(2) in (h * d, 3 * h * d) for t in (q, k, v))
 
 
 def _additive_mask(attn_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -230,17 +111,6 @@ def sdpa_on(
 
 
 # ---- LSTM on oneDNN -------------------------------------------------------------------------
-
-
-def _lstm_uses_onednn(input: torch.Tensor, params: list[torch.Tensor]) -> bool:
-    """`use_mkldnn` of aten/src/ATen/native/RNN.cpp, for float32 (the dtype traced here)."""
-    return (
-        torch.backends.mkldnn.is_available()
-        and bool(torch.backends.mkldnn.enabled)
-        and input.dtype == torch.float32
-        and input.numel() > 0
-        and all(p.dim() <= 2 for p in params)
-    )
 
 
 def lstm_on_onednn(
@@ -573,18 +443,12 @@ class DeviceKernels:
             return sdpa_on(device, sdpa, *args, **kwargs)
 
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
-            input, hx, params = args[0], args[1], args[2]
-            if (
-                device == "cpu"
-                and isinstance(hx, (list, tuple))
-                and _lstm_uses_onednn(input, params)
-            ):
+            if lstm_uses_onednn(device, *args[:3]):
                 return lstm_on_onednn(*args, **kwargs)
             return lstm(*args, **kwargs)
 
         def gru_layers(*args: Any, **kwargs: Any) -> Any:
-            unpacked = isinstance(args[2], (list, tuple))  # not a packed sequence
-            if device == "cpu" and unpacked:
+            if gru_runs_whole_sequence(device, args[2]):
                 return gru_on_cpu(*args, **kwargs)
             return gru(*args, **kwargs)
 

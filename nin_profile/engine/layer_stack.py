@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from nin_profile._lazy_imports import without_heavy_imports
+from nin_profile.engine._lazy_imports import without_heavy_imports
 from nin_profile.errors import (
     LayerFailed,
     NeedsValues,

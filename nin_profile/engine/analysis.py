@@ -16,13 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nin_profile._lazy_imports import without_heavy_imports
-from nin_profile.allocator import OutOfMemory, steady_reserved
-from nin_profile.autocast import traced_autocast
-from nin_profile.errors import InvalidConfig, LayerFailed, ProfileError, UserCodeFailed
-from nin_profile.inputs import IMAGES_224, InputSpec
-from nin_profile.kernels import DeviceKernels
-from nin_profile.layer_stack import (
+from nin_profile.engine._lazy_imports import without_heavy_imports
+from nin_profile.engine.allocator import OutOfMemory, steady_reserved
+from nin_profile.engine.autocast import traced_autocast
+from nin_profile.engine.devices import DEVICE_RULES, DeviceRules, workspace_size, workspace_sizes
+from nin_profile.engine.kernels import DeviceKernels
+from nin_profile.engine.layer_stack import (
     Frame,
     LayerStack,
     ParamCount,
@@ -32,37 +31,10 @@ from nin_profile.layer_stack import (
     params_by_layer,
     tensors_in,
 )
-from nin_profile.memory import TRACE_DEVICE, AllocationLog, peak_breakdown
-from nin_profile.models import (
-    ModelConfig,
-    build_target,
-    describe_model,
-    get_model,
-    instance,
-    is_built_in,
-    resolve_import_path,
-)
-from nin_profile.precision import Precision, get_precision
-from nin_profile.results import (
-    LayerStats,
-    MemoryBreakdown,
-    MemoryCategory,
-    ModelProfile,
-    NotCounted,
-    PeakSite,
-    Phase,
-)
-from nin_profile.tracing import (
-    DEVICE_RULES,
-    LOSS,
-    DeviceRules,
-    FusedDropout,
-    StepTracer,
-    tag_graph,
-    workspace_size,
-    workspace_sizes,
-)
-from nin_profile.training import (
+from nin_profile.engine.memory import TRACE_DEVICE, AllocationLog, peak_breakdown
+from nin_profile.engine.precision import Precision, get_precision
+from nin_profile.engine.tracing import LOSS, FusedDropout, StepTracer, tag_graph
+from nin_profile.engine.training import (
     Amp,
     TracedGradScaler,
     TrainingLoss,
@@ -75,6 +47,26 @@ from nin_profile.training import (
     output_classes,
     scaler_state,
     training_step,
+)
+from nin_profile.errors import InvalidConfig, LayerFailed, ProfileError, UserCodeFailed
+from nin_profile.inputs import IMAGES_224, InputSpec
+from nin_profile.models import (
+    ModelConfig,
+    build_target,
+    describe_model,
+    get_model,
+    instance,
+    is_built_in,
+    resolve_import_path,
+)
+from nin_profile.results import (
+    LayerStats,
+    MemoryBreakdown,
+    MemoryCategory,
+    ModelProfile,
+    NotCounted,
+    PeakSite,
+    Phase,
 )
 
 
@@ -89,7 +81,7 @@ class AnalysisConfig:
     # it, `reserved` is what the allocator holds within it, or what it would have needed
     # (more than the limit) where it runs out
     memory_limit: int | None = None
-    precision: str = "fp32"  # nin_profile.precision.PRECISIONS
+    precision: str = "fp32"  # nin_profile.engine.precision.PRECISIONS
     channels_last: bool = False  # the model and the batch in torch.channels_last
 
     @property
@@ -246,7 +238,7 @@ def analyse(
 class TraceSetup:
     """What a trace of `precision` and memory format runs on. fp32, fp16 and bf16 trace on meta
     tensors (a half model is a meta model cast to half); AMP traces on PyTorch's fake tensors
-    with the CPU as their device, so that autocast acts on them (nin_profile/autocast.py)."""
+    with the CPU as their device, so that autocast acts on them (nin_profile/engine/autocast.py)."""
 
     precision: Precision
     channels_last: bool

@@ -45,27 +45,27 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.analysis import (
+from nin_profile.engine.analysis import (
     AnalysisConfig,
     _ForwardRecorder,
     _hold_workspaces,
     build_on_meta,
     model_config,
 )
-from nin_profile.errors import ProfileError
-from nin_profile.kernels import DeviceKernels
-from nin_profile.layer_stack import LayerStack, naming_failures, tensors_in
-from nin_profile.memory import AllocationLog, Event, peak_breakdown, round_up
-from nin_profile.parallel_results import RankProfile, ZeroEstimates
-from nin_profile.results import MemoryBreakdown, MemoryCategory, PeakSite
-from nin_profile.tracing import LOSS, FusedDropout, StepTracer
-from nin_profile.training import (
+from nin_profile.engine.kernels import DeviceKernels
+from nin_profile.engine.layer_stack import LayerStack, naming_failures, tensors_in
+from nin_profile.engine.memory import AllocationLog, Event, peak_breakdown, round_up
+from nin_profile.engine.tracing import LOSS, FusedDropout, StepTracer
+from nin_profile.engine.training import (
     TrainingLoss,
     make_batch,
     make_optimizer,
     optimizer_state,
     training_step,
 )
+from nin_profile.errors import ProfileError
+from nin_profile.parallel_results import RankProfile, ZeroEstimates
+from nin_profile.results import MemoryBreakdown, MemoryCategory, PeakSite
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -286,7 +286,7 @@ def reserved(trace: RankTrace, limit: int | None) -> int:
     step's allocations and frees (FSDP2's resizes among them), repeated until the allocator
     stops growing. A free of something held from the start is not replayed (it stays held):
     an over-estimate where the step frees what an earlier one made."""
-    from nin_profile.allocator import OutOfMemory, steady_reserved
+    from nin_profile.engine.allocator import OutOfMemory, steady_reserved
 
     first = [size for size in _held_at_start(trace).values() if size > 0]
     step = [(e.key, e.delta) for e in trace.log.events[trace.start :]]

@@ -1,0 +1,274 @@
+"""How each target device differs from the meta device a step is traced on: every rule in one
+place, with the PyTorch source it follows (torch 2.13). What the selected kernels keep, traced
+op for op, is in kernels.py and fastpath.py; `DeviceKernels` (kernels.py) applies the
+selection below while a step is traced.
+
+Allocation and libraries (`DeviceRules`, one per device)
+- Rounding: CUDA's caching allocator rounds every block up to 512 B
+  (c10/cuda/CUDACachingAllocator.cpp, `kMinBlockSize`); the CPU allocates exactly. What CUDA
+  reserves beyond that is allocator.py's simulation.
+- Dropout: CUDA runs out-of-place train-mode dropout as `native_dropout`, which saves a
+  1-byte bool mask; elsewhere dropout multiplies by a float noise tensor and saves it
+  (aten/src/ATen/native/Dropout.cpp, `is_fused_kernel_acceptable`).
+- Optimizers: torch.optim defaults to foreach kernels on CUDA and to per-tensor loops on the
+  CPU (torch/optim/optimizer.py, `_default_to_fused_or_foreach`).
+- cuBLAS and cuBLASLt workspaces, one per thread that runs a matrix product (`BLAS_OPS`) and
+  per thread that runs `addmm` (`BLASLT_OPS`), held for the life of the process.
+
+Kernels, CPU
+- SDPA: `select_sdp_backend_cpp` (aten/src/ATen/native/transformers/sdp_utils_cpp.cpp): the
+  flash kernel (`_scaled_dot_product_flash_attention_for_cpu`, which keeps the output and a
+  float32 logsumexp of batch × heads × queries) where `use_flash_attention_cpp` allows it (no
+  dropout, 4-D dense inputs, equal head dims, last dim contiguous, float/double/bf16/half),
+  else the math path, as on meta. The answer is PyTorch's own: `torch._fused_sdp_choice` asked
+  on CPU tensors of the same sizes, last-dim stride and dtype, expanded from one row so that
+  nothing of batch size is allocated. A boolean mask is first made an additive float mask
+  (`convert_boolean_attn_mask` in aten/src/ATen/native/transformers/attention.cpp).
+- LSTM: `lstm` in aten/src/ATen/native/RNN.cpp takes oneDNN when `use_mkldnn` holds (the
+  input and weights on the CPU, float32, oneDNN enabled, a non-empty input); `mkldnn_rnn` in
+  aten/src/ATen/native/mkldnn/RNN.cpp then transposes a batch-first input to time-first
+  (a contiguous copy), and calls `mkldnn_rnn_layer` once per layer and direction. In
+  training, each call returns oneDNN's workspace, which backward needs: its size is
+  kernels.py's `onednn_lstm_workspace` (PyTorch's meta kernel says 0). What a call allocates
+  and frees inside itself (reordered weights, the scratchpad) is its `kernel_scratch`. A packed
+  sequence keeps the composite cell, as on meta.
+- GRU: PyTorch 2.13 has no oneDNN path for it; the CPU runs the composite of RNN.cpp, which
+  (`FullLayer` and `FullBidirectionalLayer`, when the input is on the CPU) projects the whole
+  sequence's input in one product where meta projects it step by step: kernels.py's
+  `gru_on_cpu` follows the CPU's order, and what each layer keeps alive until its outputs are
+  stacked. A packed sequence keeps meta's order.
+- Inference fast paths (traced in fastpath.py): in eval mode without autograd,
+  `nn.MultiheadAttention` self-attention runs `_native_multi_head_attention` and
+  `nn.TransformerEncoderLayer` runs `_transformer_encoder_layer_fwd` (PyTorch's own Python
+  decides for the first, its device check told that meta is the CPU; for the second, whose
+  check refuses the trace's hooks, `encoder_layer_takes_fast_path` repeats it), which on
+  the CPU keep the whole T×T scores beside packed q, k, v instead of running the flash kernel:
+  traced op for op from attention.cpp and transformer.cpp.
+
+Kernels, CUDA (written from the source, not yet checked on a GPU)
+- SDPA: `select_sdp_backend` (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) tries
+  cuDNN, flash, memory-efficient, math in that order on sm90/sm100 with cuDNN ≥ 9.9
+  (`check_prefer_cudnn_attention`; flash first elsewhere). cuDNN and flash need fp16 or bf16
+  (`check_dtypes_low_precision`), so float32 attention runs the memory-efficient kernel where
+  `can_use_mem_efficient_attention` allows it: 4-D dense inputs, the same batch and heads for
+  q, k, v (no grouped-query attention), head dims divisible by 4 on sm80+ (float32 with
+  tensor cores, `minimum_gemm_alignment`), last dim contiguous; else math. The efficient
+  kernel keeps the output, a float32 logsumexp of batch × heads × queries rounded up to 32
+  (when an input requires grad), and two int64 RNG scalars. Not modelled: the copy of an
+  attention mask padded to a multiple of 16 (`preprocess_mask`), and the head-dim padding the
+  flash kernel applies to fp16/bf16 inputs.
+- LSTM/GRU: `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), whose reserve (what backward
+  needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`, known only on a GPU: the trace keeps
+  the composite cell there, and the report says the RNN reserve is not predicted for CUDA.
+- Inference fast paths: not traced; the slow path stands in (CUDA's native attention runs
+  in-projection, SDPA and out-projection, as the slow path does, where no weights are asked
+  for and the head dim is a multiple of 8; otherwise it keeps the scores as the CPU's does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend
+from torch.utils._python_dispatch import _disable_current_modes
+
+# ---- allocation and libraries -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceRules:
+    """How the target device differs from the meta device the step is traced on.
+
+    block_bytes: the allocator's rounding (CUDA's caching allocator: 512 B; CPU: exact).
+    fused_dropout: CUDA runs out-of-place train-mode dropout as `native_dropout`, saving a
+    1-byte bool mask; elsewhere dropout multiplies by a float noise tensor and saves it.
+    foreach_optimizer: torch.optim defaults to foreach kernels on CUDA, per-tensor loops on CPU.
+    blas_workspace, blaslt_workspace: what torch allocates, through the caching allocator, for
+    the cuBLAS handle of each thread that runs a matrix product, and for the cuBLASLt handle of
+    each thread that runs `addmm` (a linear layer with bias); held for the life of the process.
+    On CUDA, backward runs on autograd's device thread, forward on the caller's: a model with
+    linear layers holds one workspace per thread in training. The sizes are torch's on Hopper,
+    read off an H100 with torch 2.11 (bench/memory_snapshot.py: two 32 MiB blocks and one of
+    1 MiB held after a training step; one 32 MiB and one 1 MiB block after inference); torch
+    gives other GPUs smaller ones (`CUBLAS_WORKSPACE_CONFIG` sets them).
+    """
+
+    name: str
+    block_bytes: int
+    fused_dropout: bool
+    foreach_optimizer: bool
+    blas_workspace: int = 0
+    blaslt_workspace: int = 0
+
+
+DEVICE_RULES = {
+    "cuda": DeviceRules(
+        "cuda",
+        block_bytes=512,
+        fused_dropout=True,
+        foreach_optimizer=True,
+        blas_workspace=32 * 2**20,
+        blaslt_workspace=2**20,
+    ),
+    "cpu": DeviceRules("cpu", block_bytes=1, fused_dropout=False, foreach_optimizer=False),
+}
+
+# Matrix products that run through cuBLAS on CUDA; `addmm` runs through cuBLASLt as well.
+BLAS_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot"})
+BLASLT_OPS = frozenset({"addmm"})
+
+
+def workspace_size(rules: DeviceRules, library: str) -> int:
+    """Bytes of one `library` workspace ("cuBLAS" or "cuBLASLt") on `rules`' device."""
+    return {"cuBLAS": rules.blas_workspace, "cuBLASLt": rules.blaslt_workspace}[library]
+
+
+def workspace_sizes(rules: DeviceRules, blas_users: set[tuple[str, str]]) -> list[int]:
+    """The library workspaces a step holds on `rules`' device: one per (thread, library) used."""
+    sizes = (workspace_size(rules, library) for _, library in sorted(blas_users))
+    return [size for size in sizes if size]
+
+
+# ---- scaled dot-product attention ---------------------------------------------------------------
+
+
+def _cpu_like(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with `t`'s sizes, dtype and last-dim stride, one row of storage."""
+    last = t.stride(-1) if t.dim() else 1
+    row = torch.zeros(max(1, (t.shape[-1] - 1) * last + 1), dtype=t.dtype)
+    return row.as_strided((t.shape[-1],), (last,)).expand(t.shape)
+
+
+def cpu_sdpa_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> SDPBackend:
+    """The kernel the CPU runs for these inputs, as PyTorch's own selection answers (asked on
+    real CPU tensors, outside the trace's modes)."""
+    with _disable_current_modes():
+        mask = None if attn_mask is None else _cpu_like(attn_mask)
+        choice = torch._fused_sdp_choice(
+            _cpu_like(q),
+            _cpu_like(k),
+            _cpu_like(v),
+            mask,
+            dropout_p,
+            is_causal,
+            enable_gqa=enable_gqa,
+        )
+    return SDPBackend(choice)
+
+
+def cuda_sdpa_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> SDPBackend:
+    """The kernel CUDA would run on sm90 (an H100), following `select_sdp_backend`."""
+    dense = all(t.dim() == 4 and t.stride(-1) == 1 for t in (q, k, v))
+    low_precision = q.dtype in (torch.float16, torch.bfloat16)
+    if not dense:
+        return SDPBackend.MATH
+    same_heads = q.shape[:2] == k.shape[:2] == v.shape[:2]
+    head_dims = q.shape[-1], k.shape[-1], v.shape[-1]
+    if low_precision and _cudnn_allows(q, k, v, dropout_p):
+        return SDPBackend.CUDNN_ATTENTION
+    causal_non_square = is_causal and q.shape[-2] != k.shape[-2]
+    flash_dims = len(set(head_dims)) == 1 and head_dims[0] <= 256
+    if low_precision and attn_mask is None and flash_dims and not causal_non_square:
+        return SDPBackend.FLASH_ATTENTION
+    alignment = 8 if low_precision else 4  # minimum_gemm_alignment on sm80+
+    if (
+        q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and same_heads  # no grouped-query attention
+        and q.shape[-1] == k.shape[-1]
+        and q.shape[-1] % alignment == 0
+        and v.shape[-1] % alignment == 0
+        and min(q.shape[-2], k.shape[-2]) > 0
+    ):
+        return SDPBackend.EFFICIENT_ATTENTION
+    return SDPBackend.MATH
+
+
+def _cudnn_allows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+    """`check_cudnn_tensor_shapes` and `check_cudnn_layout` for cuDNN ≥ 9.10 on sm90."""
+    d_qk, d_v, s_k = q.shape[-1], v.shape[-1], k.shape[-2]
+    if d_qk > 256 or d_v > 256 or d_qk % 8 or d_v % 8 or s_k == 1:
+        return False
+    if q.shape[-2] == 1 and dropout_p:
+        return False
+    h, d = q.shape[1], q.shape[-1]
+    return all(t.stride(1) == d and t.stride(2) in (h * d, 3 * h * d) for t in (q, k, v))
+
+
+# ---- recurrent layers on the CPU ----------------------------------------------------------------
+
+
+def lstm_uses_onednn(
+    device: str, input: torch.Tensor, hx: object, params: list[torch.Tensor]
+) -> bool:
+    """For `torch._VF.lstm(input, hx, params, ...)`: `use_mkldnn` of aten/src/ATen/native/RNN.cpp
+    on the CPU, for float32 (the dtype traced here). A packed sequence's call passes its batch
+    sizes, a tensor, where `hx` is."""
+    if device != "cpu" or not isinstance(hx, (list, tuple)):
+        return False
+    return (
+        torch.backends.mkldnn.is_available()
+        and bool(torch.backends.mkldnn.enabled)
+        and input.dtype == torch.float32
+        and input.numel() > 0
+        and all(p.dim() <= 2 for p in params)
+    )
+
+
+def gru_runs_whole_sequence(device: str, hx_or_params: object) -> bool:
+    """For `torch._VF.gru`: the CPU projects a whole sequence's input at once (RNN.cpp's
+    `FullLayer`), where the call is not a packed sequence's (whose third argument is `hx`, a
+    tensor, where the unpacked call's is the list of weights)."""
+    return device == "cpu" and isinstance(hx_or_params, (list, tuple))
+
+
+# ---- inference fast paths on the CPU ------------------------------------------------------------
+
+
+def encoder_layer_takes_fast_path(
+    layer: nn.TransformerEncoderLayer,
+    src: torch.Tensor,
+    src_mask: torch.Tensor | None,
+    src_key_padding_mask: torch.Tensor | None,
+) -> bool:
+    """The conditions of `nn.TransformerEncoderLayer.forward` (torch/nn/modules/transformer.py)
+    for `_transformer_encoder_layer_fwd`, but for the three a trace fails by its nature: the
+    device (meta), forward hooks (the trace's own) and a torch function on the arguments."""
+    attn = layer.self_attn
+    tensors = (
+        src,
+        *(attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias),
+        *(layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias),
+        *(layer.linear1.weight, layer.linear1.bias, layer.linear2.weight, layer.linear2.bias),
+    )
+    return (
+        torch.backends.mha.get_fastpath_enabled()
+        and src.dim() == 3
+        and not layer.training
+        and attn.batch_first
+        and attn.in_proj_bias is not None
+        and attn._qkv_same_embed_dim
+        and bool(layer.activation_relu_or_gelu)
+        and layer.norm1.eps == layer.norm2.eps
+        and not (src.is_nested and (src_mask is not None or src_key_padding_mask is not None))
+        and attn.num_heads % 2 == 0
+        and not torch.is_autocast_enabled()
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )
