@@ -116,16 +116,31 @@ def values_reason(exc: BaseException) -> str:
     """What needed the values, and where: the op by name where torch's message is about its
     missing meta kernel (a paragraph on custom ops), else the error's first line."""
     op = _VALUE_SIZED_OPS.search(str(exc))
+    if isinstance(exc, PackedByValues):
+        return f"{exc} ({raised_where(exc)})"
     if op is None:
         return user_error(exc)
     return f"{type(exc).__name__}: aten::{op.group(1)} ({raised_where(exc)})"
 
 
+class PackedByValues(RuntimeError):
+    """Raised in a trace where `nn.TransformerEncoder` would pack its batch into a nested
+    tensor, whose size the padding mask's values decide (engine/fastpath.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"it would pack the batch into a nested tensor, torch.{_NESTED}")
+
+
 def needs_values(exc: BaseException) -> bool:
     """Whether `exc` is torch refusing to read the values of a meta tensor, or to run an op
-    whose output's size depends on them (not any op without a meta kernel: that one says so)."""
+    whose output's size depends on them (not any op without a meta kernel: that one says so),
+    or the trace finding a layer that would pack its batch by its values."""
     text = str(exc)
-    return any(phrase in text for phrase in _VALUES_NEEDED) or bool(_VALUE_SIZED_OPS.search(text))
+    return (
+        isinstance(exc, PackedByValues)
+        or any(phrase in text for phrase in _VALUES_NEEDED)
+        or bool(_VALUE_SIZED_OPS.search(text))
+    )
 
 
 # Frames in these folders are torch's or nin_profile's, not the user's.

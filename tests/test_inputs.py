@@ -128,6 +128,10 @@ def static_cli(out: Path, *args: str) -> int:
 
 
 TOKEN_LSTM = ["--models", "zoo_models:TokenLSTM", "--input-shape", "12", "--token-ids"]
+UNCHECKED_PADDING = [
+    *("--models", "zoo_models:unchecked_padded_encoder"),
+    *("--input-shape", "12", "--token-ids"),
+]
 
 
 def test_the_cli_profiles_token_ids(tmp_path: Path) -> None:
@@ -152,6 +156,23 @@ def test_the_cli_profiles_token_ids(tmp_path: Path) -> None:
     assert any(row.startswith("zoo_models:TokenLSTM,embed,Embedding,4×12×32,3200,") for row in rows)
 
 
+@pytest.mark.parametrize("precision", ["amp-fp16", "amp-bf16"])
+def test_under_cuda_amp_an_encoder_given_padding_runs_padded(
+    precision: str, tmp_path: Path
+) -> None:
+    """Under CUDA's autocast `nn.TransformerEncoder` keeps the padded batch (its nested path
+    asks `torch.is_autocast_enabled()`, CUDA's), so the trace runs and gives the figures of
+    the same model built with enable_nested_tensor=False."""
+    figures = []
+    for model in ("unchecked_padded_encoder", "padded_encoder_kept_padded"):
+        args = ["--models", f"zoo_models:{model}", "--input-shape", "12", "--token-ids"]
+        out = tmp_path / model
+        assert static_cli(out, *args, "--device", "cuda", "--precision", precision) == 0
+        (profile,) = json.loads((out / "profile.json").read_text())["models"]
+        figures.append({key: profile[key] for key in ("memory", "flops_forward", "params")})
+    assert figures[0] == figures[1]
+
+
 def test_an_input_shape_of_a_square_image_is_channels_and_image_size(tmp_path: Path) -> None:
     assert static_cli(tmp_path, "--models", "nin", "--input-shape", "1,96,96") == 0
     config = json.loads((tmp_path / "profile.json").read_text())["config"]
@@ -161,8 +182,24 @@ def test_an_input_shape_of_a_square_image_is_channels_and_image_size(tmp_path: P
 CLI_REFUSALS = [
     (
         ["--models", "zoo_models:PaddedEncoder", "--input-shape", "12", "--token-ids"],
-        "needs the values of its tensors (NotImplementedError: "
-        "aten::_nested_tensor_from_mask_left_aligned",
+        "layer encoder (TransformerEncoder) needs the values of its tensors (it would pack the "
+        "batch into a nested tensor, torch._nested_tensor_from_mask (zoo_models.py:",
+    ),
+    (
+        # no check that the padding is at the end: the batch is packed whatever it holds
+        # (the trace ran the padded batch, the real run the packed one)
+        [*UNCHECKED_PADDING, "--device", "cpu"],
+        "needs the values of its tensors (it would pack the batch into a nested tensor",
+    ),
+    (
+        # under the CPU's autocast the CPU run packs too (the trace made a nested tensor of
+        # fake values and failed with "NestedTensorImpl doesn't support sizes")
+        [*UNCHECKED_PADDING, "--device", "cpu", "--precision", "amp-bf16"],
+        "needs the values of its tensors (it would pack the batch into a nested tensor",
+    ),
+    (
+        [*UNCHECKED_PADDING, "--device", "cuda"],
+        "needs the values of its tensors (it would pack the batch into a nested tensor",
     ),
     (
         ["--models", "zoo_models:PaddedEncoder", "--input-shape", "12", "--token-ids"],

@@ -393,18 +393,30 @@ def token_masked_encoder() -> nn.Module:
 
 class PaddedEncoder(nn.Module):
     """`nn.TransformerEncoder` told where the padding (id 0) is, as text models write it: in
-    eval mode it packs the batch into a nested tensor, whose size depends on the padding."""
+    eval mode it packs the batch into a nested tensor, whose size depends on the padding
+    (`mask_check`: only where the padding is at the end of each sequence; `nested`: False
+    keeps the padded batch)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mask_check: bool = True, nested: bool = True) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, WIDTH)
         layer = nn.TransformerEncoderLayer(WIDTH, HEADS, 2 * WIDTH, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 1)
+        self.encoder = nn.TransformerEncoder(
+            layer, 1, enable_nested_tensor=nested, mask_check=mask_check
+        )
         self.head = nn.Linear(WIDTH, CLASSES)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.encoder(self.embed(ids), src_key_padding_mask=ids == 0)
         return self.head(x.mean(1))
+
+
+def unchecked_padded_encoder() -> nn.Module:
+    return PaddedEncoder(mask_check=False)
+
+
+def padded_encoder_kept_padded() -> nn.Module:
+    return PaddedEncoder(nested=False)
 
 
 def conv1d_sequence() -> nn.Module:

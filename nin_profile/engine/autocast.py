@@ -136,7 +136,12 @@ def cuda_autocast_call(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
             library.impl(_qualified(op), record, "AutogradCUDA")
-        with _disable_current_modes(), FakeTensorMode(), torch.no_grad(), _cuda_autocast(dtype):
+        with (
+            _disable_current_modes(),
+            FakeTensorMode(),
+            torch.no_grad(),
+            cuda_autocast_state(dtype),
+        ):
             twins = tree_map(_twin, (args, kwargs))
             try:
                 op(*twins[0], **twins[1])
@@ -148,7 +153,7 @@ def cuda_autocast_call(
 
 
 @contextlib.contextmanager
-def _cuda_autocast(dtype: torch.dtype) -> Iterator[None]:
+def cuda_autocast_state(dtype: torch.dtype) -> Iterator[None]:
     """CUDA's autocast state (torch.autocast refuses "cuda" where CUDA is not available)."""
     enabled, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
     torch.set_autocast_enabled("cuda", True)

@@ -272,3 +272,38 @@ def encoder_layer_takes_fast_path(
         and not torch.is_autocast_enabled()
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     )
+
+
+def encoder_may_pack_nested(
+    encoder: nn.TransformerEncoder,
+    src: torch.Tensor,
+    mask: torch.Tensor | None,
+    src_key_padding_mask: torch.Tensor | None,
+    cuda_autocast: bool,
+) -> bool:
+    """Whether `nn.TransformerEncoder.forward` (torch/nn/modules/transformer.py) may pack its
+    batch into a nested tensor on the CPU or CUDA, which keeps each sequence only as long as
+    its padding mask leaves it: sized by the mask's values, not its shape. Its conditions but
+    the device (meta passes here, as the CPU would), a torch function on the arguments, and
+    `mask_check`'s test that the padding is at the end (a question of values too). The
+    autocast it asks about is CUDA's (`torch.is_autocast_enabled()`), on for a CUDA AMP run
+    only: under the CPU's autocast the CPU run packs too."""
+    first = encoder.layers[0]
+    attn = first.self_attn
+    tensors = (
+        src,
+        *(attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias),
+        *(first.norm1.weight, first.norm1.bias, first.norm2.weight, first.norm2.bias),
+        *(first.linear1.weight, first.linear1.bias, first.linear2.weight, first.linear2.bias),
+    )
+    return (
+        torch.backends.mha.get_fastpath_enabled()
+        and bool(getattr(encoder, "use_nested_tensor", False))
+        and not first.training
+        and src.dim() == 3
+        and src_key_padding_mask is not None
+        and not src.is_nested
+        and mask is None
+        and not cuda_autocast
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import activation
 
-from nin_profile.engine.devices import encoder_layer_takes_fast_path
+from nin_profile.engine.autocast import cuda_autocast_state
+from nin_profile.engine.devices import encoder_layer_takes_fast_path, encoder_may_pack_nested
+from nin_profile.errors import PackedByValues
 
 aten = torch.ops.aten
 
@@ -205,3 +207,36 @@ def _encoder_forward(original: Callable[..., torch.Tensor]) -> Callable[..., tor
         return transformer_encoder_layer_on_cpu(self, src, mask, mask_type)
 
     return forward
+
+
+@contextlib.contextmanager
+def nested_packing_refused(device: str) -> Iterator[None]:
+    """While a step is traced for `device`: an `nn.TransformerEncoder` that would pack its
+    batch into a nested tensor raises `PackedByValues`. The trace cannot follow it (the nested
+    tensor is as long as the padding mask's values make it; meta passes the encoder's own test
+    only where `mask_check` asks for the values, fake tensors run it on made-up values), so the
+    run refuses rather than give the padded batch's figures for the packed one."""
+    forward = nn.TransformerEncoder.forward
+
+    def refusing_forward(
+        self: nn.TransformerEncoder,
+        src: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool | None = None,
+    ) -> torch.Tensor:
+        # a CUDA AMP trace runs under the CPU's autocast (autocast.py)
+        cuda_autocast = device == "cuda" and torch.is_autocast_enabled("cpu")
+        if encoder_may_pack_nested(self, src, mask, src_key_padding_mask, cuda_autocast):
+            raise PackedByValues()
+        if not cuda_autocast:
+            return forward(self, src, mask, src_key_padding_mask, is_causal)
+        # the encoder asks whether CUDA's autocast is on, as the CUDA run would answer
+        with cuda_autocast_state(torch.get_autocast_dtype("cpu")):
+            return forward(self, src, mask, src_key_padding_mask, is_causal)
+
+    nn.TransformerEncoder.forward = refusing_forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.TransformerEncoder.forward = forward  # type: ignore[method-assign]

@@ -28,7 +28,7 @@ from nin_profile.engine.devices import (
     gru_runs_whole_sequence,
     lstm_uses_onednn,
 )
-from nin_profile.engine.fastpath import cpu_fast_paths
+from nin_profile.engine.fastpath import cpu_fast_paths, nested_packing_refused
 
 aten = torch.ops.aten
 
@@ -455,6 +455,7 @@ class DeviceKernels:
         F.scaled_dot_product_attention = scaled_dot_product_attention
         torch._VF.lstm = lstm_layers
         torch._VF.gru = gru_layers
+        self._fast_paths.enter_context(nested_packing_refused(device))
         if device == "cpu":
             self._fast_paths.enter_context(cpu_fast_paths())
         return self
