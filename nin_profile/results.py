@@ -293,22 +293,26 @@ class BatchFit:
 
 @dataclass(frozen=True)
 class PeerFigures:
-    """Per batch of `batch`, as each tool reports it (its units converted to ours: bytes)."""
+    """Per batch of `batch`, as each tool reports it (its units converted to ours: bytes). A
+    tool that failed on the model has None for its figures and its error, in one line."""
 
     batch: int
-    torchinfo_params: int
-    torchinfo_mult_adds: int
-    torchinfo_input_bytes: int
-    torchinfo_pass_bytes: int  # its "forward/backward pass size": every output, counted twice
-    torchinfo_param_bytes: int
-    fvcore_flops: int  # what fvcore calls flops: one per multiply-add
+    torchinfo_params: int | None
+    torchinfo_mult_adds: int | None
+    torchinfo_input_bytes: int | None
+    torchinfo_pass_bytes: int | None  # its "forward/backward pass size": every output, twice
+    torchinfo_param_bytes: int | None
+    fvcore_flops: int | None  # what fvcore calls flops: one per multiply-add
     fvcore_unsupported: dict[str, int] = field(default_factory=dict)  # op → calls it skipped
     fvcore_by_operator: dict[str, int] = field(default_factory=dict)  # op → its "flops"
+    torchinfo_error: str | None = None
+    fvcore_error: str | None = None
 
     @property
-    def torchinfo_total_bytes(self) -> int:
+    def torchinfo_total_bytes(self) -> int | None:
         """torchinfo's "estimated total size": input + pass size + parameters."""
-        return self.torchinfo_input_bytes + self.torchinfo_pass_bytes + self.torchinfo_param_bytes
+        parts = self.torchinfo_input_bytes, self.torchinfo_pass_bytes, self.torchinfo_param_bytes
+        return None if None in parts else sum(p for p in parts if p is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ def test_the_report_says_why_each_peer_differs() -> None:
     profile = run_profile(small_run(("nin", "alexnet"), batch=2, static=True, compare_peers=True))
     nin, alexnet = profile["nin"], profile["alexnet"]
     assert nin.peers is not None and alexnet.peers is not None
+    assert nin.peers.fvcore_flops is not None and nin.peers.torchinfo_mult_adds is not None
     text = render_report(profile)
     assert "## Beside torchinfo and fvcore" in text
     # fvcore counts NiN's global average pooling, 10×5×5 = 250 a example, that we do not
@@ -78,3 +80,34 @@ def test_without_the_peers_installed_it_is_one_line(tmp_path: Path) -> None:
         'pip install "nin-profile[peers]"'
     ]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_a_peer_cannot_run_leaves_its_columns_empty_and_says_why() -> None:
+    # fvcore traces with torch.jit, which fails on reentrant checkpointing (a Python
+    # autograd.Function) that PyTorch and torchinfo run; the run goes on and says so
+    from zoo_models import CHANNELS, SIDE
+
+    run = replace(
+        small_run(
+            ("zoo_models:checkpointed_reentrant", "zoo_models:Checkpointed"),
+            static=True,
+            compare_peers=True,
+        ),
+        channels=CHANNELS,
+        image_size=SIDE,
+    )
+    profile = run_profile(run)
+    failed, traced = (
+        profile["zoo_models:checkpointed_reentrant"],
+        profile["zoo_models:Checkpointed"],
+    )
+    assert failed.peers is not None and traced.peers is not None
+    assert failed.peers.fvcore_flops is None and failed.peers.fvcore_error is not None
+    assert failed.peers.torchinfo_params == failed.params  # torchinfo ran it
+    assert traced.peers.fvcore_flops is not None and traced.peers.fvcore_error is None
+    text = render_report(profile)
+    assert (
+        "fvcore failed on zoo_models:checkpointed_reentrant, so its columns are empty there: "
+        "RuntimeError: unordered_map::at (zoo_models.py:" in text
+    )
+    assert "Parameters: torchinfo counts the same for every model." in text

@@ -9,6 +9,7 @@ from collections import namedtuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nin_profile.inputs import InputSpec
 
@@ -430,6 +431,32 @@ def conv1d_sequence() -> nn.Module:
     )
 
 
+class Checkpointed(nn.Module):
+    """Two conv-ReLU blocks under activation checkpointing: the forward keeps each block's
+    input only, backward runs the block again (`reentrant`: the older autograd.Function
+    implementation, whose recompute in backward saves tensors of its own)."""
+
+    def __init__(self, reentrant: bool = False) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.stem = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+            for _ in range(2)
+        )
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).relu()
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=self.reentrant).relu()
+        return self.head(x.mean((2, 3)))
+
+
+def checkpointed_reentrant() -> nn.Module:
+    return Checkpointed(reentrant=True)
+
+
 def needs_width(width: int) -> nn.Module:
     return nn.Linear(width, CLASSES)
 
@@ -451,5 +478,7 @@ ZOO = (
     "TupleOut",
     "Segmentation",
     "computed_widths",
+    "Checkpointed",
+    "checkpointed_reentrant",
     "instance",
 )

@@ -370,6 +370,10 @@ def _trace_training(
     tracer.weights = owners[MemoryCategory.PARAMS]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
+        # what the forward saves for backward; backward itself saves only where it recomputes
+        # a forward (reentrant checkpointing) and uses what it saved at once
+        if tracer.phase is not Phase.FORWARD:
+            return tensor
         key = log.key_of(tensor)
         if key is not None and key not in persistent:
             saved_by.setdefault(key, stack.current)

@@ -14,6 +14,10 @@ Allocation and libraries (`DeviceRules`, one per device)
   CPU (torch/optim/optimizer.py, `_default_to_fused_or_foreach`).
 - cuBLAS and cuBLASLt workspaces, one per thread that runs a matrix product (`BLAS_OPS`) and
   per thread that runs `addmm` (`BLASLT_OPS`), held for the life of the process.
+- The CPU's random-number state (`torch.get_rng_state()`, 5,056 B for the Mersenne twister),
+  which activation checkpointing copies at each call and keeps until its recompute
+  (torch/utils/checkpoint.py, `preserve_rng_state`): CPU memory, counted for a CPU step only
+  (tracing.py's `StepTracer`); CUDA's state is a CPU tensor too, not CUDA memory.
 
 Kernels, CPU
 - SDPA: `select_sdp_backend_cpp` (aten/src/ATen/native/transformers/sdp_utils_cpp.cpp): the

@@ -43,11 +43,12 @@ class AllocationLog:
         self._keys: dict[int, int] = {}
         self._finalizers: list[weakref.finalize] = []
 
-    def key_of(self, tensor: torch.Tensor) -> int | None:
+    def key_of(self, tensor: torch.Tensor, device: str = TRACE_DEVICE) -> int | None:
         """The key of the tensor's storage, recording its allocation on first sight. Meta
-        storages only: a meta tensor's, or a fake tensor's (whose device is another)."""
+        storages only: a meta tensor's, or a fake tensor's (whose device is another); `device`
+        "cpu" for a real CPU tensor a CPU step holds beside them (tracing.py)."""
         storage = tensor.untyped_storage()
-        if storage.device.type != TRACE_DEVICE:
+        if storage.device.type != device:
             return None
         key = self._keys.get(id(storage))
         if key is None and storage.nbytes() > 0:

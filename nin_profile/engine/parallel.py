@@ -54,7 +54,7 @@ from nin_profile.engine.analysis import (
 )
 from nin_profile.engine.kernels import DeviceKernels
 from nin_profile.engine.layer_stack import LayerStack, naming_failures, tensors_in
-from nin_profile.engine.memory import AllocationLog, Event, peak_breakdown, round_up
+from nin_profile.engine.memory import TRACE_DEVICE, AllocationLog, Event, peak_breakdown, round_up
 from nin_profile.engine.tracing import LOSS, FusedDropout, StepTracer
 from nin_profile.engine.training import (
     TrainingLoss,
@@ -65,7 +65,7 @@ from nin_profile.engine.training import (
 )
 from nin_profile.errors import ProfileError
 from nin_profile.parallel_results import RankProfile, ZeroEstimates
-from nin_profile.results import MemoryBreakdown, MemoryCategory, PeakSite
+from nin_profile.results import MemoryBreakdown, MemoryCategory, PeakSite, Phase
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -348,7 +348,9 @@ class RankLog(AllocationLog):
     """An AllocationLog over meta and fake tensors (a fake tensor's storage is a meta one),
     DTensors by their local shard, that also follows storages resized in place."""
 
-    def key_of(self, tensor: torch.Tensor) -> int | None:
+    def key_of(self, tensor: torch.Tensor, device: str = TRACE_DEVICE) -> int | None:
+        if device != TRACE_DEVICE:  # a real CPU tensor a CPU step holds (tracing.py)
+            return super().key_of(tensor, device)
         tensor = _local(tensor)
         if tensor.device.type != "meta" and not _is_fake(tensor):
             return None
@@ -597,7 +599,8 @@ def _trace_training(
     saved: set[int] = set()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if (key := log.key_of(tensor)) is not None:
+        # as analysis.py's: what the forward saves, not a recompute in backward
+        if tracer.phase is Phase.FORWARD and (key := log.key_of(tensor)) is not None:
             saved.add(key)
         return tensor
 

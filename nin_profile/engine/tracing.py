@@ -127,6 +127,23 @@ class StepTracer(TorchDispatchMode):
         self.weights: set[int] = set()
         self.weight_copies: set[int] = set()
 
+    def __enter__(self) -> StepTracer:
+        if self.cpu:  # the CPU RNG state a CPU step keeps is CPU memory (devices.py)
+            self._get_rng_state = torch.get_rng_state
+            torch.get_rng_state = self._rng_state_held
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self.cpu:
+            torch.get_rng_state = self._get_rng_state
+
+    def _rng_state_held(self) -> torch.Tensor:
+        state = self._get_rng_state()
+        self.log.key_of(state, device="cpu")
+        return state
+
     @property
     def blas_users(self) -> set[tuple[str, str]]:
         return set(self.blas_first_use)

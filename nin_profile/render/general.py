@@ -624,7 +624,7 @@ def peers_section(profile: Profile, charts: bool) -> str:
                 fmt_mib(p.torchinfo_total_bytes),
                 fmt_mib(m.train.peak),
                 fmt_mib(m.inference.peak),
-                ", ".join(f"`{op}` ×{n}" for op, n in p.fvcore_unsupported.items()) or "none",
+                _skipped_by_fvcore(p),
             ]
             for m, p in rows
         ],
@@ -638,6 +638,12 @@ def peers_section(profile: Profile, charts: bool) -> str:
         table,
         "\n".join(f"- {line}" for line in _peer_differences(rows)),
     )
+
+
+def _skipped_by_fvcore(p: PeerFigures) -> str:
+    if p.fvcore_flops is None:
+        return "–"
+    return ", ".join(f"`{op}` ×{n}" for op, n in p.fvcore_unsupported.items()) or "none"
 
 
 # What fvcore counts as matrix products (its by_operator names), as our MACs do.
@@ -660,29 +666,51 @@ def _fvcore_difference(m: ModelProfile, difference: int, p: PeerFigures) -> str:
 
 
 def _peer_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> list[str]:
-    """Why each figure differs from ours, in one line each, from the numbers."""
-    same_params = [m.name for m, p in rows if p.torchinfo_params == m.params]
-    lines = [
-        "Parameters: torchinfo counts "
-        + (
-            "the same for every model."
-            if len(same_params) == len(rows)
-            else f"the same for {listing(same_params) or 'no model'}, other figures for the rest."
-        )
+    """Why each figure differs from ours, in one line each, from the numbers; a tool that
+    failed on a model says so, and the model has no figure of it."""
+    failures = [
+        f"{tool} failed on {m.name}, so its columns are empty there: {error}"
+        for m, p in rows
+        for tool, error in (("torchinfo", p.torchinfo_error), ("fvcore", p.fvcore_error))
+        if error
     ]
-    fvcore = [(m, p.fvcore_flops - m.macs_forward) for m, p in rows]
+    torchinfo = [(m, p) for m, p in rows if p.torchinfo_error is None]
+    fvcore_rows = [(m, p) for m, p in rows if p.fvcore_error is None]
+    lines = failures
+    if torchinfo:
+        every = "every model" if len(torchinfo) == len(rows) else "every model it ran"
+        lines += _torchinfo_differences(torchinfo, every)
+    if fvcore_rows:
+        lines.append(_fvcore_differences(fvcore_rows))
+    return lines
+
+
+def _fvcore_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> str:
+    fvcore = [(m, (p.fvcore_flops or 0) - m.macs_forward) for m, p in rows]
     exact = [m.name for m, d in fvcore if d == 0]
     differing = [
         _fvcore_difference(m, d, p) for (m, d), (_, p) in zip(fvcore, rows, strict=True) if d
     ]
-    lines.append(
+    return (
         'fvcore\'s "flops" are multiply-adds, half of our FLOPs (FLOPs = 2 × MACs): its count '
         + (f"equals our forward MACs for {listing(exact)}" if exact else "")
         + ("; it differs by " if exact and differing else "differs by " if differing else "")
         + "; ".join(differing)
         + ". It skips the ops listed (no formula)."
     )
-    extra = [(m, p.torchinfo_mult_adds - m.macs_forward) for m, p in rows]
+
+
+def _torchinfo_differences(rows: list[tuple[ModelProfile, PeerFigures]], every: str) -> list[str]:
+    same_params = [m.name for m, p in rows if p.torchinfo_params == m.params]
+    lines = [
+        "Parameters: torchinfo counts "
+        + (
+            f"the same for {every}."
+            if len(same_params) == len(rows)
+            else f"the same for {listing(same_params) or 'no model'}, other figures for the rest."
+        )
+    ]
+    extra = [(m, (p.torchinfo_mult_adds or 0) - m.macs_forward) for m, p in rows]
     lines.append(
         "torchinfo's mult-adds are our forward MACs "
         + ", ".join(
@@ -698,7 +726,7 @@ def _peer_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> list[str]
         "torchinfo's \"estimated total size\" is the input, every layer's output counted twice "
         '("forward/backward pass") and the parameters: '
         + ", ".join(
-            f"{fmt_bytes(p.torchinfo_total_bytes)} for {m.name} against our training peak of "
+            f"{fmt_bytes(p.torchinfo_total_bytes or 0)} for {m.name} against our training peak of "
             f"{fmt_bytes(m.train.peak)}"
             for m, p in rows
         )
