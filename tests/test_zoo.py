@@ -152,6 +152,22 @@ def real_peak_between_ops(model: nn.Module, classes: int | None) -> int:
     return start + cpu_peak_between_ops(lambda: training_step(model, loss_fn, opt, x, y))
 
 
+def real_inference_peak_between_ops(model: nn.Module) -> int:
+    """The same for a forward in eval mode under inference_mode, as the worker runs it."""
+    x, _ = make_batch(BATCH, zoo_models.INPUTS, zoo_models.CLASSES, "cpu")
+    model.eval()
+    start = sum(t.untyped_storage().nbytes() for t in [*model.parameters(), x])
+    with torch.inference_mode():
+        return start + cpu_peak_between_ops(lambda: model(x))
+
+
+def test_max_pooling_keeps_its_indices_on_the_cpu_only_where_asked_for() -> None:
+    # in inference the CPU's max-pooling computes no int64 indices (1-, 2- and 3-d) unless the
+    # call asks for them (return_indices=True, here for MaxUnpool2d): 4·8·8·8·8 = 16_384 B
+    ours = profile("Pools")
+    assert ours.inference.peak == real_inference_peak_between_ops(real("Pools"))
+
+
 HELD_LONGER = pytest.mark.xfail(
     strict=True,
     reason="32 KiB (one 4·8·16·16 gradient) high: the feature map feeds two outputs, and "

@@ -457,6 +457,27 @@ def checkpointed_reentrant() -> nn.Module:
     return Checkpointed(reentrant=True)
 
 
+class Pools(nn.Module):
+    """Max-pooling of every kind: with its indices asked for (and unpooled), without, and in
+    3-d (the image as one 3-d channel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+        self.plain = nn.MaxPool2d(2)
+        self.pool3d = nn.MaxPool3d((1, 2, 2))
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        pooled, indices = self.pool(y)
+        y = self.unpool(pooled, indices) + y
+        y = self.pool3d(self.plain(y).unsqueeze(1)).squeeze(1)
+        return self.head(y.mean((2, 3)))
+
+
 def needs_width(width: int) -> nn.Module:
     return nn.Linear(width, CLASSES)
 
@@ -480,5 +501,6 @@ ZOO = (
     "computed_widths",
     "Checkpointed",
     "checkpointed_reentrant",
+    "Pools",
     "instance",
 )

@@ -41,6 +41,10 @@ Kernels, CPU
   sequence's input in one product where meta projects it step by step: kernels.py's
   `gru_on_cpu` follows the CPU's order, and what each layer keeps alive until its outputs are
   stacked. A packed sequence keeps meta's order.
+- Max-pooling: `torch.max_pool1d/2d/3d` compute no int64 indices on the CPU where the input
+  needs no gradient (aten/src/ATen/native/Pooling.cpp); meta always runs the
+  `_with_indices` op, so kernels.py's `cpu_outputs` leaves them out, but where the caller asks
+  for them (`return_indices=True`).
 - Inference fast paths (traced in fastpath.py): in eval mode without autograd,
   `nn.MultiheadAttention` self-attention runs `_native_multi_head_attention` and
   `nn.TransformerEncoderLayer` runs `_transformer_encoder_layer_fwd` (PyTorch's own Python

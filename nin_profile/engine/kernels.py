@@ -352,15 +352,35 @@ def norm_stats_dtype(args: tuple[Any, ...], device: str) -> torch.dtype:
 def cpu_outputs(
     func: Any, args: tuple[Any, ...], outputs: list[torch.Tensor]
 ) -> list[torch.Tensor]:
-    """The outputs the CPU's kernel allocates. `max_pool2d` on the CPU computes no indices
-    where its input does not require grad (`self.requires_grad() || self.device() != kCPU`
-    decides in aten/src/ATen/native/Pooling.cpp; the CPU allocator agrees, 0.5 MiB for a
-    2×96×54×54 input in no_grad and in inference_mode alike), but the trace, outside
-    inference_mode, sees the composite as `max_pool2d_with_indices`: its int64 indices (the
-    largest tensor of a half model's max-pooling) are left out there."""
-    if func is aten.max_pool2d_with_indices.default and not args[0].requires_grad:
+    """The outputs the CPU's kernel allocates. `torch.max_pool1d`, `max_pool2d` and
+    `max_pool3d` on the CPU compute no indices where their input does not require grad
+    (`self.requires_grad() || self.device() != kCPU` decides in aten/src/ATen/native/
+    Pooling.cpp; the CPU allocator agrees, 0.5 MiB for a 2×96×54×54 input in no_grad and in
+    inference_mode alike, and for 1-, 2- and 3-d pooling), but the trace, outside
+    inference_mode, sees the composite as `max_pool2d_with_indices` (1-d and 2-d) or
+    `max_pool3d_with_indices`: their int64 indices (the largest tensor of a half model's
+    max-pooling) are left out there. A call that asks for the indices
+    (`return_indices=True`, `F.max_pool2d_with_indices`) gets them on the CPU too: only
+    inside `torch.max_poolNd` (`POOLING.without_indices`) are they left out."""
+    asked = not POOLING.without_indices
+    if func in _WITH_INDICES and not asked and not args[0].requires_grad:
         return outputs[:1]
     return outputs
+
+
+_WITH_INDICES = frozenset(
+    {aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default}
+)
+
+
+class _Pooling:
+    """How many `torch.max_poolNd` calls, which return no indices, are running (DeviceKernels
+    counts them while a CPU step is traced)."""
+
+    without_indices = 0
+
+
+POOLING = _Pooling()
 
 
 def _onednn_lstm_scratch(steps: int, batch: int, input_size: int, hidden: int) -> int:
@@ -455,13 +475,35 @@ class DeviceKernels:
         F.scaled_dot_product_attention = scaled_dot_product_attention
         torch._VF.lstm = lstm_layers
         torch._VF.gru = gru_layers
+        if device == "cpu":
+            for name in _POOLS:
+                self._saved[name] = pool = getattr(torch, name)
+                setattr(torch, name, _without_indices(pool))
         self._fast_paths.enter_context(nested_packing_refused(device))
         if device == "cpu":
             self._fast_paths.enter_context(cpu_fast_paths())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for name in _POOLS:
+            if name in self._saved:
+                setattr(torch, name, self._saved[name])
         self._fast_paths.close()
         F.scaled_dot_product_attention = self._saved["sdpa"]
         del torch._VF.lstm  # the instance attributes: torch._VF answers from torch._C again
         del torch._VF.gru
+
+
+# what F.max_pool1d/2d/3d call where no indices are asked for (torch/nn/functional.py)
+_POOLS = ("max_pool1d", "max_pool2d", "max_pool3d")
+
+
+def _without_indices(pool: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        POOLING.without_indices += 1
+        try:
+            return pool(*args, **kwargs)
+        finally:
+            POOLING.without_indices -= 1
+
+    return counted
