@@ -178,6 +178,30 @@ def test_a_measured_module_is_measured_on_a_copy_in_its_worker(
     assert_untouched(before, net)
 
 
+@pytest.mark.usefixtures("worker_finds_the_zoo")
+def test_a_float64_model_is_measured_in_float64() -> None:
+    # in fp32 the worker once cast every model to float32 (`model.to(device, float32)`), where
+    # the analysis keeps a layer's own dtype: the float64 input met float32 weights and the
+    # measurement failed ("mat1 and mat2 must have the same dtype")
+    profile = nin_profile.profile(
+        "zoo_models:Float64",
+        input_size=(3, 16, 16),
+        batch=2,
+        measure=True,
+        device="cpu",
+        cpu_time_budget=0,
+        warmup=1,
+        iterations=2,
+    )
+    (model,) = profile.models
+    # 768·32 + 32 + 32·10 + 10 = 24_938 parameters of 8 bytes
+    assert model.train.by_category[MemoryCategory.PARAMS] == 24_938 * 8
+    for phase, estimate in (("train", model.train), ("inference", model.inference)):
+        measured = model.measured[phase]
+        assert measured.error is None and measured.memory is not None, measured.error
+        assert measured.memory.peak_between_ops == estimate.peak
+
+
 def test_a_module_defined_in_main_cannot_be_measured_and_says_so() -> None:
     Local = type("Local", (nn.Sequential,), {"__module__": "__main__"})
     net = Local(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))

@@ -478,6 +478,19 @@ class Pools(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+class Float64(nn.Module):
+    """A model in float64 throughout (scientific code): its input made double, its weights too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(CHANNELS * SIDE * SIDE, 32), nn.ReLU())
+        self.head = nn.Linear(32, CLASSES)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.double()))
+
+
 def needs_width(width: int) -> nn.Module:
     return nn.Linear(width, CLASSES)
 
@@ -502,5 +515,6 @@ ZOO = (
     "Checkpointed",
     "checkpointed_reentrant",
     "Pools",
+    "Float64",
     "instance",
 )

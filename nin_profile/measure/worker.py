@@ -573,10 +573,15 @@ _LIBRARY_ALLOC_FAILED = (
 
 def build(req: Request) -> nn.Module:
     """The request's model with its real weights (seed 0), on the request's device, in its
-    precision's dtype (`model.to(dtype)`: float32 for AMP) and memory format."""
+    precision's dtype where that is a 16-bit one (`model.to(dtype)`; for fp32 and AMP the
+    model's own dtypes, as the analysis keeps them: a float64 or complex layer stays one) and
+    memory format."""
     torch.manual_seed(0)
     model = get_model(req.model, **vars(ModelConfig.of(req.inputs, req.classes)))
-    model.to(req.device, get_precision(req.precision).model_dtype())
+    model.to(req.device)
+    dtype = get_precision(req.precision).model_dtype()
+    if dtype != torch.float32:
+        model.to(dtype)
     if req.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
