@@ -182,6 +182,11 @@ class MeasuredMemory:
     largest_scratch: int | None = None
 
 
+# The start of a measurement's note that names the op with the most scratch inside it (the
+# report's scratch column shows its figure): "largest scratch inside one op: 0.10 MiB in conv2d"
+SCRATCH_NOTE = "largest scratch inside one op"
+
+
 @dataclass(frozen=True)
 class Timing:
     """Time per iteration (per batch): the median, and the interquartile range as its spread

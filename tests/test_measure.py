@@ -16,6 +16,7 @@ from torch import nn
 
 from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 from nin_profile.engine.layer_stack import leaf_spans
+from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
 from nin_profile.measure.nvml import Nvml
 from nin_profile.measure.plan import (
     CpuPlan,
@@ -365,3 +366,21 @@ def test_an_ops_time_belongs_to_the_module_that_called_it() -> None:
         times = layer_times(model, lambda: model(x), Device("cpu"), repeats=1)
     assert set(times) == names
     assert all(ms >= 0 for ms in times.values())
+
+
+def test_the_cpu_measurement_names_the_op_with_the_most_scratch() -> None:
+    # one 3×3 convolution: the CPU's full peak is its output plus the im2col columns and
+    # reorders it frees before it returns; between ops, the output alone. Its scratch peaks
+    # at least as high as it stood at the full peak, and no higher than the full peak
+    conv, x = torch.nn.Conv2d(8, 16, 3), torch.randn(2, 8, 32, 32)
+
+    def work() -> None:
+        with torch.no_grad():
+            conv(x)
+
+    work()
+    between = cpu_peak_between_dispatched_ops(work)
+    assert between.peak == 2 * 16 * 30 * 30 * 4  # the output: 115_200 B
+    during = cpu_peak_during(work)
+    assert 0 < during - between.peak <= between.largest_scratch <= during
+    assert between.largest_scratch_op == "convolution"

@@ -78,8 +78,11 @@ def real_cpu_run(model: nn.Module, cfg: AnalysisConfig, classes: int | None = 10
     scaler = amp.scaler if amp else None
     state = [scaler._scale, scaler._growth_tracker] if scaler else []
     held = storage_bytes([*model.parameters(), *model.buffers(), x, y, *state])  # type: ignore[list-item]
-    train = held + cpu_peak_between_dispatched_ops(
-        lambda: training_step(model, loss_fn, opt, x, y, amp=amp)
+    train = (
+        held
+        + cpu_peak_between_dispatched_ops(
+            lambda: training_step(model, loss_fn, opt, x, y, amp=amp)
+        ).peak
     )
     model.eval()
     held = storage_bytes([*model.parameters(), *model.buffers(), x])
@@ -88,7 +91,7 @@ def real_cpu_run(model: nn.Module, cfg: AnalysisConfig, classes: int | None = 10
         with torch.inference_mode():
             forward(model, x, amp)
 
-    return RealRun(sum(saved.values()), train, held + cpu_peak_between_dispatched_ops(infer))
+    return RealRun(sum(saved.values()), train, held + cpu_peak_between_dispatched_ops(infer).peak)
 
 
 def config(

@@ -5,6 +5,7 @@ one aten op: im2col columns, oneDNN's reorders and scratchpads)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from torch._C._profiler import _EventType, _ExtraFields_Allocation, _ProfilerEvent
@@ -40,18 +41,20 @@ def cpu_peak_during(work: Callable[[], None]) -> int:
     return peak
 
 
-def _outermost_windows(
-    prof: profile, is_op: Callable[[_ProfilerEvent], bool]
-) -> list[tuple[int, int]]:
-    """(start, end) in ns of every outermost event `is_op` picks (inside autograd's engine
-    frames too); an op nested in one is inside its window already."""
+# (start, end) in ns of one op's run, and the op's name
+Window = tuple[int, int, str]
+
+
+def _outermost_windows(prof: profile, is_op: Callable[[_ProfilerEvent], bool]) -> list[Window]:
+    """Every outermost event `is_op` picks (inside autograd's engine frames too); an op
+    nested in one is inside its window already."""
     assert prof.profiler is not None and prof.profiler.kineto_results is not None
     windows = []
     pending: list[_ProfilerEvent] = list(prof.profiler.kineto_results.experimental_event_tree())
     while pending:
         event = pending.pop()
         if is_op(event):
-            windows.append((event.start_time_ns, event.end_time_ns))
+            windows.append((event.start_time_ns, event.end_time_ns, event.name))
         else:
             pending.extend(event.children)
     return windows
@@ -61,8 +64,11 @@ def _is_aten_op(event: _ProfilerEvent) -> bool:
     return event.tag == _EventType.TorchOp and event.name.startswith("aten::")
 
 
-def _inside_one_op(start: int, end: int, windows: list[tuple[int, int]]) -> bool:
-    return any(w_start <= start and end <= w_end for w_start, w_end in windows)
+def _op_around(start: int, end: int, windows: list[Window]) -> str | None:
+    """The op whose run holds [start, end], if one does."""
+    return next(
+        (name for w_start, w_end, name in windows if w_start <= start <= end <= w_end), None
+    )
 
 
 def cpu_peak_between_ops(work: Callable[[], None]) -> int:
@@ -72,21 +78,33 @@ def cpu_peak_between_ops(work: Callable[[], None]) -> int:
     (a weight's half copy, freed when the op returns) fall inside that op's window."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
-    return _peak_between(prof, _outermost_windows(prof, _is_aten_op))
+    return _peak_between(prof, _outermost_windows(prof, _is_aten_op)).peak
 
 
-_DISPATCHED = "nin_profile::dispatched_op"
+_DISPATCHED = "nin_profile::dispatched_op "
 
 
 class _DispatchedOps(TorchDispatchMode):
-    """Marks each op a dispatch mode sees (below autograd and autocast) in the profile."""
+    """Marks each op a dispatch mode sees (below autograd and autocast) in the profile, by
+    name."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        with record_function(_DISPATCHED):
+        with record_function(_DISPATCHED + func.overloadpacket.__name__):
             return func(*args, **(kwargs or {}))
 
 
-def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> int:
+@dataclass(frozen=True)
+class BetweenOps:
+    """The allocator's highest point without what kernels allocate and free inside their op;
+    the most one op held inside itself (above what it was handed and what it returned), and
+    which op that was (`conv2d`, `_fft_c2r`; "" where none held any)."""
+
+    peak: int
+    largest_scratch: int
+    largest_scratch_op: str
+
+
+def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> BetweenOps:
     """As `cpu_peak_between_ops`, with an op being what a dispatch mode sees, as the CUDA
     measurement's KernelScratch and the estimate's trace see them: autocast's casts are ops
     of their own there (`_to_copy`), so a weight's half copy counts while the op using it
@@ -94,27 +112,36 @@ def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> int:
     gradient from two uses out of place: see docs/method.md)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, _DispatchedOps():
         work()
-    return _peak_between(prof, _outermost_windows(prof, lambda e: e.name == _DISPATCHED))
+    windows = _outermost_windows(prof, lambda e: e.name.startswith(_DISPATCHED))
+    between = _peak_between(prof, windows)
+    return BetweenOps(
+        between.peak, between.largest_scratch, between.largest_scratch_op.removeprefix(_DISPATCHED)
+    )
 
 
-def _peak_between(prof: profile, windows: list[tuple[int, int]]) -> int:
+def _peak_between(prof: profile, windows: list[Window]) -> BetweenOps:
     """The allocator's highest point without the allocations freed inside the window they
-    were made in."""
+    were made in, and the most such allocations held at once, in which window."""
     events = sorted(
         ((t, f) for t, f in _allocations(prof) if f.device.type == "cpu"), key=lambda p: p[0]
     )
     allocated_at: dict[int, int] = {}
-    scratch: set[int] = set()  # indices into `events` of allocations and frees inside one op
+    scratch: dict[int, str] = {}  # index into `events` of an allocation or free inside an op
     for index, (time, fields) in enumerate(events):
         if fields.alloc_size > 0:
             allocated_at[fields.ptr] = index
             continue
         start = allocated_at.pop(fields.ptr, None)
-        if start is not None and _inside_one_op(events[start][0], time, windows):
-            scratch.update((start, index))
-    held = peak = 0
+        if start is not None and (op := _op_around(events[start][0], time, windows)):
+            scratch[start] = scratch[index] = op
+    held = peak = inside = largest = 0
+    largest_op = ""
     for index, (_, fields) in enumerate(events):
-        if index not in scratch:
-            held += fields.alloc_size
-            peak = max(peak, held)
-    return peak
+        if index in scratch:
+            inside += fields.alloc_size
+            if inside > largest:
+                largest, largest_op = inside, scratch[index]
+            continue
+        held += fields.alloc_size
+        peak = max(peak, held)
+    return BetweenOps(peak, largest, largest_op)

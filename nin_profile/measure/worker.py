@@ -40,6 +40,7 @@ from nin_profile.inputs import IMAGES_224, InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
 from nin_profile.measure.nvml import Nvml
 from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
+from nin_profile.results import SCRATCH_NOTE
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,13 @@ def with_scratch(memory: dict[str, Any], work: Callable[[], object], device: Dev
         except Exception as exc:  # a diagnostic pass, as on CUDA
             notes.append(f"no peak between ops: {type(exc).__name__}: {exc}".splitlines()[0])
             return
-        memory["peak_between_ops"] = memory["baseline_allocated"] + between
+        memory["peak_between_ops"] = memory["baseline_allocated"] + between.peak
+        memory["largest_scratch"] = between.largest_scratch
+        if between.largest_scratch:
+            notes.append(
+                f"{SCRATCH_NOTE}: {between.largest_scratch / 2**20:,.2f} MiB in "
+                f"{between.largest_scratch_op}"
+            )
         return
     try:
         scratch = kernel_scratch(work)
@@ -284,7 +291,7 @@ def with_scratch(memory: dict[str, Any], work: Callable[[], object], device: Dev
     memory["largest_scratch"] = scratch.largest_scratch
     if scratch.largest_scratch:
         notes.append(
-            f"largest scratch inside one op: {scratch.largest_scratch / 2**20:,.1f} MiB in "
+            f"{SCRATCH_NOTE}: {scratch.largest_scratch / 2**20:,.1f} MiB in "
             f"{scratch.largest_scratch_op}"
         )
 

@@ -30,6 +30,7 @@ from nin_profile.render.text import (
     time_verdict,
 )
 from nin_profile.results import (
+    SCRATCH_NOTE,
     Environment,
     MemoryBreakdown,
     MemoryCategory,
@@ -324,11 +325,13 @@ def _largest_miss(profile: Profile) -> str:
         return "Every estimated peak is within 2% of the measured one."
     assert pm.predicted is not None and pm.memory is not None
     estimate, peak = pm.predicted.peak, pm.memory.peak_allocated
+    scratch = [note.partition(": ")[2] for note in pm.notes if note.startswith(SCRATCH_NOTE)]
     return (
         f"The estimate misses most for {m.name}'s "
         f"{'training step' if pm.phase == 'train' else 'inference pass'}: measured "
         f"{fmt_bytes(peak)} at batch {pm.batch}, and the estimate, {fmt_bytes(estimate)}, is "
-        f"{error_words(estimate, peak)}."
+        f"{error_words(estimate, peak)}"
+        + (f" (its most scratch inside one op: {scratch[0]})." if scratch else ".")
     )
 
 
@@ -347,8 +350,9 @@ def measured_section(profile: Profile, charts: bool) -> str:
     cpu = profile.config.device == "cpu"
     why = (
         "On the CPU the measured peak is the allocator's, from the profiler's allocation "
-        "records; convolutions allocate scratch inside the kernel (im2col buffers, oneDNN "
-        "reorders) that no trace of tensors can see, so it runs above the estimate. "
+        "records; kernels allocate scratch inside themselves that no trace of tensors can see "
+        "(a convolution's im2col buffers and oneDNN's reorders, a 16-bit matrix product's "
+        "buffers, an FFT's working copy), so it runs above the estimate. "
         + _cpu_between_ops(profile)
         if cpu
         else "Between ops: the highest the allocator held before or after any op, without "

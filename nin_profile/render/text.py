@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nin_profile.results import (
+    SCRATCH_NOTE,
     LayerStats,
     MemoryBreakdown,
     MemoryCategory,
@@ -234,10 +235,6 @@ def interval(t: Timing) -> str:
     if t.ms_q1 is not None and t.ms_q3 is not None:
         return f"{t.ms_q1:,.2f}–{t.ms_q3:,.2f}"
     return f"±{t.ms_spread / 2:,.2f}"  # profiles from before the interval was kept
-
-
-# A measurement's note whose figure the report's tables show (the scratch column).
-SCRATCH_NOTE = "largest scratch inside one op"
 
 
 def scratch_ops(profile: Profile) -> list[tuple[str, str, str]]:
