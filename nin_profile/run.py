@@ -5,12 +5,14 @@ Progress goes out as plain events (`on_progress`); printing them is the CLI's bu
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from nin_profile.engine.analysis import AnalysisConfig, analyse_model, fits, smallest_image_size
+from nin_profile.engine.layer_stack import ROOT
 from nin_profile.engine.precision import cuda_amp_note, get_precision
 from nin_profile.engine.tracing import LOSS
 from nin_profile.environment import collect_environment
@@ -102,13 +104,16 @@ def analyse_or_explain(
             raise ProfileError(
                 f"{name}: the training loss cannot take the model's output ({exc.reason})"
             ) from exc
-        at = (
-            f"at --image-size {config.image_size}"
-            if config.inputs.square_image
-            else f"on {config.inputs.describe()}"
-        )
-        raise ProfileError(f"{name} {at}: {exc}{_hint(name, config, exc, batch)}") from exc
+        precision = precision or config.precision
+        # the precision where it is not the default: autocast can be what fails (a layer
+        # whose inputs autocast casts to different dtypes)
+        under = "" if precision == "fp32" else f" in {precision}"
+        hint = _hint(name, config, exc, batch)
+        raise ProfileError(f"{name} on {config.inputs.describe()}{under}: {exc}{hint}") from exc
 
+
+# a forward that takes more than one input, called with the batch alone
+_MORE_INPUTS = re.compile(r"forward\(\) missing \d+ required positional argument")
 
 # the sizes of one example a convolution takes (the batch in front)
 _EXAMPLE_SIZES = {
@@ -142,10 +147,16 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
             f"give --input-shape {','.join(size.upper() for size in sizes)}"
         )
     if exc.expected_channels and exc.input_shape[1:2] == inputs.shape[:1]:
+        wanted = (exc.expected_channels, *inputs.shape[1:])
+        given = f"--input-shape {','.join(map(str, wanted))}, input_size={wanted} from Python"
         if inputs.square_image:
-            return f"; {name} expects --channels {exc.expected_channels}"
-        shape = ",".join(map(str, (exc.expected_channels, *inputs.shape[1:])))
-        return f"; {name} expects {exc.expected_channels} channels (--input-shape {shape})"
+            given = f"--channels {exc.expected_channels} or {given}"
+        return f"; {name} expects {exc.expected_channels} channels ({given})"
+    if exc.layer == ROOT and _MORE_INPUTS.search(exc.reason):
+        return (
+            f"; nin_profile feeds {name} one input, the batch: wrap a model that takes more "
+            "in a module whose forward takes one and makes the others"
+        )
     if embedding and not inputs.token_ids:
         return (
             f"; nin_profile fed {name} float {inputs.describe()}, not the integer token ids an "

@@ -239,7 +239,8 @@ CLI_REFUSALS = [
     ),
     (
         ["--models", "zoo_models:conv1d_sequence", "--input-shape", "5,20"],
-        "zoo_models:conv1d_sequence expects 8 channels (--input-shape 8,20)",
+        "zoo_models:conv1d_sequence expects 8 channels (--input-shape 8,20, input_size=(8, 20) "
+        "from Python)",
     ),
     (
         ["--models", "zoo_models:TokenClassifier", "--input-shape", "12"],

@@ -132,7 +132,26 @@ USER_ERRORS = [
         ["--models", "zoo_models:AssertsSize", "--channels", "3", "--image-size", "20"],
         "AssertionError: Wrong image width! Expected 16 but got 20! (zoo_models.py:",
     ),
-    (["--models", "zoo_models:Residual", "--image-size", "16"], "expects --channels 3"),
+    (
+        ["--models", "zoo_models:Residual", "--image-size", "16"],
+        "expects 3 channels (--channels 3 or --input-shape 3,16,16, input_size=(3, 16, 16) "
+        "from Python)",
+    ),
+    (
+        ["--models", "zoo_models:TwoInputs", "--channels", "3", "--image-size", "16"],
+        "forward() missing 1 required positional argument: 'mask'; nin_profile feeds "
+        "zoo_models:TwoInputs one input, the batch: wrap a model that takes more",
+    ),
+    (
+        # as torch.autocast("cpu", torch.bfloat16) itself refuses it: the line names the
+        # precision, which is what to change
+        [
+            *("--models", "zoo_models:BilinearHead", "--channels", "3", "--image-size", "16"),
+            *("--precision", "amp-bf16", "--device", "cpu"),
+        ],
+        "zoo_models:BilinearHead on 3×16×16 images in amp-bf16: layer head (Bilinear) cannot "
+        "run on input 1×16: RuntimeError: All tensors must have the same dtype",
+    ),
     (["--models", "zoo_models:TupleOut", "--channels", "3", "--classes", "7"], "--classes 7"),
     (["--models", "nin,alexnet,nin"], "--models names nin more than once"),
     (

@@ -491,6 +491,31 @@ class Float64(nn.Module):
         return self.head(self.body(x.double()))
 
 
+class TwoInputs(nn.Module):
+    """A forward that takes two tensors (an image and a mask, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head((x * mask).flatten(1))
+
+
+class BilinearHead(nn.Module):
+    """`nn.Bilinear`, which CPU autocast cannot run: it casts one input to bfloat16 (a matrix
+    product) and leaves the other float32, and the op wants one dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(CHANNELS * SIDE * SIDE, 16))
+        self.head = nn.Bilinear(16, 16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        return self.head(features, features.float())
+
+
 def needs_width(width: int) -> nn.Module:
     return nn.Linear(width, CLASSES)
 

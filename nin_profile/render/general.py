@@ -280,11 +280,11 @@ def measured_time_table(profile: Profile) -> str:
                 m.name,
                 pm.phase,
                 str(pm.batch),
-                f"{t.ms_per_iter:,.2f}",
+                fmt_number(t.ms_per_iter, 2),
                 interval(t),
-                f"{t.ms_per_iter / pm.batch:,.3f}",
+                fmt_number(t.ms_per_iter / pm.batch, 3),
                 f"{t.examples_per_s:,.1f}",
-                f"{t.tflops:,.2f}" if t.tflops is not None else "–",
+                fmt_number(t.tflops, 2) if t.tflops is not None else "–",
                 str(t.iterations),
             ]
         )

@@ -9,9 +9,15 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from nin_profile.render.text import grouped_notes, policy_title, precision_title, rel_error
+from nin_profile.render.text import (
+    grouped_notes,
+    interval,
+    policy_title,
+    precision_title,
+    rel_error,
+)
 from nin_profile.results import Profile
-from nin_profile.units import fmt_mib, fmt_scaled
+from nin_profile.units import fmt_mib, fmt_number, fmt_scaled
 
 PHASE_SHORT = {"train": "train", "inference": "infer"}
 
@@ -77,9 +83,10 @@ def measured_table(profile: Profile) -> Table | None:
     table = _table(
         f"measured on {rows[0][1].device_name} · per batch",
         "est. = estimated at that batch · meas. = peak allocated · err = (est. − meas.) / meas."
-        " · ms: median per iteration · ±: half the interquartile range",
+        " · ms: median per iteration · middle half: the 25th to 75th percentile (ms)",
     )
-    _columns(table, ["Model", "Phase", "Batch", "est.\nMiB", "meas.\nMiB", "err", "ms", "±"])
+    titles = ["Model", "Phase", "Batch", "est.\nMiB", "meas.\nMiB", "err", "ms", "middle\nhalf"]
+    _columns(table, titles)
     for m, pm in rows:
         est, mem, t = pm.predicted, pm.memory, pm.timing
         table.add_row(
@@ -89,8 +96,8 @@ def measured_table(profile: Profile) -> Table | None:
             fmt_mib(est.peak, 0) if est else "–",
             fmt_mib(mem.peak_allocated, 0) if mem else "failed" if pm.error else "–",
             rel_error(est.peak, mem.peak_allocated) if est and mem else "–",
-            f"{t.ms_per_iter:,.1f}" if t else "–",
-            f"{t.ms_spread / 2:,.1f}" if t and t.iterations > 1 else "–",
+            fmt_number(t.ms_per_iter, 1) if t else "–",
+            interval(t) if t else "–",
         )
     return table
 
