@@ -8,7 +8,7 @@ from typing import Any
 
 from nin_profile.engine.analysis import build_on_meta
 from nin_profile.engine.layer_stack import params_by_layer
-from nin_profile.models import ModelConfig
+from nin_profile.models import ModelConfig, is_built_in
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,13 @@ def count_params(name: str, cfg: ModelConfig) -> ParamCounts:
 
 
 def params_document(names: Iterable[str], cfg: ModelConfig) -> dict[str, Any]:
-    """The content of a parameter-count file: the config, then each model's counts."""
+    """The content of a parameter-count file: the config the built-in models were built with
+    (none for a file of models given by import path, which are built bare, whatever the
+    options), then each model's counts."""
+    names = list(names)
+    config = {"channels": cfg.channels, "classes": cfg.classes, "image_size": cfg.image_size}
     return {
-        "config": {"channels": cfg.channels, "classes": cfg.classes, "image_size": cfg.image_size},
+        "config": config if any(is_built_in(name) for name in names) else {},
         "models": {name: count_params(name, cfg).to_dict() for name in names},
     }
 
