@@ -168,6 +168,14 @@ def test_max_pooling_keeps_its_indices_on_the_cpu_only_where_asked_for() -> None
     assert ours.inference.peak == real_inference_peak_between_ops(real("Pools"))
 
 
+def test_norm_statistics_are_scratch_in_inference() -> None:
+    # under inference_mode layer_norm and group_norm are one op each: the mean and inverse
+    # deviation they make (4·16·16 positions · 2 · 4 B = 8_192 B for the LayerNorm) are freed
+    # inside it, not held between ops
+    ours = profile("Norms")
+    assert ours.inference.peak == real_inference_peak_between_ops(real("Norms"))
+
+
 HELD_LONGER = pytest.mark.xfail(
     strict=True,
     reason="32 KiB (one 4·8·16·16 gradient) high: the feature map feeds two outputs, and "

@@ -491,6 +491,24 @@ class Float64(nn.Module):
         return self.head(self.body(x.double()))
 
 
+class Norms(nn.Module):
+    """LayerNorm over channels (ConvNeXt's way: channels last, normalized, back) and
+    GroupNorm, whose statistics inference_mode keeps inside the op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 32, 3, padding=1)
+        self.layer_norm = nn.LayerNorm(32)
+        self.group_norm = nn.GroupNorm(4, 32)
+        self.head = nn.Linear(32, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = self.layer_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.group_norm(x)
+        return self.head(x.mean((2, 3)))
+
+
 class TwoInputs(nn.Module):
     """A forward that takes two tensors (an image and a mask, say)."""
 
@@ -541,5 +559,6 @@ ZOO = (
     "checkpointed_reentrant",
     "Pools",
     "Float64",
+    "Norms",
     "instance",
 )

@@ -370,9 +370,10 @@ def _trace_training(
     tracer.weights = owners[MemoryCategory.PARAMS]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        # what the forward saves for backward; backward itself saves only where it recomputes
-        # a forward (reentrant checkpointing) and uses what it saved at once
-        if tracer.phase is not Phase.FORWARD:
+        # what the forward (and the loss's scaling) saves for backward; backward itself saves
+        # only where it recomputes a forward (reentrant checkpointing), inside an autograd
+        # node, and uses what it saved at once
+        if torch._C._current_autograd_node() is not None:
             return tensor
         key = log.key_of(tensor)
         if key is not None and key not in persistent:
@@ -413,7 +414,7 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -
         MemoryCategory.INPUT: log.keys_of([x]),
     }
     stack = LayerStack(model)
-    tracer = StepTracer(stack, log, cpu=cfg.device == "cpu")
+    tracer = StepTracer(stack, log, cpu=cfg.device == "cpu", inference=True)
     tracer.weights = owners[MemoryCategory.PARAMS]
     try:
         with naming_failures(stack), torch.no_grad(), DeviceKernels(cfg.device), tracer:

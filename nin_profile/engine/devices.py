@@ -45,6 +45,9 @@ Kernels, CPU
   needs no gradient (aten/src/ATen/native/Pooling.cpp); meta always runs the
   `_with_indices` op, so kernels.py's `cpu_outputs` leaves them out, but where the caller asks
   for them (`return_indices=True`).
+- GroupNorm: `group_norm` (aten/src/ATen/native/group_norm.cpp) makes its input contiguous in
+  the input's suggested memory format on the CPU (a channels-last batch is not copied), in
+  NCHW elsewhere (meta, CUDA: a copy): kernels.py's `_group_norm_on_cpu`.
 - Inference fast paths (traced in fastpath.py): in eval mode without autograd,
   `nn.MultiheadAttention` self-attention runs `_native_multi_head_attention` and
   `nn.TransformerEncoderLayer` runs `_transformer_encoder_layer_fwd` (PyTorch's own Python

@@ -65,7 +65,7 @@ from nin_profile.engine.training import (
 )
 from nin_profile.errors import ProfileError
 from nin_profile.parallel_results import RankProfile, ZeroEstimates
-from nin_profile.results import MemoryBreakdown, MemoryCategory, PeakSite, Phase
+from nin_profile.results import MemoryBreakdown, MemoryCategory, PeakSite
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -599,8 +599,9 @@ def _trace_training(
     saved: set[int] = set()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        # as analysis.py's: what the forward saves, not a recompute in backward
-        if tracer.phase is Phase.FORWARD and (key := log.key_of(tensor)) is not None:
+        # as analysis.py's: what the forward saves, not a recompute inside backward
+        recompute = torch._C._current_autograd_node() is not None
+        if not recompute and (key := log.key_of(tensor)) is not None:
             saved.add(key)
         return tensor
 

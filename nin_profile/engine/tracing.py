@@ -20,7 +20,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
 from nin_profile.engine.flops import flop_formula
-from nin_profile.engine.kernels import cpu_outputs, kernel_outputs, kernel_scratch
+from nin_profile.engine.kernels import (
+    cpu_outputs,
+    inference_outputs,
+    kernel_outputs,
+    kernel_scratch,
+)
 from nin_profile.engine.layer_stack import LayerStack, tensors_in
 from nin_profile.engine.memory import AllocationLog
 from nin_profile.results import PeakSite, Phase
@@ -110,10 +115,14 @@ def current_backward_layer() -> str:
 class StepTracer(TorchDispatchMode):
     """Sees every aten op of a step: charges its FLOPs and allocations to the running layer."""
 
-    def __init__(self, stack: LayerStack, log: AllocationLog, cpu: bool = False) -> None:
+    def __init__(
+        self, stack: LayerStack, log: AllocationLog, cpu: bool = False, inference: bool = False
+    ) -> None:
         super().__init__()
         self.stack = stack
         self.log = log
+        # an inference pass, measured under inference_mode: see kernels.py's `inference_outputs`
+        self.inference = inference
         # the CPU's kernels: the scratch they allocate inside, the outputs they allocate
         # (kernels.py)
         self.cpu = cpu
@@ -169,7 +178,12 @@ class StepTracer(TorchDispatchMode):
         elif counts_arithmetic(func):
             self.not_counted[func.overloadpacket.__name__, self.phase] += 1
         outputs = tensors_in(out)
-        for tensor in cpu_outputs(func, args, outputs) if self.cpu else outputs:
+        if self.cpu:
+            outputs = cpu_outputs(func, args, outputs)
+        if self.inference:
+            outputs, made_inside = inference_outputs(func, outputs)
+            self.log.scratch(sum(t.untyped_storage().nbytes() for t in made_inside))
+        for tensor in outputs:
             self.log.key_of(tensor)
         if func is torch.ops.aten._to_copy.default and self.log.key_of(args[0]) in self.weights:
             self.weight_copies.add(cast(int, self.log.key_of(out)))
