@@ -294,7 +294,7 @@ def test_a_static_comparison_from_the_api_fills_every_precision() -> None:
         # max-pool indices are int64 in both: the same bytes
         assert amp.saved_bytes_by_dtype["int64"] == fp32.saved_bytes_by_dtype["int64"]
     text = result.report()
-    assert "**Does NiN gain more from AMP?** AMP bf16 cuts NiN's training peak" in text
+    assert "**Does NiN gain more from AMP?** AMP bf16 cuts NiN's estimated training peak" in text
 
 
 def test_the_largest_batch_in_a_precision_is_that_precisions() -> None:
