@@ -161,6 +161,21 @@ def real_inference_peak_between_ops(model: nn.Module) -> int:
         return start + cpu_peak_between_ops(lambda: model(x))
 
 
+@pytest.mark.parametrize(
+    ("name", "recomputed"), [("Checkpointed", 1), ("checkpointed_reentrant", 2)]
+)
+def test_a_recomputed_forward_is_charged_to_its_own_layers(name: str, recomputed: int) -> None:
+    # an 8→8 3×3 conv on 4·16·16: 2·4·8·16·16·8·9 = 1_179_648 FLOPs a forward; its backward
+    # computes the input's and the weight's gradients (two forwards' worth) plus, in backward,
+    # the block's forward again: both convs under reentrant checkpointing, the first only
+    # without (it stops recomputing once it has what backward needs: the ReLU's output)
+    conv = 2 * BATCH * 8 * 16 * 16 * 8 * 9
+    rows = {layer.name: layer for layer in profile(name).layers}
+    assert rows["blocks.0.0"].flops_backward == 2 * conv + conv
+    assert rows["blocks.0.2"].flops_backward == 2 * conv + (conv if recomputed == 2 else 0)
+    assert "(root)" not in rows or rows["(root)"].flops_backward == 0
+
+
 def test_max_pooling_keeps_its_indices_on_the_cpu_only_where_asked_for() -> None:
     # in inference the CPU's max-pooling computes no int64 indices (1-, 2- and 3-d) unless the
     # call asks for them (return_indices=True, here for MaxUnpool2d): 4·8·8·8·8 = 16_384 B

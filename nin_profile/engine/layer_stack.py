@@ -31,12 +31,15 @@ ROOT = "(root)"
 class Frame:
     """A running module. `children`: how many forwards of other modules ran inside it so far;
     a module none ran inside is a leaf of the run (nn.MultiheadAttention, whose out_proj it
-    uses as weights only, is one), and the ops it runs are its own."""
+    uses as weights only, is one), and the ops it runs are its own. `node`: the autograd node
+    running when the forward began (None but for a forward run again inside backward, as
+    activation checkpointing does)."""
 
     name: str
     module: nn.Module
     input_shape: tuple[int, ...]
     children: int = 0
+    node: object = None
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:
@@ -126,6 +129,7 @@ class LayerStack:
         self.forward_done = False
         inputs = tensors_in(args)
         frame = Frame(self.names[module], module, tuple(inputs[0].shape) if inputs else ())
+        frame.node = torch._C._current_autograd_node()
         if self.frames:
             self.frames[-1].children += 1
         if self._on_enter:

@@ -162,10 +162,21 @@ class StepTracer(TorchDispatchMode):
 
     def layer(self) -> str:
         if self.phase is Phase.BACKWARD:
-            return current_backward_layer()
+            return self._recomputing() or current_backward_layer()
         if self.phase is Phase.OPTIMIZER:
             return OPTIMIZER
         return self.stack.current
+
+    def _recomputing(self) -> str | None:
+        """The layer whose forward runs again inside the running autograd node (activation
+        checkpointing recomputes a block in backward), if one does. A frame left by a
+        recompute that stopped early (non-reentrant checkpointing stops it by an exception,
+        past the forward hooks) belongs to a node that no longer runs."""
+        node = torch._C._current_autograd_node()
+        frames = self.stack.frames
+        if node is None or not frames or frames[-1].node is None:
+            return None
+        return frames[-1].name if frames[-1].node == node else None
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
