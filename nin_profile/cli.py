@@ -451,6 +451,7 @@ def _check_params(path: Path, args: argparse.Namespace) -> int:
     (the counts depend on it)."""
     from nin_profile.files import read_json
     from nin_profile.golden import params_drift
+    from nin_profile.models import is_built_in
 
     expected = read_json(path, "parameter-count file")
     if not isinstance(expected, dict) or "models" not in expected:
@@ -469,7 +470,7 @@ def _check_params(path: Path, args: argparse.Namespace) -> int:
         expected = {**expected, "models": {n: expected["models"][n] for n in wanted}}
     # the built-in models are built for the file's configuration; a model given by import path
     # is built by calling it bare, whatever the options say
-    if any(":" not in name for name in expected["models"]):
+    if any(is_built_in(name) for name in expected["models"]):
         _check_recorded_options(path, expected.get("config", {}), args)
     drift = params_drift(expected)
     for line in drift:

@@ -123,7 +123,7 @@ def values_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: aten::{op.group(1)} ({raised_where(exc)})"
 
 
-class PackedByValues(RuntimeError):
+class PackedByValues(Exception):
     """Raised in a trace where `nn.TransformerEncoder` would pack its batch into a nested
     tensor, whose size the padding mask's values decide (engine/fastpath.py)."""
 

@@ -8,7 +8,6 @@ They are the `peers` extra: `pip install "nin-profile[peers]"`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,34 +43,33 @@ def _model_and_batch(
     return model, x
 
 
-def _torchinfo_at(name: str, inputs: InputSpec, classes: int, batch: int) -> Any:
-    """torchinfo's statistics of `name` run at `batch` on the CPU."""
-    torchinfo, _ = import_peers()
+def _run_at(name: str, inputs: InputSpec, classes: int, batch: int) -> tuple[Any, Any]:
+    """torchinfo's statistics and fvcore's count of `name` run at `batch` on the CPU, each the
+    tool's result or what it raised: the model is built once for both."""
+    torchinfo, flop_count_analysis = import_peers()
     model, x = _model_and_batch(name, inputs, classes, batch)
-    return torchinfo.summary(model, input_data=x, verbose=0, device="cpu")
-
-
-def _fvcore_at(name: str, inputs: InputSpec, classes: int, batch: int) -> Any:
-    """fvcore's count of `name` run at `batch` on the CPU (it traces with torch.jit)."""
-    _, flop_count_analysis = import_peers()
-    model, x = _model_and_batch(name, inputs, classes, batch)
-    with torch.no_grad():
-        count = flop_count_analysis(model, x)
-        count.unsupported_ops_warnings(False)
-        count.uncalled_modules_warnings(False)
-        count.total()
-    return count
-
-
-def _both_batches(tool: Callable[[int], Any]) -> tuple[tuple[Any, Any] | None, str | None]:
-    """The tool's result at batch 1 and 2, or None and what it raised (a model the tool
-    cannot run: fvcore's torch.jit trace refuses some that PyTorch runs)."""
     try:
-        return (tool(1), tool(2)), None
-    except ProfileError:
-        raise
+        stats: Any = torchinfo.summary(model, input_data=x, verbose=0, device="cpu")
     except Exception as exc:
-        return None, user_error(exc)
+        stats = exc.__cause__ or exc  # torchinfo wraps what the model raised in its own error
+    try:
+        with torch.no_grad():
+            count: Any = flop_count_analysis(model, x)
+            count.unsupported_ops_warnings(False)
+            count.uncalled_modules_warnings(False)
+            count.total()
+    except Exception as exc:
+        count = exc
+    return stats, count
+
+
+def _both_batches(one: Any, two: Any) -> tuple[tuple[Any, Any] | None, str | None]:
+    """A tool's results at batch 1 and 2, or None and what it raised, in one line (a model
+    the tool cannot run: fvcore's torch.jit trace refuses some that PyTorch runs)."""
+    for result in (one, two):
+        if isinstance(result, BaseException):
+            return None, user_error(result)
+    return (one, two), None
 
 
 def peer_figures(name: str, inputs: InputSpec, classes: int, batch: int) -> PeerFigures:
@@ -79,9 +77,9 @@ def peer_figures(name: str, inputs: InputSpec, classes: int, batch: int) -> Peer
     and 2: each figure is affine in the batch (torchinfo adds a few bytes to each input's size),
     so two points give it at any batch without running the model at that batch. A tool that
     fails on the model leaves its figures None and says why."""
-    import_peers()
-    summaries, torchinfo_error = _both_batches(lambda b: _torchinfo_at(name, inputs, classes, b))
-    counts, fvcore_error = _both_batches(lambda b: _fvcore_at(name, inputs, classes, b))
+    (stats1, count1), (stats2, count2) = (_run_at(name, inputs, classes, b) for b in (1, 2))
+    summaries, torchinfo_error = _both_batches(stats1, stats2)
+    counts, fvcore_error = _both_batches(count1, count2)
 
     def at(one: float, two: float) -> int:
         return int(one + (two - one) * (batch - 1))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import zoo_models
 from test_memory import autograd_saved_bytes
 from test_zoo import onednn_off
@@ -25,6 +26,7 @@ from nin_profile.engine.training import (
     token_vocabulary,
     training_step,
 )
+from nin_profile.errors import ProfileError
 from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.results import ModelProfile
@@ -280,17 +282,28 @@ def test_attention_on_the_fast_path_is_traced_under_amp() -> None:
 
 
 def test_the_fast_paths_are_put_back_after_a_trace() -> None:
-    # the trace replaces PyTorch's functions while it runs (nin_profile/engine/fastpath.py); a
-    # user's own model run after it must meet PyTorch's own
+    # the trace replaces PyTorch's functions while it runs (nin_profile/engine/fastpath.py,
+    # kernels.py, tracing.py); a user's own model run after it, or after a refusal, must meet
+    # PyTorch's own
     from torch.nn.modules import activation
 
     def originals() -> tuple[object, ...]:
         return (
             torch._native_multi_head_attention,
             nn.TransformerEncoderLayer.forward,
+            nn.TransformerEncoder.forward,
             activation._check_arg_device,
+            F.scaled_dot_product_attention,
+            torch.max_pool1d,
+            torch.max_pool2d,
+            torch.max_pool3d,
+            torch.group_norm,
+            torch.get_rng_state,
         )
 
     before = originals()
     profile("token_encoder", LONG_TOKENS)
+    assert originals() == before
+    with pytest.raises(ProfileError, match="nested tensor"):
+        profile("unchecked_padded_encoder", LONG_TOKENS)
     assert originals() == before

@@ -106,8 +106,6 @@ def test_a_model_a_peer_cannot_run_leaves_its_columns_empty_and_says_why() -> No
     assert failed.peers.torchinfo_params == failed.params  # torchinfo ran it
     assert traced.peers.fvcore_flops is not None and traced.peers.fvcore_error is None
     text = render_report(profile)
-    assert (
-        "fvcore failed on zoo_models:checkpointed_reentrant, so its columns are empty there: "
-        "RuntimeError: unordered_map::at (zoo_models.py:" in text
-    )
+    line = "fvcore failed on zoo_models:checkpointed_reentrant, so its columns are empty there: "
+    assert line in text and "(zoo_models.py:" in text.split(line)[1].splitlines()[0]
     assert "Parameters: torchinfo counts the same for every model." in text

@@ -509,6 +509,18 @@ class Norms(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+def pool_stem() -> nn.Module:
+    """Max-pooling on the batch itself, which needs no gradient: on the CPU `max_pool2d`
+    computes the indices even so, and drops them as it returns."""
+    return nn.Sequential(
+        nn.MaxPool2d(2),
+        nn.Conv2d(CHANNELS, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, CLASSES),
+    )
+
+
 class TwoInputs(nn.Module):
     """A forward that takes two tensors (an image and a mask, say)."""
 
@@ -560,5 +572,6 @@ ZOO = (
     "Pools",
     "Float64",
     "Norms",
+    "pool_stem",
     "instance",
 )

@@ -11,10 +11,13 @@ Where each part lives:
 - `flops`: FLOP formulas per aten op, PyTorch's own and ours where its are wrong.
 - `memory`: allocations and frees, and the peak they reach; `allocator`: what CUDA's caching
   allocator reserves for them (a simulation of its rules).
-- `kernels`: the device rules: which kernel the target device runs where meta runs another
-  (attention, LSTM, GRU), with the PyTorch source of each rule in its docstring, and what each
-  kernel keeps; `fastpath`: the CPU's inference fast paths of the transformer layers, op for
-  op.
+- `devices`: the rules by which the target device differs from meta, written down in one
+  place with the PyTorch source of each: which kernel it runs (attention, LSTM, GRU, the
+  encoder's fast and nested paths, pooling, GroupNorm), its allocator's rounding and library
+  workspaces; it names the module that applies each rule it does not apply itself.
+- `kernels`: what the kernels `devices` selects keep, traced on meta tensors, and
+  `DeviceKernels`, which puts them in place while a step is traced; `fastpath`: the CPU's
+  inference fast paths of the transformer layers, op for op.
 - `precision` and `autocast`: the precisions a step runs in, and autocast as the target
   device runs it during a trace.
 - `parallel`: DDP and FSDP2 per rank, PyTorch's own wrappers traced on a fake process group.

@@ -33,7 +33,13 @@ from nin_profile.engine.layer_stack import (
 )
 from nin_profile.engine.memory import TRACE_DEVICE, AllocationLog, peak_breakdown
 from nin_profile.engine.precision import Precision, get_precision
-from nin_profile.engine.tracing import LOSS, FusedDropout, StepTracer, tag_graph
+from nin_profile.engine.tracing import (
+    LOSS,
+    FusedDropout,
+    StepTracer,
+    saved_in_backward,
+    tag_graph,
+)
 from nin_profile.engine.training import (
     Amp,
     TracedGradScaler,
@@ -370,10 +376,7 @@ def _trace_training(
     tracer.weights = owners[MemoryCategory.PARAMS]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        # what the forward (and the loss's scaling) saves for backward; backward itself saves
-        # only where it recomputes a forward (reentrant checkpointing), inside an autograd
-        # node, and uses what it saved at once
-        if torch._C._current_autograd_node() is not None:
+        if saved_in_backward():
             return tensor
         key = log.key_of(tensor)
         if key is not None and key not in persistent:

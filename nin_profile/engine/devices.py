@@ -1,7 +1,8 @@
-"""How each target device differs from the meta device a step is traced on: every rule in one
-place, with the PyTorch source it follows (torch 2.13). What the selected kernels keep, traced
-op for op, is in kernels.py and fastpath.py; `DeviceKernels` (kernels.py) applies the
-selection below while a step is traced.
+"""How each target device differs from the meta device a step is traced on: the rules, written
+down in one place with the PyTorch source each follows (torch 2.13), the selection code here,
+and for each rule applied elsewhere the function that applies it. What the selected kernels
+keep, traced op for op, is in kernels.py and fastpath.py; `DeviceKernels` (kernels.py) puts
+the selection in place while a step is traced.
 
 Allocation and libraries (`DeviceRules`, one per device)
 - Rounding: CUDA's caching allocator rounds every block up to 512 B
@@ -41,10 +42,16 @@ Kernels, CPU
   sequence's input in one product where meta projects it step by step: kernels.py's
   `gru_on_cpu` follows the CPU's order, and what each layer keeps alive until its outputs are
   stacked. A packed sequence keeps meta's order.
-- Max-pooling: `torch.max_pool1d/2d/3d` compute no int64 indices on the CPU where the input
-  needs no gradient (aten/src/ATen/native/Pooling.cpp); meta always runs the
-  `_with_indices` op, so kernels.py's `cpu_outputs` leaves them out, but where the caller asks
-  for them (`return_indices=True`).
+- Max-pooling: `torch.max_pool1d` computes no int64 indices on the CPU where the input needs
+  no gradient (aten/src/ATen/native/MaxPooling.cpp; meta runs `max_pool2d_with_indices`):
+  kernels.py's `cpu_outputs` leaves them out. `max_pool2d`/`max_pool3d` compute theirs and
+  drop them as the op returns: held for an instant in a training step, scratch inside the op
+  under inference_mode (kernels.py's `inference_outputs`). A call that asks for the indices
+  (`return_indices=True`) keeps them.
+- Normalization: the dtype of the statistics a 16-bit normalization saves (float32 on the
+  CPU where a parameter is float32, on CUDA always: kernels.py's `norm_stats_dtype`); under
+  inference_mode the statistics `layer_norm`/`group_norm` make are scratch inside the op
+  (`inference_outputs`, CPU only: unchecked on CUDA).
 - GroupNorm: `group_norm` (aten/src/ATen/native/group_norm.cpp) makes its input contiguous in
   the input's suggested memory format on the CPU (a channels-last batch is not copied), in
   NCHW elsewhere (meta, CUDA: a copy): kernels.py's `_group_norm_on_cpu`.

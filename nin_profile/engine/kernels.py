@@ -352,36 +352,39 @@ def norm_stats_dtype(args: tuple[Any, ...], device: str) -> torch.dtype:
 def cpu_outputs(
     func: Any, args: tuple[Any, ...], outputs: list[torch.Tensor]
 ) -> list[torch.Tensor]:
-    """The outputs the CPU's kernel allocates. `torch.max_pool1d`, `max_pool2d` and
-    `max_pool3d` on the CPU compute no indices where their input does not require grad
-    (`self.requires_grad() || self.device() != kCPU` decides in aten/src/ATen/native/
-    Pooling.cpp; the CPU allocator agrees, 0.5 MiB for a 2×96×54×54 input in no_grad and in
-    inference_mode alike, and for 1-, 2- and 3-d pooling), but the trace, outside
-    inference_mode, sees the composite as `max_pool2d_with_indices` (1-d and 2-d) or
-    `max_pool3d_with_indices`: their int64 indices (the largest tensor of a half model's
-    max-pooling) are left out there. A call that asks for the indices
-    (`return_indices=True`, `F.max_pool2d_with_indices`) gets them on the CPU too: only
-    inside `torch.max_poolNd` (`POOLING.without_indices`) are they left out."""
-    asked = not POOLING.without_indices
-    if func in _WITH_INDICES and not asked and not args[0].requires_grad:
+    """The outputs the CPU's kernel allocates. `torch.max_pool1d` on the CPU computes no
+    indices where its input needs no gradient (`max_pool1d_impl`, aten/src/ATen/native/
+    MaxPooling.cpp; the CPU allocator: the output alone), where meta runs it as
+    `max_pool2d_with_indices`: its int64 indices are left out. (`max_pool2d` and `max_pool3d`
+    compute theirs and drop them as the op returns: see `inference_outputs`.)"""
+    if (
+        func is aten.max_pool2d_with_indices.default
+        and POOLING.running[-1:] == ["max_pool1d"]
+        and not args[0].requires_grad
+    ):
         return outputs[:1]
     return outputs
 
 
 def inference_outputs(
-    func: Any, outputs: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(the outputs an inference pass holds after `func`, those made and dropped inside the op
-    it belongs to). The measured pass runs under inference_mode, where `layer_norm` and
-    `group_norm` reach the allocator as one op each (their composite is not taken apart, on the
-    CPU as on CUDA): the mean and inverse deviation `native_layer_norm` and
-    `native_group_norm` return, which the composite drops at once, are scratch inside that op,
-    not memory held between ops (under no_grad, where the trace runs, they outlive the op by
-    an instant: 32 KiB above the CPU's peak between ops for a LayerNorm over 4·32·32 positions
-    at its peak)."""
+    func: Any, args: tuple[Any, ...], outputs: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """The outputs a CPU inference pass holds between ops after `func`. The measured pass runs
+    under inference_mode, where a composite op reaches the allocator whole, and what it makes
+    and drops inside is scratch inside that one op, not memory held between ops (the
+    estimate's figure; the whole peak adds it): the mean and inverse deviation of
+    `layer_norm` and `group_norm` (a LayerNorm over channels read 2-4% high), and the int64
+    indices `torch.max_pool2d`/`max_pool3d` compute and drop (measured on the CPU: the whole
+    peak is output and indices, 3× the output; between ops, the output). Under no_grad, where
+    the trace runs, they are outputs of `native_layer_norm`, `max_pool2d_with_indices` and
+    the like, which outlive the op by an instant. A training step sees them so too, and keeps
+    them: it runs without inference_mode."""
     if func in _STATISTICS_DROPPED:
-        return outputs[:1], outputs[1:]
-    return outputs, []
+        return outputs[:1]
+    pooling = POOLING.running[-1:] in (["max_pool2d"], ["max_pool3d"])
+    if func in _WITH_INDICES and pooling and not args[0].requires_grad:
+        return outputs[:1]
+    return outputs
 
 
 _STATISTICS_DROPPED = frozenset({aten.native_layer_norm.default, aten.native_group_norm.default})
@@ -393,10 +396,11 @@ _WITH_INDICES = frozenset(
 
 
 class _Pooling:
-    """How many `torch.max_poolNd` calls, which return no indices, are running (DeviceKernels
-    counts them while a CPU step is traced)."""
+    """The `torch.max_poolNd` calls (which return no indices) running, innermost last
+    (DeviceKernels keeps the list while a CPU step is traced)."""
 
-    without_indices = 0
+    def __init__(self) -> None:
+        self.running: list[str] = []
 
 
 POOLING = _Pooling()
@@ -460,13 +464,16 @@ def kernel_scratch(func: Any, args: tuple[Any, ...]) -> int:
 
 
 class DeviceKernels:
-    """While tracing on meta, run SDPA and LSTM as `device` ("cpu" or "cuda") would.
+    """While tracing on meta, run attention, LSTM, GRU, pooling and GroupNorm as `device`
+    ("cpu" or "cuda") would.
 
-    The two entry points are replaced for the duration of the block, where Python code finds
+    The entry points are replaced for the duration of the block, where Python code finds
     them: `torch.nn.functional.scaled_dot_product_attention` (called by user code and by
     `F.multi_head_attention_forward`, a Python function a TorchFunctionMode could intercept
     but not look inside), `torch._VF.lstm` and `torch._VF.gru` (what `nn.LSTM.forward` and
-    `nn.GRU.forward` call)."""
+    `nn.GRU.forward` call), `nn.TransformerEncoder.forward` (its nested path refused); for the
+    CPU also `torch.max_pool1d/2d/3d` (noted in `POOLING`), `torch.group_norm` and the
+    attention layers' inference fast paths (fastpath.py)."""
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -497,7 +504,7 @@ class DeviceKernels:
         if device == "cpu":
             for name in _POOLS:
                 self._saved[name] = pool = getattr(torch, name)
-                setattr(torch, name, _without_indices(pool))
+                setattr(torch, name, _without_indices(name, pool))
             self._saved["group_norm"] = torch.group_norm
             torch.group_norm = _group_norm_on_cpu(torch.group_norm)
         self._fast_paths.enter_context(nested_packing_refused(device))
@@ -519,15 +526,15 @@ class DeviceKernels:
 _POOLS = ("max_pool1d", "max_pool2d", "max_pool3d")
 
 
-def _without_indices(pool: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
-        POOLING.without_indices += 1
+def _without_indices(name: str, pool: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def noted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        POOLING.running.append(name)
         try:
             return pool(*args, **kwargs)
         finally:
-            POOLING.without_indices -= 1
+            POOLING.running.pop()
 
-    return counted
+    return noted
 
 
 def _group_norm_on_cpu(group_norm: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

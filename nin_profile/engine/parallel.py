@@ -55,7 +55,7 @@ from nin_profile.engine.analysis import (
 from nin_profile.engine.kernels import DeviceKernels
 from nin_profile.engine.layer_stack import LayerStack, naming_failures, tensors_in
 from nin_profile.engine.memory import TRACE_DEVICE, AllocationLog, Event, peak_breakdown, round_up
-from nin_profile.engine.tracing import LOSS, FusedDropout, StepTracer
+from nin_profile.engine.tracing import LOSS, FusedDropout, StepTracer, saved_in_backward
 from nin_profile.engine.training import (
     TrainingLoss,
     make_batch,
@@ -599,9 +599,7 @@ def _trace_training(
     saved: set[int] = set()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        # as analysis.py's: what the forward saves, not a recompute inside backward
-        recompute = torch._C._current_autograd_node() is not None
-        if not recompute and (key := log.key_of(tensor)) is not None:
+        if not saved_in_backward() and (key := log.key_of(tensor)) is not None:
             saved.add(key)
         return tensor
 

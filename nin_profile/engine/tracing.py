@@ -103,6 +103,13 @@ def tag_graph(tensors: list[torch.Tensor], layer: str) -> None:
         pending.extend(next_node for next_node, _ in node.next_functions)
 
 
+def saved_in_backward() -> bool:
+    """Whether a tensor being saved for backward is saved inside backward itself: by a forward
+    run again there (reentrant checkpointing), inside an autograd node, which uses what it
+    saves at once. What the forward saves, and the loss's scaling before backward, is not."""
+    return torch._C._current_autograd_node() is not None
+
+
 def current_backward_layer() -> str:
     node = torch._C._current_autograd_node()
     if node is None:  # the seed gradient of loss.backward() is made before any node runs
@@ -121,7 +128,8 @@ class StepTracer(TorchDispatchMode):
         super().__init__()
         self.stack = stack
         self.log = log
-        # an inference pass, measured under inference_mode: see kernels.py's `inference_outputs`
+        # an inference pass, measured under inference_mode: on the CPU, kernels.py's
+        # `inference_outputs`
         self.inference = inference
         # the CPU's kernels: the scratch they allocate inside, the outputs they allocate
         # (kernels.py)
@@ -137,16 +145,16 @@ class StepTracer(TorchDispatchMode):
         self.weight_copies: set[int] = set()
 
     def __enter__(self) -> StepTracer:
+        super().__enter__()
         if self.cpu:  # the CPU RNG state a CPU step keeps is CPU memory (devices.py)
             self._get_rng_state = torch.get_rng_state
             torch.get_rng_state = self._rng_state_held
-        super().__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        super().__exit__(*exc)
         if self.cpu:
             torch.get_rng_state = self._get_rng_state
+        super().__exit__(*exc)
 
     def _rng_state_held(self) -> torch.Tensor:
         state = self._get_rng_state()
@@ -191,9 +199,8 @@ class StepTracer(TorchDispatchMode):
         outputs = tensors_in(out)
         if self.cpu:
             outputs = cpu_outputs(func, args, outputs)
-        if self.inference:
-            outputs, made_inside = inference_outputs(func, outputs)
-            self.log.scratch(sum(t.untyped_storage().nbytes() for t in made_inside))
+        if self.cpu and self.inference:
+            outputs = inference_outputs(func, args, outputs)
         for tensor in outputs:
             self.log.key_of(tensor)
         if func is torch.ops.aten._to_copy.default and self.log.key_of(args[0]) in self.weights:
