@@ -514,10 +514,9 @@ def pool_stem() -> nn.Module:
     computes the indices even so, and drops them as it returns."""
     return nn.Sequential(
         nn.MaxPool2d(2),
-        nn.Conv2d(CHANNELS, 8, 3, padding=1),
-        nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(CHANNELS, 1, 3, padding=1),
         nn.Flatten(),
-        nn.Linear(8, CLASSES),
+        nn.Linear(8 * 8, CLASSES),
     )
 
 
