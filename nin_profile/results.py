@@ -168,8 +168,9 @@ class MeasuredMemory:
     before any tensor. baseline_allocated: allocated when the measured step began.
     peak_between_ops (CUDA): the highest allocated before or after any aten op of the step,
     that is the peak without the scratch kernels allocate and free inside one op (cuDNN's
-    workspace): the figure a trace of tensors can predict. largest_scratch: the most one op
-    held inside itself above both its ends.
+    workspace): the figure a trace of tensors can predict (the CPU: between the ops a dispatch
+    mode sees). largest_scratch: the most one op held inside itself above both its ends (the
+    CPU: the most it held of what it freed before returning).
     """
 
     peak_allocated: int

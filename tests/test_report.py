@@ -188,6 +188,20 @@ def test_a_verdict_on_time_is_stated_only_beyond_the_noise(
     assert verdict in text
 
 
+def test_scratch_above_the_peak_between_ops_is_never_negative(profile: Profile) -> None:
+    # on the CPU the peak between ops comes from a second run under a dispatch mode, which can
+    # hold a few bytes more than the whole run did (a gradient added out of place): no op's
+    # scratch took the whole peak above it, so the column says 0, not a negative size
+    nin = model(profile, "nin")
+    train = nin.measured["train"]
+    assert train.memory is not None
+    above = replace(train.memory, peak_between_ops=train.memory.peak_allocated + 544)
+    measured = {**nin.measured, "train": replace(train, memory=above)}
+    text = render_report(replace(profile, models=(replace(nin, measured=measured),)))
+    row = next(r for r in table_rows(text, "**Memory**") if r[:2] == ["nin", "train"])
+    assert row[8] == "0.0"
+
+
 def test_a_failed_measurement_is_shown_not_hidden(profile: Profile) -> None:
     nin = model(profile, "nin")
     failed = replace(

@@ -32,6 +32,7 @@ from nin_profile.render.text import (
 from nin_profile.results import (
     SCRATCH_NOTE,
     Environment,
+    MeasuredMemory,
     MemoryBreakdown,
     MemoryCategory,
     ModelProfile,
@@ -240,11 +241,7 @@ def measured_memory_table(profile: Profile) -> str:
         ]
         if between:
             b = mem.peak_between_ops
-            cells += [
-                fmt_mib(b),
-                rel_error(est.peak, b),
-                fmt_mib(mem.peak_allocated - b if b is not None else None),
-            ]
+            cells += [fmt_mib(b), rel_error(est.peak, b), fmt_mib(_scratch_in_one_op(mem))]
         if cuda:
             cells += [
                 fmt_mib(est.reserved),
@@ -255,6 +252,15 @@ def measured_memory_table(profile: Profile) -> str:
             ]
         rows.append(cells)
     return md_table(headers, rows, [False, False] + [True] * (len(headers) - 2))
+
+
+def _scratch_in_one_op(mem: MeasuredMemory) -> int | None:
+    """What one op's scratch took the whole peak above the peak between ops: their difference,
+    never below 0 (on the CPU the two come from two runs, the second under a dispatch mode,
+    which can hold a few bytes more: a gradient added out of place)."""
+    if mem.peak_between_ops is None:
+        return None
+    return max(0, mem.peak_allocated - mem.peak_between_ops)
 
 
 def measured_time_table(profile: Profile) -> str:
