@@ -299,6 +299,7 @@ def test_the_fast_paths_are_put_back_after_a_trace() -> None:
             torch.max_pool3d,
             torch.group_norm,
             torch.get_rng_state,
+            torch.random.fork_rng,
         )
 
     before = originals()

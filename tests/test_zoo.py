@@ -168,6 +168,14 @@ def real_inference_peak_between_ops(model: nn.Module) -> int:
         return start + cpu_peak_between_ops(lambda: model(x))
 
 
+@pytest.mark.parametrize("name", ["Checkpointed", "checkpointed_reentrant"])
+def test_checkpointing_holds_the_cpu_rng_states_as_the_cpu_does(name: str) -> None:
+    # each checkpoint copies the CPU RNG state (5,056 B) in forward, and its recompute forks
+    # the RNG again (one more state while it runs): both CPU memory, in the CPU's step exactly
+    ours = profile(name)
+    assert ours.train.peak == real_peak_between_ops(real(name), ours.classes)
+
+
 @pytest.mark.parametrize(
     ("name", "recomputed"), [("Checkpointed", 1), ("checkpointed_reentrant", 2)]
 )

@@ -17,8 +17,10 @@ Allocation and libraries (`DeviceRules`, one per device)
   per thread that runs `addmm` (`BLASLT_OPS`), held for the life of the process.
 - The CPU's random-number state (`torch.get_rng_state()`, 5,056 B for the Mersenne twister),
   which activation checkpointing copies at each call and keeps until its recompute
-  (torch/utils/checkpoint.py, `preserve_rng_state`): CPU memory, counted for a CPU step only
-  (tracing.py's `StepTracer`); CUDA's state is a CPU tensor too, not CUDA memory.
+  (torch/utils/checkpoint.py, `preserve_rng_state`), and which the recompute copies once more
+  while it runs (`torch.random.fork_rng`, which forks nothing for meta, the device type
+  checkpointing infers in the trace): CPU memory, counted for a CPU step only (tracing.py's
+  `StepTracer`); CUDA's state is a CPU tensor too, not CUDA memory.
 
 Kernels, CPU
 - SDPA: `select_sdp_backend_cpp` (aten/src/ATen/native/transformers/sdp_utils_cpp.cpp): the

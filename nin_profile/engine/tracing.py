@@ -9,7 +9,9 @@ the node during backward.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -146,20 +148,38 @@ class StepTracer(TorchDispatchMode):
 
     def __enter__(self) -> StepTracer:
         super().__enter__()
-        if self.cpu:  # the CPU RNG state a CPU step keeps is CPU memory (devices.py)
+        if self.cpu:  # the CPU RNG states a CPU step keeps are CPU memory (devices.py)
             self._get_rng_state = torch.get_rng_state
+            self._fork_rng = torch.random.fork_rng
             torch.get_rng_state = self._rng_state_held
+            torch.random.fork_rng = self._fork_rng_on_cpu
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.cpu:
             torch.get_rng_state = self._get_rng_state
+            torch.random.fork_rng = self._fork_rng
         super().__exit__(*exc)
 
     def _rng_state_held(self) -> torch.Tensor:
         state = self._get_rng_state()
         self.log.key_of(state, device="cpu")
         return state
+
+    @contextlib.contextmanager
+    def _fork_rng_on_cpu(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """`torch.random.fork_rng` as a CPU step runs it: checkpointing's recompute forks the
+        RNG of the device it infers from its tensors, "meta" in the trace, for which PyTorch
+        forks nothing; on the CPU it saves the CPU state for the recompute's length."""
+        if kwargs.get("device_type") != "meta" or not kwargs.get("enabled", True):
+            with self._fork_rng(*args, **kwargs):
+                yield
+            return
+        state = torch.get_rng_state()
+        try:
+            yield
+        finally:
+            torch.set_rng_state(state)
 
     @property
     def blas_users(self) -> set[tuple[str, str]]:
