@@ -188,6 +188,18 @@ def test_a_verdict_on_time_is_stated_only_beyond_the_noise(
     assert verdict in text
 
 
+def test_the_conditions_name_layers_a_model_keeps_in_its_own_dtype(profile: Profile) -> None:
+    # fp32 leaves a model's float64 layers as built: "everything in float32" says which not
+    nin = model(profile, "nin")
+    float64 = replace(nin, saved_bytes_by_dtype={**nin.saved_bytes_by_dtype, "float64": 8})
+    text = render_report(replace(profile, models=(float64, *profile.models[1:])))
+    assert (
+        "fp32 (everything in float32), but for the layers built in another dtype, kept as "
+        "built: nin (float64), optimizer sgd." in text
+    )
+    assert "kept as built" not in render_report(profile)
+
+
 def test_scratch_above_the_peak_between_ops_is_never_negative(profile: Profile) -> None:
     # on the CPU the peak between ops comes from a second run under a dispatch mode, which can
     # hold a few bytes more than the whole run did (a gradient added out of place): no op's

@@ -100,6 +100,27 @@ def classes_words(profile: Profile) -> str:
     return f"{classes} classes" if classes else "each model's own classes"
 
 
+# dtypes a model can build its layers in that no precision here casts to
+_OWN_DTYPES = ("float64", "complex64", "complex128")
+
+
+def _own_dtypes(profile: Profile) -> str:
+    """Where a model keeps layers of its own dtype (fp32 and AMP leave a model's dtypes as
+    built), which models and dtypes, from what each saves for backward."""
+    if profile.config.precision in ("fp16", "bf16"):
+        return ""
+    named = [
+        f"{m.name} ({', '.join(dtypes)})"
+        for m in profile.models
+        if (dtypes := [d for d in _OWN_DTYPES if m.saved_bytes_by_dtype.get(d)])
+    ]
+    return (
+        f", but for the layers built in another dtype, kept as built: {listing(named)}"
+        if named
+        else ""
+    )
+
+
 def conditions(profile: Profile) -> str:
     """The run's conditions, stated once for the whole report."""
     c, env = profile.config, profile.environment
@@ -107,8 +128,8 @@ def conditions(profile: Profile) -> str:
     batch = f"of {inputs.describe()}" if inputs.square_image else f"of {inputs.describe()} each"
     text = (
         f"Batch {c.batch} {batch}, {classes_words(profile)}, "
-        f"{precision_meaning(c)}, optimizer {c.optimizer}. Every figure is per batch unless it "
-        "says per example. "
+        f"{precision_meaning(c)}{_own_dtypes(profile)}, optimizer {c.optimizer}. Every figure "
+        "is per batch unless it says per example. "
     )
     if c.parallel != "none":
         text += f"Under --parallel {c.parallel} the batch is each rank's. "
