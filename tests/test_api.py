@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -147,6 +148,17 @@ def test_on_error_the_module_is_left_as_it_was_and_the_error_is_one_line() -> No
     assert_untouched(before, net)
 
 
+# a measured CPU run kept short: batch 2, one warm-up and two timed iterations, no time budget
+MEASURED_AT_BATCH_2: dict[str, Any] = {
+    "batch": 2,
+    "measure": True,
+    "device": "cpu",
+    "cpu_time_budget": 0,
+    "warmup": 1,
+    "iterations": 2,
+}
+
+
 @pytest.mark.usefixtures("worker_finds_the_zoo")
 def test_a_measured_module_is_measured_on_a_copy_in_its_worker(
     monkeypatch: pytest.MonkeyPatch,
@@ -160,15 +172,7 @@ def test_a_measured_module_is_measured_on_a_copy_in_its_worker(
     net = zoo_models.TokenClassifier()
     before = snapshot(net)
     profile = nin_profile.profile(
-        net,
-        input_size=(zoo_models.TOKENS,),
-        token_ids=True,
-        batch=2,
-        measure=True,
-        device="cpu",
-        cpu_time_budget=0,
-        warmup=1,
-        iterations=2,
+        net, input_size=(zoo_models.TOKENS,), token_ids=True, **MEASURED_AT_BATCH_2
     )
     assert profile.config.inputs == zoo_models.TOKEN_IDS
     (model,) = profile.models
@@ -184,14 +188,7 @@ def test_a_float64_model_is_measured_in_float64() -> None:
     # the analysis keeps a layer's own dtype: the float64 input met float32 weights and the
     # measurement failed ("mat1 and mat2 must have the same dtype")
     profile = nin_profile.profile(
-        "zoo_models:Float64",
-        input_size=(3, 16, 16),
-        batch=2,
-        measure=True,
-        device="cpu",
-        cpu_time_budget=0,
-        warmup=1,
-        iterations=2,
+        "zoo_models:Float64", input_size=(3, 16, 16), **MEASURED_AT_BATCH_2
     )
     (model,) = profile.models
     # 768·32 + 32 + 32·10 + 10 = 24_938 parameters of 8 bytes

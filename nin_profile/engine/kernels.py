@@ -15,7 +15,7 @@ The selection rules, with the PyTorch source each follows, are devices.py's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -478,7 +478,7 @@ class DeviceKernels:
     def __init__(self, device: str) -> None:
         self.device = device
         self._saved: dict[str, Any] = {}
-        self._fast_paths = contextlib.ExitStack()
+        self._replaced = contextlib.ExitStack()  # put back in reverse when the block ends
 
     def __enter__(self) -> DeviceKernels:
         sdpa, lstm, gru = F.scaled_dot_product_attention, torch._VF.lstm, torch._VF.gru
@@ -501,25 +501,32 @@ class DeviceKernels:
         F.scaled_dot_product_attention = scaled_dot_product_attention
         torch._VF.lstm = lstm_layers
         torch._VF.gru = gru_layers
+        self._replaced.enter_context(nested_packing_refused(device))
         if device == "cpu":
             for name in _POOLS:
-                self._saved[name] = pool = getattr(torch, name)
-                setattr(torch, name, _without_indices(name, pool))
-            self._saved["group_norm"] = torch.group_norm
-            torch.group_norm = _group_norm_on_cpu(torch.group_norm)
-        self._fast_paths.enter_context(nested_packing_refused(device))
-        if device == "cpu":
-            self._fast_paths.enter_context(cpu_fast_paths())
+                pool = _without_indices(name, getattr(torch, name))
+                self._replaced.enter_context(_replaced(torch, name, pool))
+            group_norm = _group_norm_on_cpu(torch.group_norm)
+            self._replaced.enter_context(_replaced(torch, "group_norm", group_norm))
+            self._replaced.enter_context(cpu_fast_paths())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for name in (*_POOLS, "group_norm"):
-            if name in self._saved:
-                setattr(torch, name, self._saved[name])
-        self._fast_paths.close()
+        self._replaced.close()
         F.scaled_dot_product_attention = self._saved["sdpa"]
         del torch._VF.lstm  # the instance attributes: torch._VF answers from torch._C again
         del torch._VF.gru
+
+
+@contextlib.contextmanager
+def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """`owner.name` is `value` inside the block, its own again however the block ends."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
 
 
 # what F.max_pool1d/2d/3d call where no indices are asked for (torch/nn/functional.py)
