@@ -392,6 +392,9 @@ class ModelProfile:
     saved_bytes_by_dtype: Mapping[str, int] = field(default_factory=dict)
     precisions: tuple[PrecisionProfile, ...] = ()  # --compare-precision: one per precision
     parallel: ParallelProfile | None = None  # per rank under DDP or FSDP2 (--parallel)
+    # trainable parameters the training step gives no gradient (name → elements): the loss
+    # does not reach them, so they get no .grad and no optimizer state
+    without_grad: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def macs_forward(self) -> int:
@@ -435,6 +438,7 @@ class ModelProfile:
             "precisions": [p.to_dict() for p in self.precisions],
             "parallel": self.parallel.to_dict() if self.parallel else None,
             "not_counted": [asdict(n) for n in self.not_counted],
+            "params_without_grad": dict(self.without_grad),
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -474,6 +478,7 @@ class ModelProfile:
             saved_bytes_by_dtype=dict(d.get("saved_bytes_by_dtype", {})),  # not in older files
             precisions=tuple(PrecisionProfile.from_dict(p) for p in d.get("precisions", ())),
             parallel=_parallel_from_dict(d.get("parallel")),
+            without_grad=dict(d.get("params_without_grad", {})),  # not in older files
         )
 
 

@@ -373,6 +373,24 @@ def test_notes_of_one_kind_are_one_line(profile: Profile) -> None:
     )
 
 
+def test_parameters_without_a_gradient_are_one_note_naming_them(profile: Profile) -> None:
+    five = {f"blocks.{i}.weight": 10 * (i + 1) for i in range(5)}  # 10+20+30+40+50 = 150
+    noted = tuple(
+        replace(m, without_grad=five if m.name == "nin" else {"head.bias": 7})
+        if m.name in ("nin", "alexnet")
+        else m
+        for m in profile.models
+    )
+    text = render_report(replace(profile, models=noted))
+    lines = [line for line in text.splitlines() if "gives no gradient" in line]
+    assert len(lines) == 1
+    assert lines[0].endswith(
+        "nin: 150 in 5 tensors (blocks.0.weight, blocks.1.weight, blocks.2.weight, "
+        "blocks.3.weight and 1 more); alexnet: 7 in 1 tensor (head.bias)"
+    )
+    assert "gives no gradient" not in render_report(profile)
+
+
 def test_the_op_with_the_most_scratch_is_named_once(profile: Profile) -> None:
     """The scratch figures are a column of the measured table; which op held the most is said
     once in its text, not in a note per measurement."""

@@ -98,6 +98,30 @@ def test_classes_given_that_disagree_are_refused() -> None:
         profile("TupleOut", classes=7)
 
 
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+def test_parameters_the_loss_never_reaches_are_named() -> None:
+    ours = profile("PartlyTrained")
+    model = real("PartlyTrained").train()
+    x, y = real_batch()
+    loss = TrainingLoss(ours.classes)(model(x), y)
+    with FlopCounterMode(display=False) as backward:
+        loss.backward()
+    no_grad = {n: p.numel() for n, p in model.named_parameters() if p.grad is None}
+    # conv 3→8: 3*8*3*3 = 216 and 8; the spare 8→8 linear: 64 and 8
+    assert (
+        ours.without_grad
+        == no_grad
+        == {
+            "checkpointed.0.weight": 216,
+            "checkpointed.0.bias": 8,
+            "spare.weight": 64,
+            "spare.bias": 8,
+        }
+    )
+    assert ours.flops_backward == backward.get_total_flops()  # the head's alone
+    assert profile("Residual").without_grad == {}
+
+
 # ---- builders and instances ------------------------------------------------------------------
 
 

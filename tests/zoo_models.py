@@ -457,6 +457,22 @@ def checkpointed_reentrant() -> nn.Module:
     return Checkpointed(reentrant=True)
 
 
+class PartlyTrained(nn.Module):
+    """Trainable parameters the loss never reaches: a reentrant checkpoint on the raw batch
+    (which needs no gradient, so the checkpoint's output needs none either and its conv gets
+    no gradient), and a layer the forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checkpointed = nn.Sequential(nn.Conv2d(CHANNELS, 8, 3, padding=1), nn.ReLU())
+        self.spare = nn.Linear(8, 8)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = checkpoint(self.checkpointed, x, use_reentrant=True)
+        return self.head(x.mean((2, 3)))
+
+
 class Pools(nn.Module):
     """Max-pooling of every kind: with its indices asked for (and unpooled), without, and in
     3-d (the image as one 3-d channel)."""

@@ -166,6 +166,7 @@ class _TrainingTrace:
     saved_by: dict[int, str]
     owners: dict[MemoryCategory, set[int]] = field(default_factory=dict)
     saved_dtype: dict[int, str] = field(default_factory=dict)  # key → "float16", "int64"
+    without_grad: dict[str, int] = field(default_factory=dict)  # name → numel, see below
 
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
@@ -396,12 +397,27 @@ def _trace_training(
         owners[MemoryCategory.GRADS] = log.keys_of(
             p.grad for p in model.parameters() if p.grad is not None
         )
+        without_grad = _without_grad(model)
         owners[MemoryCategory.WEIGHT_COPIES] = tracer.weight_copies
         owners[MemoryCategory.ACTIVATIONS] = set(saved_by)
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
     finally:
         log.close()
-    return _TrainingTrace(tracer, log, recorder.records, saved_by, owners, saved_dtype)
+    return _TrainingTrace(
+        tracer, log, recorder.records, saved_by, owners, saved_dtype, without_grad
+    )
+
+
+def _without_grad(model: nn.Module) -> dict[str, int]:
+    """The trainable parameters the step's backward gave no gradient (name → elements): the
+    loss does not depend on them (a module the forward does not call, a branch cut off from
+    the graph, a reentrant checkpoint whose inputs need no gradient). They get no `.grad` and
+    no optimizer state, so the step's figures rightly leave them out; the report says so."""
+    return {
+        name: p.numel()
+        for name, p in model.named_parameters()
+        if p.requires_grad and p.grad is None
+    }
 
 
 def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -> MemoryBreakdown:
@@ -586,6 +602,7 @@ def _model_profile(
             NotCounted(op, phase.value, calls)
             for (op, phase), calls in sorted(trace.tracer.not_counted.items())
         ),
+        without_grad=trace.without_grad,
     )
 
 

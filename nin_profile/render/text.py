@@ -248,10 +248,37 @@ def scratch_ops(profile: Profile) -> list[tuple[str, str, str]]:
     ]
 
 
+NAMES_SHOWN = 4
+
+
+def without_grad_note(models: Sequence[ModelProfile]) -> str | None:
+    """One line for the models whose training step gives some trainable parameters no
+    gradient, naming them: a cause of a backward that is smaller than the user expects."""
+    where = []
+    for m in models:
+        if m.without_grad:
+            names = list(m.without_grad)
+            shown = ", ".join(names[:NAMES_SHOWN])
+            more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+            tensors = f"{len(names)} tensor{'s' if len(names) > 1 else ''}"
+            where.append(f"{m.name}: {sum(m.without_grad.values()):,} in {tensors} ({shown}{more})")
+    if not where:
+        return None
+    return (
+        "trainable parameters the training step gives no gradient (the loss does not reach "
+        "them: a module the forward does not call, a branch cut off from the graph, a "
+        "reentrant checkpoint whose inputs need no gradient; they get no .grad, no optimizer "
+        "state and no backward FLOPs, and the figures leave them out): " + "; ".join(where)
+    )
+
+
 def grouped_notes(profile: Profile) -> list[str]:
-    """The run's notes, then the measurements' notes and failures one line per kind (the text
-    before the first ': '), naming the models and phases each concerns."""
+    """The run's notes, a line for parameters without a gradient, then the measurements' notes
+    and failures one line per kind (the text before the first ': '), naming the models and
+    phases each concerns."""
     lines = list(profile.notes)
+    if no_grad := without_grad_note(profile.models):
+        lines.append(no_grad)
     kinds: dict[str, list[tuple[str, str]]] = {}
     for m in profile.models:
         for phase, pm in m.measured.items():
