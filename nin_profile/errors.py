@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 import traceback
-
-import torch
 
 
 class ProfileError(Exception):
@@ -143,8 +142,16 @@ def needs_values(exc: BaseException) -> bool:
     )
 
 
+def _folder_of(package: str) -> str:
+    """The folder a package is imported from, found without importing it (`--help` and a bad
+    argument answer without loading torch)."""
+    spec = importlib.util.find_spec(package)
+    origin = spec.origin if spec and spec.origin else package
+    return os.path.dirname(os.path.abspath(origin)) + os.sep
+
+
 # Frames in these folders are torch's or nin_profile's, not the user's.
-_OURS = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+_OURS = (_folder_of("torch"), os.path.dirname(__file__) + os.sep)
 
 
 def short_path(filename: str) -> str:

@@ -181,6 +181,19 @@ def test_a_refusal_in_a_process_of_its_own_is_one_line_too() -> None:
     assert "unknown model 'resnet'" in result.stderr
 
 
+def test_a_malformed_argument_is_refused_without_loading_torch() -> None:
+    # torch takes about 2 s to import on a two-core machine; argparse needs none of it
+    code = (
+        "import sys; from nin_profile.cli import main\n"
+        "try:\n    main(['--batch', 'x'])\nexcept SystemExit as exit:\n"
+        "    assert exit.code == 2, exit.code\n"
+        "assert 'torch' not in sys.modules, 'refusing an argument imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "'x' is not a whole number" in result.stderr
+
+
 def test_out_refuses_a_folder_that_is_not_ours(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
