@@ -20,7 +20,7 @@ from nin_profile.measure.cpu_memory import cpu_peak_during
 from nin_profile.results import ModelProfile
 
 BATCH = 4
-SEQUENCE = ("sdpa_block", "mha_block", "lstm", "gru", "bigru")
+SEQUENCE = ("sdpa_block", "mha_block", "lstm", "projected_lstm", "gru", "bigru")
 
 
 def profile(name: str, device: str = "cpu") -> ModelProfile:
@@ -96,17 +96,32 @@ ONEDNN_SHAPES = [  # (steps, batch, input, hidden): multiples of 16 and not, 4H 
 ]
 
 
+ONEDNN_BF16 = pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bfloat16 on this CPU"
+)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, pytest.param(torch.bfloat16, marks=ONEDNN_BF16)], ids=str
+)
 @pytest.mark.parametrize(("steps", "batch", "input_size", "hidden"), ONEDNN_SHAPES)
 def test_onednn_lstm_workspace_is_the_one_the_cpu_returns(
-    steps: int, batch: int, input_size: int, hidden: int
+    steps: int, batch: int, input_size: int, hidden: int, dtype: torch.dtype
 ) -> None:
-    x = torch.randn(steps, batch, input_size)
-    w_ih, w_hh = torch.randn(4 * hidden, input_size), torch.randn(4 * hidden, hidden)
-    b, h = torch.randn(4 * hidden), torch.zeros(batch, hidden)
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=dtype)
+
+    x, w_ih, w_hh = (
+        randn(steps, batch, input_size),
+        randn(4 * hidden, input_size),
+        randn(4 * hidden, hidden),
+    )
+    b, h = randn(4 * hidden), torch.zeros(batch, hidden, dtype=dtype)
     *_, workspace = torch.ops.aten.mkldnn_rnn_layer(
         x, w_ih, w_hh, b, b, h, h, False, [], 2, hidden, 1, True, False, False, True
     )
-    assert workspace.nbytes == onednn_lstm_workspace(steps, batch, input_size, hidden)
+    itemsize = x.element_size()
+    assert workspace.nbytes == onednn_lstm_workspace(steps, batch, input_size, hidden, itemsize)
 
 
 def test_attention_flops_match_the_dense_decomposition() -> None:

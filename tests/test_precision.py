@@ -146,7 +146,14 @@ def test_the_estimate_matches_a_real_cpu_run(
 # inference peaks of nn.MultiheadAttention and the GRU miss in float32 already (+11% and +23%
 # against this oracle), and the GRU's AMP training peak is 7.8% low (not explained); their
 # saved bytes are exact. Not oneDNN's LSTM: see docs/method.md.
-ZOO = {"sdpa_block": True, "depthwise_separable": True, "mha_block": False, "gru": False}
+ZOO = {
+    "sdpa_block": True,
+    "depthwise_separable": True,
+    "mha_block": False,
+    "gru": False,
+    "lstm": False,
+    "projected_lstm": False,
+}
 
 
 @pytest.mark.parametrize("precision", ["amp-bf16", "bf16"])

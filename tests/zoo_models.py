@@ -141,13 +141,18 @@ class RowsClassifier(nn.Module):
     state classifies."""
 
     def __init__(
-        self, kind: type[nn.LSTM] | type[nn.GRU], layers: int = 2, bidirectional: bool = False
+        self,
+        kind: type[nn.LSTM] | type[nn.GRU],
+        layers: int = 2,
+        bidirectional: bool = False,
+        **options: int,
     ) -> None:
         super().__init__()
         self.rnn = kind(
-            CHANNELS * SIDE, WIDTH, layers, batch_first=True, bidirectional=bidirectional
+            CHANNELS * SIDE, WIDTH, layers, batch_first=True, bidirectional=bidirectional, **options
         )
-        self.head = nn.Linear(WIDTH * (2 if bidirectional else 1), CLASSES)
+        width = options.get("proj_size") or WIDTH
+        self.head = nn.Linear(width * (2 if bidirectional else 1), CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.permute(0, 2, 1, 3).flatten(2)  # (batch, SIDE, CHANNELS·SIDE)
@@ -157,6 +162,12 @@ class RowsClassifier(nn.Module):
 
 def lstm() -> nn.Module:
     return RowsClassifier(nn.LSTM)
+
+
+def projected_lstm() -> nn.Module:
+    """An LSTM whose hidden state is projected to 12 features (`proj_size`): the CPU runs the
+    composite cell for it, not oneDNN."""
+    return RowsClassifier(nn.LSTM, proj_size=12)
 
 
 def gru() -> nn.Module:
@@ -573,6 +584,7 @@ ZOO = (
     "sdpa_block",
     "mha_block",
     "lstm",
+    "projected_lstm",
     "gru",
     "bigru",
     "BatchNormToOnePixel",

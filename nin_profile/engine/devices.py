@@ -32,18 +32,21 @@ Kernels, CPU
   nothing of batch size is allocated. A boolean mask is first made an additive float mask
   (`convert_boolean_attn_mask` in aten/src/ATen/native/transformers/attention.cpp).
 - LSTM: `lstm` in aten/src/ATen/native/RNN.cpp takes oneDNN when `use_mkldnn` holds (the
-  input and weights on the CPU, float32, oneDNN enabled, a non-empty input); `mkldnn_rnn` in
+  input and weights on the CPU, float32 or, where this CPU has the kernels, bfloat16 (CPU
+  autocast runs `mkldnn_rnn_layer` in bfloat16), oneDNN enabled, a non-empty input), but for
+  an LSTM with projections (`proj_size`), which keeps the composite; `mkldnn_rnn` in
   aten/src/ATen/native/mkldnn/RNN.cpp then transposes a batch-first input to time-first
   (a contiguous copy), and calls `mkldnn_rnn_layer` once per layer and direction. In
   training, each call returns oneDNN's workspace, which backward needs: its size is
   kernels.py's `onednn_lstm_workspace` (PyTorch's meta kernel says 0). What a call allocates
-  and frees inside itself (reordered weights, the scratchpad) is its `kernel_scratch`. A packed
-  sequence keeps the composite cell, as on meta.
+  and frees inside itself (reordered weights, the scratchpad) is its `kernel_scratch`. An LSTM
+  oneDNN does not take runs the composite as the GRU does (below: kernels.py's
+  `lstm_on_cpu`). A packed sequence keeps the composite cell, as on meta.
 - GRU: PyTorch 2.13 has no oneDNN path for it; the CPU runs the composite of RNN.cpp, which
   (`FullLayer` and `FullBidirectionalLayer`, when the input is on the CPU) projects the whole
   sequence's input in one product where meta projects it step by step: kernels.py's
   `gru_on_cpu` follows the CPU's order, and what each layer keeps alive until its outputs are
-  stacked. A packed sequence keeps meta's order.
+  stacked (`rnn_runs_whole_sequence`). A packed sequence keeps meta's order.
 - Max-pooling: `torch.max_pool1d` computes no int64 indices on the CPU where the input needs
   no gradient (aten/src/ATen/native/MaxPooling.cpp; meta runs `max_pool2d_with_indices`):
   kernels.py's `cpu_outputs` leaves them out. `max_pool2d`/`max_pool3d` compute theirs and
@@ -239,23 +242,38 @@ def lstm_uses_onednn(
     device: str, input: torch.Tensor, hx: object, params: list[torch.Tensor]
 ) -> bool:
     """For `torch._VF.lstm(input, hx, params, ...)`: `use_mkldnn` of aten/src/ATen/native/RNN.cpp
-    on the CPU, for float32 (the dtype traced here). A packed sequence's call passes its batch
-    sizes, a tensor, where `hx` is."""
+    on the CPU, and `lstm` there, which runs the composite anyway for an LSTM with projections
+    (`proj_size`: h is narrower than c; "LSTM with projections is not supported with
+    oneDNN"). A packed sequence's call passes its batch sizes, a tensor, where `hx` is."""
     if device != "cpu" or not isinstance(hx, (list, tuple)):
         return False
+    h0, c0 = hx
     return (
         torch.backends.mkldnn.is_available()
         and bool(torch.backends.mkldnn.enabled)
-        and input.dtype == torch.float32
+        and _onednn_takes(input.dtype)
         and input.numel() > 0
         and all(p.dim() <= 2 for p in params)
+        and h0.shape[-1] == c0.shape[-1]
     )
 
 
-def gru_runs_whole_sequence(device: str, hx_or_params: object) -> bool:
-    """For `torch._VF.gru`: the CPU projects a whole sequence's input at once (RNN.cpp's
-    `FullLayer`), where the call is not a packed sequence's (whose third argument is `hx`, a
-    tensor, where the unpacked call's is the list of weights)."""
+def _onednn_takes(dtype: torch.dtype) -> bool:
+    """`use_mkldnn`'s dtypes: float32; bfloat16 where this CPU has oneDNN's bfloat16 kernels
+    (`mkldnn_bf16_device_check`: AVX-512 and newer); float16 likewise, and only without
+    grad mode. The CPU asked is this machine's: the one `--device cpu` measures."""
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return not torch.is_grad_enabled() and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return dtype == torch.float32
+
+
+def rnn_runs_whole_sequence(device: str, hx_or_params: object) -> bool:
+    """For `torch._VF.gru` and, where oneDNN does not take it, `torch._VF.lstm`: the CPU
+    projects a whole sequence's input at once (RNN.cpp's `FullLayer`), where the call is not a
+    packed sequence's (whose argument there is `hx`, a tensor, where the unpacked call's is
+    the list of weights: the GRU's third argument, the LSTM's second, its hx, a list)."""
     return device == "cpu" and isinstance(hx_or_params, (list, tuple))
 
 

@@ -25,8 +25,8 @@ from torch.nn.attention import SDPBackend
 from nin_profile.engine.devices import (
     cpu_sdpa_backend,
     cuda_sdpa_backend,
-    gru_runs_whole_sequence,
     lstm_uses_onednn,
+    rnn_runs_whole_sequence,
 )
 from nin_profile.engine.fastpath import cpu_fast_paths, nested_packing_refused
 
@@ -180,6 +180,10 @@ def _linear_on_cpu(
     return out if bias is None else out.add_(bias)
 
 
+# One direction of one layer over a sequence: the step outputs and the final hidden state.
+Steps = Callable[[Sequence[torch.Tensor], Any, list[torch.Tensor]], tuple[list[torch.Tensor], Any]]
+
+
 def gru_on_cpu(
     input: torch.Tensor,
     hx: torch.Tensor,
@@ -195,56 +199,144 @@ def gru_on_cpu(
     layer's `FullLayer` (`FullBidirectionalLayer` for two directions) computes a direction's
     input gate projections for the whole sequence in one product when the input is on the CPU
     (on meta, one per step), then runs `GRUCell` with `pre_compute_input`, op for op."""
-    x = input.transpose(0, 1) if batch_first else input
-    hiddens = hx.unbind(0)
     per_cell = 4 if has_biases else 2
+    output, finals = _layer_stack(
+        input,
+        list(hx.unbind(0)),
+        params,
+        per_cell,
+        _gru_steps,
+        num_layers,
+        dropout,
+        train,
+        bidirectional,
+        batch_first,
+    )
+    return output, torch.stack(finals, 0)
+
+
+def lstm_on_cpu(
+    input: torch.Tensor,
+    hx: list[torch.Tensor],
+    params: list[torch.Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`lstm` where the CPU does not take oneDNN (an LSTM with projections, `proj_size`):
+    `_lstm_impl` of RNN.cpp, whose `FullLayer` projects the whole sequence's input at once on
+    the CPU as for the GRU, then runs `LSTMCell` with `pre_compute_input`, op for op. Each
+    cell of an LSTM with projections has a fifth weight (`w_hr`, a fourth without biases)."""
+    h0, c0 = hx
+    projections = h0.shape[-1] != c0.shape[-1]
+    per_cell = (4 if has_biases else 2) + (1 if projections else 0)
+    hiddens = list(zip(h0.unbind(0), c0.unbind(0), strict=True))
+    output, finals = _layer_stack(
+        input,
+        hiddens,
+        params,
+        per_cell,
+        _lstm_steps,
+        num_layers,
+        dropout,
+        train,
+        bidirectional,
+        batch_first,
+    )
+    return output, torch.stack([h for h, _ in finals], 0), torch.stack([c for _, c in finals], 0)
+
+
+def _layer_stack(
+    input: torch.Tensor,
+    hiddens: list[Any],
+    params: list[torch.Tensor],
+    per_cell: int,
+    steps: Steps,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> tuple[torch.Tensor, list[Any]]:
+    """`apply_layer_stack` of RNN.cpp: the layers in turn, dropout between them in training."""
+    x = input.transpose(0, 1) if batch_first else input
     cells = [params[i : i + per_cell] for i in range(0, len(params), per_cell)]
     directions = 2 if bidirectional else 1
-    finals: list[torch.Tensor] = []
+    finals: list[Any] = []
     for layer in range(num_layers):
         first = layer * directions
         layer_cells = cells[first : first + directions]
         layer_hiddens = hiddens[first : first + directions]
         if bidirectional:
-            x, layer_finals = _bidirectional_gru_layer(x, layer_hiddens, layer_cells)
+            x, layer_finals = _full_bidirectional_layer(x, layer_hiddens, layer_cells, steps)
         else:
-            x, layer_finals = _gru_layer(x, layer_hiddens[0], layer_cells[0])
+            x, layer_finals = _full_layer(x, layer_hiddens[0], layer_cells[0], steps)
         finals += layer_finals
         if dropout and train and layer < num_layers - 1:
             x = F.dropout(x, dropout, True)
-    return (x.transpose(0, 1) if batch_first else x), torch.stack(finals, 0)
+    return (x.transpose(0, 1) if batch_first else x), finals
 
 
-def _gru_layer(
-    x: torch.Tensor, h: torch.Tensor, cell: list[torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _full_layer(
+    x: torch.Tensor, hidden: Any, cell: list[torch.Tensor], steps: Steps
+) -> tuple[torch.Tensor, list[Any]]:
     """`FullLayer`: the projection (`inputs_w`) and the steps' outputs live until the outputs
     are stacked."""
     projection = _linear_on_cpu(x, cell[0], _bias_ih(cell))
-    outputs, h = _gru_steps(projection.unbind(0), h, cell)
-    return torch.stack(outputs, 0), [h]
+    outputs, hidden = steps(projection.unbind(0), hidden, cell)
+    return torch.stack(outputs, 0), [hidden]
 
 
-def _bidirectional_gru_layer(
-    x: torch.Tensor, hiddens: Sequence[torch.Tensor], cells: list[list[torch.Tensor]]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _full_bidirectional_layer(
+    x: torch.Tensor, hiddens: Sequence[Any], cells: list[list[torch.Tensor]], steps: Steps
+) -> tuple[torch.Tensor, list[Any]]:
     """`FullBidirectionalLayer`: the forward direction's outputs stacked; the reverse
     direction's projection made before the forward one is let go; the reverse projection and
     both directions' step outputs live until the two outputs are concatenated."""
     forward_cell, reverse_cell = cells
     projection = _linear_on_cpu(x, forward_cell[0], _bias_ih(forward_cell))
-    steps = projection.unbind(0)
-    forward_steps, forward_h = _gru_steps(steps, hiddens[0], forward_cell)
+    forward_steps, forward_hidden = steps(projection.unbind(0), hiddens[0], forward_cell)
     forward_output = torch.stack(forward_steps, 0)
     projection = _linear_on_cpu(x, reverse_cell[0], _bias_ih(reverse_cell))
-    steps = projection.unbind(0)[::-1]
-    reverse_steps, reverse_h = _gru_steps(steps, hiddens[1], reverse_cell)
+    reverse_steps, reverse_hidden = steps(projection.unbind(0)[::-1], hiddens[1], reverse_cell)
     reverse_output = torch.stack(reverse_steps[::-1], 0)
-    return torch.cat([forward_output, reverse_output], -1), [forward_h, reverse_h]
+    return torch.cat([forward_output, reverse_output], -1), [forward_hidden, reverse_hidden]
 
 
 def _bias_ih(cell: list[torch.Tensor]) -> torch.Tensor | None:
-    return cell[2] if len(cell) == 4 else None
+    """b_ih where the cell has biases: its third tensor (then b_hh, then an LSTM's w_hr)."""
+    return cell[2] if len(cell) in (4, 5) else None
+
+
+def _lstm_steps(
+    steps: Sequence[torch.Tensor],
+    hidden: tuple[torch.Tensor, torch.Tensor],
+    cell: list[torch.Tensor],
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """`LSTMCell` with `pre_compute_input` over each step's projected input: the hidden
+    projection plus the step's, the gates activated in place, the new cell state, then the
+    hidden state (projected by `w_hr` where the LSTM has projections); the step outputs (h)
+    and the last (h, c)."""
+    w_hh = cell[1]
+    b_hh = cell[3] if len(cell) in (4, 5) else None
+    w_hr = cell[-1] if len(cell) in (3, 5) else None
+    h, c = hidden
+    outputs = []
+    for gates_in in steps:
+        gates = F.linear(h, w_hh, b_hh).add_(gates_in)
+        in_gate, forget_gate, cell_gate, out_gate = gates.unsafe_chunk(4, 1)
+        in_gate, forget_gate = in_gate.sigmoid_(), forget_gate.sigmoid_()
+        cell_gate, out_gate = cell_gate.tanh_(), out_gate.sigmoid_()
+        c = (forget_gate * c).add_(in_gate * cell_gate)
+        h = out_gate * c.tanh()
+        if w_hr is not None:
+            h = torch.matmul(h, w_hr.t())
+        outputs.append(h)
+        del gates, in_gate, forget_gate, cell_gate, out_gate  # C++ frees them here
+    return outputs, (h, c)
 
 
 def _gru_steps(
@@ -277,28 +369,34 @@ def _page(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
 
 
-def onednn_lstm_workspace(steps: int, batch: int, input_size: int, hidden: int) -> int:
+def onednn_lstm_workspace(
+    steps: int, batch: int, input_size: int, hidden: int, itemsize: int = 4
+) -> int:
     """Bytes of the workspace oneDNN's LSTM forward keeps for backward, one layer and
-    direction in float32: `set_conf` and `set_offsets` (oneDNN src/cpu/rnn/rnn_utils.*), each
-    part starting on a page of 4096 B. Parts, in order: gates (T·B·ld(4H)), ht (T·B·ld(H)),
-    the layer states and the iteration states twice over ((L+1)·(T+1)·B·ld(max(I, H)) each,
-    with L = 1: the iteration states are registered twice, then share the layer states'
-    place), the cell states and their gradients ((L+1)·(T+1)·B·H each). Checked against the
-    workspace the CPU returned at 26 shapes (tests/test_kernels.py)."""
-    layer_ld = _good_ld(max(input_size, hidden))
+    direction, for float32 (`itemsize` 4) or bfloat16 (2) cells: `set_workspace_sizes` and
+    `set_offsets` (oneDNN src/cpu/rnn/rnn_utils.*; element types from ref_rnn.hpp), each part
+    starting on a page of 4096 B, the end rounded up to a page. Parts, in order: gates
+    (T·B·ld(4H)), ht (T·B·ld(H)), the layer states ((L+1)·(T+1)·B·ld(max(I, H)) with L = 1;
+    the iteration states share their place), the cell states ((L+1)·(T+1)·B·H), all in the
+    cell's dtype; then the gradients of the layer states, of the iteration states (each
+    (L+1)·(T+1)·B·ld(max(I, H)) with ld for 4-byte elements) and of the cell states, in
+    float32, the accumulation type of both. Checked against the workspace the CPU returned
+    (tests/test_kernels.py; 207 shapes in each dtype when the bfloat16 rule was derived)."""
+    acc = 4  # gemm_acc_t: float32 for float32 and bfloat16 cells
     states = 2 * (steps + 1) * batch
-    parts = [
-        steps * batch * _good_ld(4 * hidden),
-        steps * batch * _good_ld(hidden),
-        states * layer_ld,
-        states * layer_ld,
-        states * layer_ld,
-        states * hidden,
-        states * hidden,
+    width = max(input_size, hidden)
+    parts = [  # (elements, bytes each), in set_offsets' order
+        (steps * batch * _good_ld(4 * hidden, itemsize), itemsize),
+        (steps * batch * _good_ld(hidden, itemsize), itemsize),
+        (states * _good_ld(width, itemsize), itemsize),
+        (states * hidden, itemsize),
+        (states * _good_ld(width, acc), acc),
+        (states * _good_ld(width, acc), acc),
+        (states * hidden, acc),
     ]
     offset = 0
-    for part in parts:
-        offset = _page(offset) + 4 * part
+    for elements, size in parts:
+        offset = _page(offset) + elements * size
     return _page(offset)
 
 
@@ -309,7 +407,7 @@ def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cp
     if func is aten.mkldnn_rnn_layer.default and args[-1]:  # train
         input, w_ih, hidden = args[0], args[1], args[10]
         steps, batch = input.shape[:2]  # time-first: `mkldnn_rnn` transposed a batch-first input
-        size = onednn_lstm_workspace(steps, batch, w_ih.shape[1], hidden)
+        size = onednn_lstm_workspace(steps, batch, w_ih.shape[1], hidden, input.element_size())
         workspace = torch.empty(size, dtype=torch.uint8, device=input.device)
         return (*out[:3], workspace)
     if func in _NORMS and isinstance(out, tuple) and len(out) == 3:
@@ -412,7 +510,8 @@ def _onednn_lstm_scratch(steps: int, batch: int, input_size: int, hidden: int) -
     oneDNN's gate layout (I·ld(4H) and H·ld(4H)), and its scratchpad, whose gate buffer is
     T·B·ld(4H) when oneDNN merges the time steps' GEMMs (batch < 128), B·ld(4H) otherwise.
     Not modelled: about 12.6 KiB more of scratchpad per call on this project's 2-core machine
-    (per-thread GEMM buffers)."""
+    (per-thread GEMM buffers). Measured in float32; a bfloat16 layer is given the same figure
+    (not measured)."""
     gates_ld = _good_ld(4 * hidden)
     merged = steps if batch < 128 else 1
     floats = 4 * hidden + (input_size + hidden) * gates_ld
@@ -491,10 +590,12 @@ class DeviceKernels:
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
             if lstm_uses_onednn(device, *args[:3]):
                 return lstm_on_onednn(*args, **kwargs)
+            if rnn_runs_whole_sequence(device, args[1]):
+                return lstm_on_cpu(*args, **kwargs)
             return lstm(*args, **kwargs)
 
         def gru_layers(*args: Any, **kwargs: Any) -> Any:
-            if gru_runs_whole_sequence(device, args[2]):
+            if rnn_runs_whole_sequence(device, args[2]):
                 return gru_on_cpu(*args, **kwargs)
             return gru(*args, **kwargs)
 
