@@ -254,7 +254,7 @@ def profile(
     `compare_precisions=("fp32", "amp-fp16")`, ...); sizes are bytes or strings with a unit;
     with `parallel`, `batch` is each rank's batch. Returns the Profile the command line writes as
     profile.json. Bad input raises ProfileError with one line saying why."""
-    from nin_profile.models import forget_instance, register_instance
+    from nin_profile.models import eager, forget_instance, register_instance
 
     if not isinstance(token_ids, bool):
         raise ProfileError(f"token_ids must be True or False, got {token_ids!r}")
@@ -285,6 +285,7 @@ def profile(
     try:
         for model in models:
             if isinstance(model, nn.Module):
+                model = eager(f"the {type(model).__name__} given", model)
                 _check_importable(model, measure)
                 name = register_instance(model, set(names))
                 registered.append(name)

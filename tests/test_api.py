@@ -182,6 +182,25 @@ def test_a_measured_module_is_measured_on_a_copy_in_its_worker(
     assert_untouched(before, net)
 
 
+def test_the_worker_imports_a_model_from_where_this_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a notebook's sys.path.insert: the worker, a process of its own, found no such module
+    # ("No module named ...", a note, and no measured figures)
+    (tmp_path / "notebook_nets.py").write_text(
+        "from torch import nn\n"
+        "class Head(nn.Sequential):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(nn.Flatten(), nn.Linear(12, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import notebook_nets  # type: ignore[import-not-found]
+
+    profile = nin_profile.profile(notebook_nets.Head(), input_size=(3, 2, 2), **MEASURED_AT_BATCH_2)
+    measured = profile.models[0].measured["train"]
+    assert measured.error is None and measured.memory is not None, measured.error
+
+
 @pytest.mark.usefixtures("worker_finds_the_zoo")
 def test_a_float64_model_is_measured_in_float64() -> None:
     # in fp32 the worker once cast every model to float32 (`model.to(device, float32)`), where

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nin_profile.cli import main
-from nin_profile.engine.analysis import AnalysisConfig, analyse_model, smallest_image_size
+from nin_profile.engine.analysis import (
+    AnalysisConfig,
+    analyse,
+    analyse_model,
+    meta_copy,
+    smallest_image_size,
+)
 from nin_profile.engine.training import TrainingLoss, make_batch
 from nin_profile.errors import InvalidConfig
 from nin_profile.models import ModelConfig
@@ -131,6 +138,27 @@ def test_a_builder_that_computes_with_tensors_is_built_on_the_cpu() -> None:
     assert profile("computed_widths").params == 224 + 1_168 + 170 == 1_562
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm is deprecated")
+def test_a_module_holding_computed_tensors_is_copied_to_meta() -> None:
+    # weight_norm and spectral_norm keep `weight` as a plain non-leaf tensor, which deepcopy
+    # refuses: a model built on the CPU (or given to the API) is copied with it made meta
+    torch.manual_seed(0)
+    copied = meta_copy(zoo_models.OldStyleNorms(), always=True)
+    assert copied.get_submodule("head").weight.device.type == "meta"
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
+    name = "zoo_models:OldStyleNorms"
+    assert analyse(copied, cfg, name) == replace(analyse_model(name, cfg), description="")
+
+
+def test_a_compiled_model_is_profiled_as_its_eager_module() -> None:
+    # torch.compile wraps the model (its parameters named "_orig_mod.…"); the estimate is of
+    # the eager step, layer names as the user wrote them
+    eager = profile("Residual")
+    assert profile("compiled") == replace(
+        eager, name="zoo_models:compiled", description="user model from zoo_models:compiled"
+    )
+
+
 def test_the_users_module_is_left_as_it_was() -> None:
     module = zoo_models.instance
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
@@ -176,6 +204,13 @@ USER_ERRORS = [
         "zoo_models:BilinearHead on 3×16×16 images in amp-bf16: layer head (Bilinear) cannot "
         "run on input 1×16: RuntimeError: All tensors must have the same dtype",
     ),
+    (
+        ["--models", "zoo_models:scripted_head", "--channels", "3", "--image-size", "16"],
+        "zoo_models:scripted_head: its layer '1' is a TorchScript module (torch.jit.script or "
+        "trace), which runs no Python for a trace to follow and takes no hooks: give the eager "
+        "nn.Module it was made from",
+    ),
+    (["--models", "zoo_models:CLASSES"], "'zoo_models:CLASSES' gave an int, not a torch.nn"),
     (["--models", "zoo_models:TupleOut", "--channels", "3", "--classes", "7"], "--classes 7"),
     (["--models", "nin,alexnet,nin"], "--models names nin more than once"),
     (

@@ -484,6 +484,20 @@ class PartlyTrained(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class OldStyleNorms(nn.Module):
+    """`torch.nn.utils.weight_norm` and `spectral_norm` (the hooks, not the parametrizations):
+    each keeps the weight it computes before every forward as a plain attribute, a tensor
+    `copy.deepcopy` refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.utils.spectral_norm(nn.Conv2d(CHANNELS, 8, 3, padding=1))
+        self.head = nn.utils.weight_norm(nn.Linear(8, CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).relu().mean((2, 3)))
+
+
 class Pools(nn.Module):
     """Max-pooling of every kind: with its indices asked for (and unpooled), without, and in
     3-d (the image as one 3-d channel)."""
@@ -572,6 +586,17 @@ class BilinearHead(nn.Module):
         return self.head(features, features.float())
 
 
+def scripted_head() -> nn.Module:
+    """A TorchScript layer inside an eager model: no hooks, no Python to trace."""
+    return nn.Sequential(nn.Flatten(), torch.jit.script(nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)))
+
+
+def compiled() -> nn.Module:
+    """`torch.compile` of a residual block (nothing compiles until it is called)."""
+    compiled: nn.Module = torch.compile(Residual())  # type: ignore[assignment]
+    return compiled
+
+
 def needs_width(width: int) -> nn.Module:
     return nn.Linear(width, CLASSES)
 
@@ -596,6 +621,7 @@ ZOO = (
     "computed_widths",
     "Checkpointed",
     "checkpointed_reentrant",
+    "OldStyleNorms",
     "Pools",
     "Float64",
     "Norms",

@@ -213,7 +213,19 @@ def meta_copy(model: nn.Module, always: bool = False) -> nn.Module:
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
+    for t in _plain_tensor_attributes(model):  # deepcopy refuses the non-leaf ones
+        memo.setdefault(id(t), torch.empty_like(t, device="meta"))
     return copy.deepcopy(model, memo)
+
+
+def _plain_tensor_attributes(model: nn.Module) -> Iterator[torch.Tensor]:
+    """Tensors a module holds as plain attributes, neither parameter nor buffer: the weight
+    `torch.nn.utils.weight_norm` and `spectral_norm` compute from their parameters before each
+    forward (and recompute in the copy's), a constant a user keeps on the module."""
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor):
+                yield value
 
 
 def analyse(

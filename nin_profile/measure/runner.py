@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from nin_profile.measure.worker import Request, TimingRequest
+from nin_profile.measure.worker import SYS_PATH, Request, TimingRequest
 
 if TYPE_CHECKING:
     from nin_profile.measure.ranks import RankRequest
@@ -55,7 +55,10 @@ class _Worker:
     def send(self, request: Request | TimingRequest | RankRequest) -> None:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(asdict(request)) + "\n")
+            # the folders this process imports from (a notebook's sys.path.insert included):
+            # the worker imports the user's model from them too
+            payload = {**asdict(request), SYS_PATH: sys.path}
+            self.proc.stdin.write(json.dumps(payload) + "\n")
             self.proc.stdin.close()
         except BrokenPipeError:
             pass  # it died while starting: the result says how it ended

@@ -42,6 +42,9 @@ from nin_profile.measure.nvml import Nvml
 from nin_profile.models import DEFAULT_CLASSES, ModelConfig, get_model
 from nin_profile.results import SCRATCH_NOTE
 
+# the request line's entry for the folders the requesting process imports from
+SYS_PATH = "sys_path"
+
 
 @dataclass(frozen=True)
 class Request:
@@ -710,6 +713,7 @@ def main(argv: list[str]) -> int:
         return 0  # let go unused: the run ended before a request came
     _received = time.monotonic()
     payload = json.loads(text)
+    sys.path += [entry for entry in payload.pop(SYS_PATH, ()) if entry not in sys.path]
     if "world_size" in payload:  # real ranks, started from here (measure/ranks.py)
         from nin_profile.measure.ranks import RankRequest, measure_ranks
 

@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from nin_profile.errors import (
@@ -178,14 +179,39 @@ def _required_arguments(fn: object) -> list[str]:
     ]
 
 
+def eager(path: str, module: nn.Module) -> nn.Module:
+    """The eager module to profile: `torch.compile`'s wrapper gives the module it compiles
+    (`_orig_mod`; the estimate is of the eager step, compiled kernels may fuse ops and keep
+    less); TorchScript is refused in one line, as is a compiled submodule (which only a copy
+    of the user's module could unwrap)."""
+    original = getattr(module, "_orig_mod", None)
+    if type(module).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        module = original
+    for name, sub in module.named_modules():
+        where = f"its layer {name!r}" if name else "it"
+        if isinstance(sub, torch.jit.ScriptModule):
+            raise ImportPathError(
+                f"{path}: {where} is a TorchScript module (torch.jit.script or trace), which "
+                "runs no Python for a trace to follow and takes no hooks: give the eager "
+                "nn.Module it was made from"
+            )
+        if name and type(sub).__name__ == "OptimizedModule":
+            raise ImportPathError(
+                f"{path}: {where} is torch.compile'd: give the model with that layer before "
+                f"torch.compile (its ._orig_mod)"
+            )
+    return module
+
+
 def build_target(path: str, target: object) -> nn.Module:
-    """The module `target` is, or builds when called with no arguments; what the user's builder
-    raises becomes one line naming it and where it was raised."""
+    """The module `target` is, or builds when called with no arguments (its eager module:
+    `eager`); what the user's builder raises becomes one line naming it and where it was
+    raised."""
     if isinstance(target, nn.Module):
-        return target
+        return eager(path, target)
     if not callable(target):
         raise ImportPathError(
-            f"{path!r} gave a {type(target).__name__}, not a torch.nn.Module; "
+            f"{path!r} gave {_a(type(target).__name__)}, not a torch.nn.Module; "
             "point it at a module or at a callable that returns one"
         )
     if required := _required_arguments(target):
@@ -199,10 +225,15 @@ def build_target(path: str, target: object) -> nn.Module:
         raise UserCodeFailed(f"{path} raised {user_error(exc)}") from exc
     if not isinstance(built, nn.Module):
         raise ImportPathError(
-            f"{path!r} gave a {type(built).__name__}, not a torch.nn.Module; "
+            f"{path!r} gave {_a(type(built).__name__)}, not a torch.nn.Module; "
             "point it at a module or at a callable that returns one"
         )
-    return built
+    return eager(path, built)
+
+
+def _a(noun: str) -> str:
+    """'an int', 'a float': the article for `noun`."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 from nin_profile.models import zoo as _zoo  # noqa: E402,F401  (registers the built-in models)
