@@ -9,6 +9,7 @@ from collections import namedtuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nin_profile.inputs import InputSpec
@@ -484,6 +485,25 @@ class PartlyTrained(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class FoldUnfold(nn.Module):
+    """Sliding blocks: `F.unfold` of a feature map into 3×3 columns (9× its size), scaled,
+    then `F.fold` back, whose output the CPU keeps in a storage as large as the columns; a
+    1×1 conv saves it for backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(8 * 9, 1))
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).relu()
+        columns = F.unfold(h, 3, padding=1) * self.scale
+        folded = F.fold(columns, h.shape[-2:], 3, padding=1)
+        return self.head(self.mix(folded).mean((2, 3)))
+
+
 class OldStyleNorms(nn.Module):
     """`torch.nn.utils.weight_norm` and `spectral_norm` (the hooks, not the parametrizations):
     each keeps the weight it computes before every forward as a plain attribute, a tensor
@@ -621,6 +641,7 @@ ZOO = (
     "computed_widths",
     "Checkpointed",
     "checkpointed_reentrant",
+    "FoldUnfold",
     "OldStyleNorms",
     "Pools",
     "Float64",

@@ -53,6 +53,12 @@ Kernels, CPU
   drop them as the op returns: held for an instant in a training step, scratch inside the op
   under inference_mode (kernels.py's `inference_outputs`). A call that asks for the indices
   (`return_indices=True`) keeps them.
+- Sliding blocks: `F.fold`/`F.unfold` (`col2im`/`im2col`, each the other's backward) allocate
+  their output as `empty_like(input)` on the CPU and CUDA alike (aten/src/ATen/native/
+  Col2Im.cpp, Im2Col.cpp and their cuda/ twins) and resize it: a fold's output keeps a storage
+  as large as its columns, an unfold's grows (on the CPU the old storage is scratch while it
+  is copied): kernels.py's `kernel_outputs` and `kernel_scratch`. Meta allocates the output's
+  size.
 - Normalization: the dtype of the statistics a 16-bit normalization saves (float32 on the
   CPU where a parameter is float32, on CUDA always: kernels.py's `norm_stats_dtype`); under
   inference_mode the statistics `layer_norm`/`group_norm` make are scratch inside the op

@@ -410,11 +410,27 @@ def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cp
         size = onednn_lstm_workspace(steps, batch, w_ih.shape[1], hidden, input.element_size())
         workspace = torch.empty(size, dtype=torch.uint8, device=input.device)
         return (*out[:3], workspace)
+    if func in _SLIDING_BLOCKS:
+        return _in_input_sized_storage(args[0], out)
     if func in _NORMS and isinstance(out, tuple) and len(out) == 3:
         dtype = norm_stats_dtype(args, device)
         stats = (s if s.dtype == dtype else torch.empty_like(s, dtype=dtype) for s in out[1:])
         return (out[0], *stats)
     return out
+
+
+# `F.fold`/`F.unfold` (and each other's backward): CPU and CUDA allocate the output as
+# `empty_like(input)` and resize it to its shape (aten/src/ATen/native/Col2Im.cpp, Im2Col.cpp,
+# cuda/Col2Im.cu, cuda/Im2Col.cu), and a resize never shrinks a storage
+_SLIDING_BLOCKS = frozenset({aten.col2im.default, aten.im2col.default})
+
+
+def _in_input_sized_storage(input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out` in a storage as large as `input` where that is larger: what a fold (whose
+    output is smaller than its columns) holds until the output dies."""
+    if input.numel() <= out.numel():
+        return out
+    return out.new_empty(input.numel()).as_strided(out.shape, out.stride())
 
 
 _NORMS = frozenset(
@@ -540,10 +556,15 @@ def _onednn_lstm_inference_scratch(steps: int, batch: int, input_size: int, hidd
     return weights + _page(offset)
 
 
-def kernel_scratch(func: Any, args: tuple[Any, ...]) -> int:
+def kernel_scratch(func: Any, args: tuple[Any, ...], out: Any = None) -> int:
     """Bytes a CPU kernel allocates and frees inside itself, where we know them (oneDNN's LSTM
-    layer and its backward), else 0. Backward reorders the weights to the gradients' layout
-    too where oneDNN pads their rows (ld(I) ≠ I or ld(H) ≠ H)."""
+    layer and its backward; an unfold, whose input-sized output storage is grown to its
+    output's size), else 0. Backward reorders the weights to the gradients' layout too where
+    oneDNN pads their rows (ld(I) ≠ I or ld(H) ≠ H)."""
+    if func in _SLIDING_BLOCKS:  # a storage grown by a resize: the old one during the copy
+        input = args[0]
+        grown = out is not None and out.numel() > input.numel()
+        return input.numel() * input.element_size() if grown else 0
     if func not in (aten.mkldnn_rnn_layer.default, aten.mkldnn_rnn_layer_backward.default):
         return 0
     input, w_ih, w_hh = args[0], args[1], args[2]

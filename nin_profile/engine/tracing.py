@@ -226,7 +226,7 @@ class StepTracer(TorchDispatchMode):
         if func is torch.ops.aten._to_copy.default and self.log.key_of(args[0]) in self.weights:
             self.weight_copies.add(cast(int, self.log.key_of(out)))
         if self.cpu:
-            self.log.scratch(kernel_scratch(func, args))
+            self.log.scratch(kernel_scratch(func, args, out))
         self._note_blas(func.overloadpacket.__name__)
         return out
 
