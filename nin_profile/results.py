@@ -74,21 +74,33 @@ class MemoryBreakdown:
     reserved: on CUDA, what the caching allocator holds once the step repeats (simulated, see
     allocator.py): the segments that `peak` lives in and that earlier steps left cached.
     Without cuDNN's workspaces, which only the GPU knows. None for other devices.
+    between_ops: the highest the estimate holds between the device's ops, where that is below
+    `peak`: where the estimate follows what happens inside an op (a kernel's scratch it knows,
+    a fused kernel or a composite op the device runs whole, traced step by step), `peak`
+    counts it and this does not, as a measurement between ops does not. None where equal.
     """
 
     peak: int
     by_category: Mapping[MemoryCategory, int]
     site: PeakSite
     reserved: int | None = None
+    between_ops: int | None = None
 
     def __getitem__(self, category: MemoryCategory) -> int:
         return self.by_category.get(category, 0)
+
+    @property
+    def peak_between_ops(self) -> int:
+        """The estimated peak between the device's ops (what a measurement between ops is
+        held to)."""
+        return self.peak if self.between_ops is None else self.between_ops
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {c.value: self[c] for c in MemoryCategory}
         out["peak"] = self.peak
         out["peak_at"] = asdict(self.site)
         out["reserved"] = self.reserved
+        out["between_ops"] = self.between_ops
         return out
 
     @classmethod
@@ -98,6 +110,7 @@ class MemoryBreakdown:
             by_category={c: d.get(c.value, 0) for c in MemoryCategory},  # 0: not in older files
             site=PeakSite(**d["peak_at"]),
             reserved=d.get("reserved"),  # not in older files
+            between_ops=d.get("between_ops"),  # not in older files
         )
 
 

@@ -119,9 +119,10 @@ def estimate(
 
 
 def assert_matches(est: ModelProfile, real: RealRun) -> None:
+    # the real peaks are between ops: so are the estimate's figures compared
     assert est.activation_bytes_saved == real.saved
-    assert est.train.peak == real.train_peak
-    assert est.inference.peak == real.inference_peak
+    assert est.train.peak_between_ops == real.train_peak
+    assert est.inference.peak_between_ops == real.inference_peak
 
 
 # NiN at 96 px (its smallest round size: the last max-pool needs a 3×3 map) and VGG-11 at 32 px
@@ -142,17 +143,18 @@ def test_the_estimate_matches_a_real_cpu_run(
 
 # Zoo models whose kernels the estimate follows in 16 bits: attention (SDPA cast before the
 # CPU's kernel is chosen), BatchNorm and LayerNorm (their float32 statistics beside a half
-# input under AMP), depthwise convolutions, GRU; each with whether its peaks are exact. The
-# inference peaks of nn.MultiheadAttention and the GRU miss in float32 already (+11% and +23%
-# against this oracle), and the GRU's AMP training peak is 7.8% low (not explained); their
-# saved bytes are exact. Not oneDNN's LSTM: see docs/method.md.
+# input under AMP), depthwise convolutions, the RNNs; each with the precisions in which its
+# peaks between ops are exact too. Saved bytes are exact in both. Under AMP the RNNs' steps
+# miss by a few KiB (the GRU's training step 9.2 KiB low; not explained), as does
+# nn.MultiheadAttention's inference (6 KiB high); oneDNN's LSTM keeps 512 B of its own.
 ZOO = {
-    "sdpa_block": True,
-    "depthwise_separable": True,
-    "mha_block": False,
-    "gru": False,
-    "lstm": False,
-    "projected_lstm": False,
+    "sdpa_block": ("amp-bf16", "bf16"),
+    "depthwise_separable": ("amp-bf16", "bf16"),
+    "mha_block": ("bf16",),
+    "gru": ("bf16",),
+    "lstm": (),
+    "projected_lstm": ("bf16",),
+    "rnn_relu": ("bf16",),
 }
 
 
@@ -164,7 +166,7 @@ def test_zoo_models_match_a_real_cpu_run(builder: str, precision: str) -> None:
     cfg = config(zoo_models.SIDE, 2, precision, channels=zoo_models.CHANNELS)
     est = analyse(meta_copy(model, always=True), cfg, name=builder)
     real = real_cpu_run(model, cfg, est.classes)
-    if ZOO[builder]:
+    if precision in ZOO[builder]:
         assert_matches(est, real)
     assert est.activation_bytes_saved == real.saved
 

@@ -26,7 +26,7 @@ BATCH = 4
 # the models the zoo builds; `instance` is one object shared with other tests
 MODELS = [name for name in zoo_models.ZOO if name != "instance"]
 ATTENTION = {"sdpa_block", "mha_block"}
-SEQUENCE_MODELS = {*ATTENTION, "lstm", "projected_lstm", "gru", "bigru"}
+SEQUENCE_MODELS = {*ATTENTION, "lstm", "projected_lstm", "rnn_relu", "gru", "bigru"}
 
 
 def profile(name: str) -> ModelProfile:

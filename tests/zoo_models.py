@@ -6,6 +6,8 @@ sequence models read an image row by row. Loaded in-process or by import path (`
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -143,16 +145,16 @@ class RowsClassifier(nn.Module):
 
     def __init__(
         self,
-        kind: type[nn.LSTM] | type[nn.GRU],
+        kind: Callable[..., nn.Module],
         layers: int = 2,
         bidirectional: bool = False,
-        **options: int,
+        **options: Any,
     ) -> None:
         super().__init__()
         self.rnn = kind(
             CHANNELS * SIDE, WIDTH, layers, batch_first=True, bidirectional=bidirectional, **options
         )
-        width = options.get("proj_size") or WIDTH
+        width: int = options.get("proj_size") or WIDTH
         self.head = nn.Linear(width * (2 if bidirectional else 1), CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +171,11 @@ def projected_lstm() -> nn.Module:
     """An LSTM whose hidden state is projected to 12 features (`proj_size`): the CPU runs the
     composite cell for it, not oneDNN."""
     return RowsClassifier(nn.LSTM, proj_size=12)
+
+
+def rnn_relu() -> nn.Module:
+    """An Elman RNN (`nn.RNN`, ReLU), bidirectional: the CPU's composite, as for the GRU."""
+    return RowsClassifier(nn.RNN, bidirectional=True, nonlinearity="relu")
 
 
 def gru() -> nn.Module:
@@ -630,6 +637,7 @@ ZOO = (
     "mha_block",
     "lstm",
     "projected_lstm",
+    "rnn_relu",
     "gru",
     "bigru",
     "BatchNormToOnePixel",

@@ -31,7 +31,7 @@ from nin_profile.engine.layer_stack import (
     params_by_layer,
     tensors_in,
 )
-from nin_profile.engine.memory import TRACE_DEVICE, AllocationLog, peak_breakdown
+from nin_profile.engine.memory import TRACE_DEVICE, AllocationLog, log_breakdown
 from nin_profile.engine.precision import Precision, get_precision
 from nin_profile.engine.tracing import (
     LOSS,
@@ -244,7 +244,7 @@ def analyse(
         with setup.mode:
             trace = _trace_training(traced, cfg, loss, setup)
             inference = _trace_inference(traced, cfg, setup)
-    train = peak_breakdown(trace.log.events, _categorizer(trace.owners))
+    train = log_breakdown(trace.log, _categorizer(trace.owners))
     train = replace(
         train,
         reserved=_reserved(trace.log, trace.owners, cfg.rules, trace.tracer, cfg.memory_limit),
@@ -456,7 +456,7 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -
         log.close()
     categorize = _categorizer(owners, default=MemoryCategory.ACTIVATIONS)
     return replace(
-        peak_breakdown(log.events, categorize),
+        log_breakdown(log, categorize),
         reserved=_reserved(log, owners, cfg.rules, tracer, cfg.memory_limit),
     )
 

@@ -46,7 +46,13 @@ Kernels, CPU
   (`FullLayer` and `FullBidirectionalLayer`, when the input is on the CPU) projects the whole
   sequence's input in one product where meta projects it step by step: kernels.py's
   `gru_on_cpu` follows the CPU's order, and what each layer keeps alive until its outputs are
-  stacked (`rnn_runs_whole_sequence`). A packed sequence keeps meta's order.
+  stacked (`rnn_runs_whole_sequence`); `nn.RNN` (tanh, ReLU) likewise (`rnn_on_cpu`). A
+  packed sequence keeps meta's order.
+- One op: under inference_mode, where the worker measures an inference pass, an op PyTorch
+  composes of others (`scaled_dot_product_attention`, `lstm`, `gru`, `rnn_tanh`) runs as one
+  op, as do the fused fast paths; the trace (under no_grad) follows their steps and records
+  them inside one op (memory.py's `one_op`), so that the estimate has a peak with what they
+  hold inside and one between ops without it.
 - Max-pooling: `torch.max_pool1d` computes no int64 indices on the CPU where the input needs
   no gradient (aten/src/ATen/native/MaxPooling.cpp; meta runs `max_pool2d_with_indices`):
   kernels.py's `cpu_outputs` leaves them out. `max_pool2d`/`max_pool3d` compute theirs and

@@ -27,6 +27,7 @@ from torch.nn.modules import activation
 
 from nin_profile.engine.autocast import cuda_autocast_state
 from nin_profile.engine.devices import encoder_layer_takes_fast_path, encoder_may_pack_nested
+from nin_profile.engine.memory import one_op
 from nin_profile.errors import PackedByValues
 
 aten = torch.ops.aten
@@ -62,6 +63,21 @@ def native_mha_on_cpu(
 
 
 def _native_mha(
+    args: list[torch.Tensor],
+    embed_dim: int,
+    num_head: int,
+    mask: torch.Tensor | None,
+    need_weights: bool,
+    average_attn_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's steps (below), which the CPU runs inside one op."""
+    with one_op():
+        return _native_mha_steps(
+            args, embed_dim, num_head, mask, need_weights, average_attn_weights
+        )
+
+
+def _native_mha_steps(
     args: list[torch.Tensor],
     embed_dim: int,
     num_head: int,
@@ -113,6 +129,14 @@ def _native_mha(
 
 
 def transformer_encoder_layer_on_cpu(
+    layer: nn.TransformerEncoderLayer, src: torch.Tensor, mask: Any, mask_type: Any
+) -> torch.Tensor:
+    """The layer's steps (below), which the CPU runs inside one op."""
+    with one_op():
+        return _encoder_layer_steps(layer, src, mask, mask_type)
+
+
+def _encoder_layer_steps(
     layer: nn.TransformerEncoderLayer, src: torch.Tensor, mask: Any, mask_type: Any
 ) -> torch.Tensor:
     """`transformer_encoder_layer_forward` (transformers/transformer.cpp): attention through

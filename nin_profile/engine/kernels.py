@@ -29,6 +29,7 @@ from nin_profile.engine.devices import (
     rnn_runs_whole_sequence,
 )
 from nin_profile.engine.fastpath import cpu_fast_paths, nested_packing_refused
+from nin_profile.engine.memory import one_op
 
 aten = torch.ops.aten
 
@@ -213,6 +214,42 @@ def gru_on_cpu(
         batch_first,
     )
     return output, torch.stack(finals, 0)
+
+
+def rnn_on_cpu(activation: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    """`rnn_tanh`/`rnn_relu` as the CPU runs them: the GRU's layers with `SimpleCell`, whose
+    step adds the hidden projection to the step's projected input in place, then applies
+    `activation` (`at::tanh`, `at::relu`: a new tensor)."""
+
+    def steps(
+        inputs: Sequence[torch.Tensor], h: torch.Tensor, cell: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        w_hh, b_hh = cell[1], (cell[3] if len(cell) == 4 else None)
+        outputs = []
+        for step in inputs:
+            h = activation(F.linear(h, w_hh, b_hh).add_(step))
+            outputs.append(h)
+        return outputs, h
+
+    def run(
+        input: torch.Tensor,
+        hx: torch.Tensor,
+        params: list[torch.Tensor],
+        has_biases: bool,
+        num_layers: int,
+        dropout: float,
+        train: bool,
+        bidirectional: bool,
+        batch_first: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        per_cell = 4 if has_biases else 2
+        output, finals = _layer_stack(
+            input, list(hx.unbind(0)), params, per_cell, steps, num_layers, dropout, train,
+            bidirectional, batch_first,
+        )  # fmt: skip
+        return output, torch.stack(finals, 0)
+
+    return run
 
 
 def lstm_on_cpu(
@@ -590,8 +627,9 @@ class DeviceKernels:
     The entry points are replaced for the duration of the block, where Python code finds
     them: `torch.nn.functional.scaled_dot_product_attention` (called by user code and by
     `F.multi_head_attention_forward`, a Python function a TorchFunctionMode could intercept
-    but not look inside), `torch._VF.lstm` and `torch._VF.gru` (what `nn.LSTM.forward` and
-    `nn.GRU.forward` call), `nn.TransformerEncoder.forward` (its nested path refused); for the
+    but not look inside), `torch._VF.lstm`, `torch._VF.gru`, `torch._VF.rnn_tanh` and
+    `torch._VF.rnn_relu` (what `nn.LSTM`, `nn.GRU` and `nn.RNN` call),
+    `nn.TransformerEncoder.forward` (its nested path refused); for the
     CPU also `torch.max_pool1d/2d/3d` (noted in `POOLING`), `torch.group_norm` and the
     attention layers' inference fast paths (fastpath.py)."""
 
@@ -602,27 +640,44 @@ class DeviceKernels:
 
     def __enter__(self) -> DeviceKernels:
         sdpa, lstm, gru = F.scaled_dot_product_attention, torch._VF.lstm, torch._VF.gru
+        rnn_tanh, rnn_relu = torch._VF.rnn_tanh, torch._VF.rnn_relu
         self._saved = {"sdpa": sdpa}
         device = self.device
 
         def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
-            return sdpa_on(device, sdpa, *args, **kwargs)
+            with _whole_without_grad():
+                return sdpa_on(device, sdpa, *args, **kwargs)
 
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
-            if lstm_uses_onednn(device, *args[:3]):
-                return lstm_on_onednn(*args, **kwargs)
-            if rnn_runs_whole_sequence(device, args[1]):
-                return lstm_on_cpu(*args, **kwargs)
-            return lstm(*args, **kwargs)
+            with _whole_without_grad():
+                if lstm_uses_onednn(device, *args[:3]):
+                    return lstm_on_onednn(*args, **kwargs)
+                if rnn_runs_whole_sequence(device, args[1]):
+                    return lstm_on_cpu(*args, **kwargs)
+                return lstm(*args, **kwargs)
 
         def gru_layers(*args: Any, **kwargs: Any) -> Any:
-            if rnn_runs_whole_sequence(device, args[2]):
-                return gru_on_cpu(*args, **kwargs)
-            return gru(*args, **kwargs)
+            with _whole_without_grad():
+                if rnn_runs_whole_sequence(device, args[2]):
+                    return gru_on_cpu(*args, **kwargs)
+                return gru(*args, **kwargs)
+
+        def simple_layers(
+            original: Callable[..., Any], on_cpu: Callable[..., Any]
+        ) -> Callable[..., Any]:
+            def layers(*args: Any, **kwargs: Any) -> Any:
+                with _whole_without_grad():
+                    if rnn_runs_whole_sequence(device, args[2]):
+                        return on_cpu(*args, **kwargs)
+                    return original(*args, **kwargs)
+
+            return layers
 
         F.scaled_dot_product_attention = scaled_dot_product_attention
         torch._VF.lstm = lstm_layers
         torch._VF.gru = gru_layers
+        torch._VF.rnn_tanh = simple_layers(rnn_tanh, rnn_on_cpu(torch.tanh))
+        torch._VF.rnn_relu = simple_layers(rnn_relu, rnn_on_cpu(torch.relu))
         self._replaced.enter_context(nested_packing_refused(device))
         if device == "cpu":
             for name in _POOLS:
@@ -638,6 +693,15 @@ class DeviceKernels:
         F.scaled_dot_product_attention = self._saved["sdpa"]
         del torch._VF.lstm  # the instance attributes: torch._VF answers from torch._C again
         del torch._VF.gru
+        del torch._VF.rnn_tanh
+        del torch._VF.rnn_relu
+
+
+def _whole_without_grad() -> contextlib.AbstractContextManager[None]:
+    """An inference pass is measured under inference_mode, where an op PyTorch composes of
+    others (`scaled_dot_product_attention`, `lstm`, `gru`) runs as one op: what it frees
+    inside is no memory held between ops. The trace (under no_grad) sees its steps."""
+    return contextlib.nullcontext() if torch.is_grad_enabled() else one_op()
 
 
 @contextlib.contextmanager

@@ -8,11 +8,13 @@ rounded up to the target allocator's block: the CUDA caching allocator hands out
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from nin_profile.results import MemoryBreakdown, MemoryCategory, PeakSite
 
@@ -26,6 +28,7 @@ class Event:
     key: int
     delta: int
     site: PeakSite
+    inside: bool = False  # inside one op of the device: a kernel's scratch, a fused op's insides
 
 
 def round_up(nbytes: int, block: int) -> int:
@@ -42,6 +45,11 @@ class AllocationLog:
         self.site = PeakSite("setup", "", "")
         self._keys: dict[int, int] = {}
         self._finalizers: list[weakref.finalize] = []
+        # events recorded inside one op of the device (`one_op`), and the number of events
+        # recorded when each such op ended: the moments between ops are after the other
+        # events and at these ends
+        self._inside = 0
+        self.op_ends: list[int] = []
 
     def key_of(self, tensor: torch.Tensor, device: str = TRACE_DEVICE) -> int | None:
         """The key of the tensor's storage, recording its allocation on first sight. Meta
@@ -67,6 +75,7 @@ class AllocationLog:
             key = len(self.nbytes)
             self.nbytes[key] = nbytes
             self.events.insert(0, Event(key, round_up(nbytes, self.block_bytes), site))
+            self.op_ends = [end + 1 for end in self.op_ends]
             keys.add(key)
         return keys
 
@@ -75,8 +84,21 @@ class AllocationLog:
         if nbytes > 0:
             key = len(self.nbytes)
             self.nbytes[key] = nbytes
-            self._record(key, +1)
-            self._record(key, -1)
+            with self.one_op():
+                self._record(key, +1)
+                self._record(key, -1)
+
+    @contextlib.contextmanager
+    def one_op(self) -> Iterator[None]:
+        """What is recorded inside runs inside one op of the device: the ops a stand-in runs
+        for a fused kernel, a composite op the device runs whole."""
+        self._inside += 1
+        try:
+            yield
+        finally:
+            self._inside -= 1
+            if not self._inside:
+                self.op_ends.append(len(self.events))
 
     def keys_of(self, tensors: Iterable[torch.Tensor]) -> set[int]:
         return {k for t in tensors if (k := self.key_of(t)) is not None}
@@ -92,9 +114,45 @@ class AllocationLog:
         self._record(key, -1)
 
     def _record(self, key: int, sign: int) -> None:
-        self.events.append(
-            Event(key, sign * round_up(self.nbytes[key], self.block_bytes), self.site)
-        )
+        delta = sign * round_up(self.nbytes[key], self.block_bytes)
+        self.events.append(Event(key, delta, self.site, inside=self._inside > 0))
+
+
+@contextlib.contextmanager
+def one_op() -> Iterator[None]:
+    """`AllocationLog.one_op` of the trace running now, if one is (stand-ins call it without
+    knowing the trace: kernels.py, fastpath.py)."""
+    logs = [vars(mode).get("log") for mode in _get_current_dispatch_mode_stack()]
+    log = next((log for log in reversed(logs) if isinstance(log, AllocationLog)), None)
+    with log.one_op() if log else contextlib.nullcontext():
+        yield
+
+
+def peak_between_ops(events: list[Event], op_ends: Iterable[int]) -> int:
+    """The highest total at a moment between the device's ops: after each event outside an
+    op, and where an op ends (what it allocated inside and still holds, its outputs,
+    counted; what it freed inside, not)."""
+    ends = set(op_ends)
+    total = peak = 0
+    for index, event in enumerate(events):
+        if index in ends:
+            peak = max(peak, total)
+        total += event.delta
+        if not event.inside:
+            peak = max(peak, total)
+    return max(peak, total) if len(events) in ends else peak
+
+
+def log_breakdown(
+    log: AllocationLog, category_of: Callable[[int], MemoryCategory]
+) -> MemoryBreakdown:
+    """`peak_breakdown` of the log's events, with the peak between the device's ops where the
+    log recorded anything inside one."""
+    breakdown = peak_breakdown(log.events, category_of)
+    between = peak_between_ops(log.events, log.op_ends)
+    if between == breakdown.peak:
+        return breakdown
+    return replace(breakdown, between_ops=between)
 
 
 def peak_breakdown(

@@ -136,7 +136,7 @@ def _measured_sentence(nin: ModelProfile, phase: str) -> str:
             f". Of that peak, {fmt_bytes(mem.peak_allocated - mem.peak_between_ops)} is scratch "
             f"a kernel allocates and frees inside one op ({scratch}); between "
             f"ops the peak is {fmt_bytes(mem.peak_between_ops)} and the estimate is "
-            f"{error_words(est.peak, mem.peak_between_ops)}"
+            f"{error_words(est.peak_between_ops, mem.peak_between_ops)}"
         )
     if mem.peak_reserved and est.reserved is not None:
         text += (

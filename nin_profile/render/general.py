@@ -233,8 +233,11 @@ def measured_memory_table(profile: Profile) -> str:
     between = any(
         pm.memory and pm.memory.peak_between_ops is not None for _, pm in _measured_rows(profile)
     )
+    # where the estimate follows an op's inside, its own figure between ops, beside
+    inside = any(pm.predicted and pm.predicted.between_ops for _, pm in _measured_rows(profile))
     headers = ["Model", "Phase", "Batch", "Peak est. (MiB)", "Peak meas. (MiB)", "err"]
     if between:
+        headers += ["Between ops est. (MiB)"] if inside else []
         headers += ["Between ops meas. (MiB)", "err", "Scratch in one op (MiB)"]
     if cuda:
         headers += [
@@ -262,7 +265,12 @@ def measured_memory_table(profile: Profile) -> str:
         ]
         if between:
             b = mem.peak_between_ops
-            cells += [fmt_mib(b), rel_error(est.peak, b), fmt_mib(_scratch_in_one_op(mem))]
+            cells += [fmt_mib(est.peak_between_ops)] if inside else []
+            cells += [
+                fmt_mib(b),
+                rel_error(est.peak_between_ops, b),
+                fmt_mib(_scratch_in_one_op(mem)),
+            ]
         if cuda:
             cells += [
                 fmt_mib(est.reserved),
@@ -366,9 +374,22 @@ def _cpu_between_ops(profile: Profile) -> str:
     """What the CPU's between-ops column is, where the run measured it."""
     if not any(pm.memory and pm.memory.peak_between_ops for _, pm in _measured_rows(profile)):
         return ""
+    inside = [
+        f"{m.name} {pm.phase}"
+        for m, pm in _measured_rows(profile)
+        if pm.predicted and pm.predicted.between_ops
+    ]
     return (
         "Between ops: the same step once more, without what a kernel allocates and frees "
         "inside its op, the figure the estimate predicts. "
+        + (
+            "Where the estimate follows what happens inside an op (a kernel's scratch it "
+            "knows; a fused kernel, or under inference_mode an op PyTorch composes of others, "
+            "such as attention or an RNN layer, traced step by step), its peak counts it and "
+            f"its figure between ops does not: {', '.join(inside)}. "
+            if inside
+            else ""
+        )
     )
 
 

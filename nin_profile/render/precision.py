@@ -119,7 +119,12 @@ def _err(pm: PhaseMeasurement | None) -> str:
     measured = _measured_peak(pm)
     if pm is None or pm.predicted is None or not measured:
         return "–"
-    return f"{100 * (pm.predicted.peak - measured) / measured:+.1f}%"
+    estimate = (
+        pm.predicted.peak_between_ops
+        if pm.memory and pm.memory.peak_between_ops
+        else pm.predicted.peak
+    )
+    return f"{100 * (estimate - measured) / measured:+.1f}%"
 
 
 def _ms(pm: PhaseMeasurement | None) -> str:
