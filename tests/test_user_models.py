@@ -211,6 +211,15 @@ USER_ERRORS = [
         "nn.Module it was made from",
     ),
     (["--models", "zoo_models:CLASSES"], "'zoo_models:CLASSES' gave an int, not a torch.nn"),
+    (
+        # for the CPU the tensors join the trace (test_zoo.py); CUDA's arithmetic refuses them
+        [
+            *("--models", "zoo_models:CpuConstants", "--channels", "3", "--image-size", "16"),
+            *("--device", "cuda"),
+        ],
+        "a tensor zoo_models:CpuConstants makes on the CPU in its forward (torch.tensor, "
+        "torch.ones, torch.arange without device=) meets its other tensors",
+    ),
     (["--models", "zoo_models:TupleOut", "--channels", "3", "--classes", "7"], "--classes 7"),
     (["--models", "nin,alexnet,nin"], "--models names nin more than once"),
     (

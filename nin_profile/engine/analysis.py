@@ -37,6 +37,7 @@ from nin_profile.engine.tracing import (
     LOSS,
     FusedDropout,
     StepTracer,
+    cpu_tensors_join,
     saved_in_backward,
     tag_graph,
 )
@@ -238,7 +239,7 @@ def analyse(
             "profile (give a model with at least one parameter that requires grad)"
         )
     setup = TraceSetup.of(cfg)
-    with _restoring_mode(model), without_heavy_imports():
+    with _restoring_mode(model), without_heavy_imports(), cpu_tensors_join(cfg.device):
         loss = _loss(model, cfg, name)
         traced = setup.model(model, name)
         with setup.mode:
@@ -391,7 +392,7 @@ def _trace_training(
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         if saved_in_backward():
             return tensor
-        key = log.key_of(tensor)
+        key = log.key_of(tensor, device=_saved_on(tensor, cfg.device))
         if key is not None and key not in persistent:
             saved_by.setdefault(key, stack.current)
             saved_dtype.setdefault(key, str(tensor.dtype).removeprefix("torch."))
@@ -418,6 +419,14 @@ def _trace_training(
     return _TrainingTrace(
         tracer, log, recorder.records, saved_by, owners, saved_dtype, without_grad
     )
+
+
+def _saved_on(tensor: torch.Tensor, target: str) -> str:
+    """The device whose storages a save counts: the trace's, and for a CPU step also a real
+    CPU tensor the forward made (tracing.py's `CpuTensorsJoinTheTrace`), which the CPU step
+    keeps as it keeps the others."""
+    real_cpu = tensor.device.type == "cpu" and type(tensor) is torch.Tensor
+    return "cpu" if target == "cpu" and real_cpu else TRACE_DEVICE
 
 
 def _without_grad(model: nn.Module) -> dict[str, int]:

@@ -48,6 +48,10 @@ Kernels, CPU
   `gru_on_cpu` follows the CPU's order, and what each layer keeps alive until its outputs are
   stacked (`rnn_runs_whole_sequence`); `nn.RNN` (tanh, ReLU) likewise (`rnn_on_cpu`). A
   packed sequence keeps meta's order.
+- CPU tensors in a forward: a tensor the user's forward makes without `device=` is a CPU
+  tensor; a CPU step computes with it, a CUDA step refuses it in arithmetic (PyTorch lets a
+  0-dim one join any device). For the CPU the trace takes it as a meta tensor where an op
+  meets both (tracing.py's `CpuTensorsJoinTheTrace`).
 - One op: under inference_mode, where the worker measures an inference pass, an op PyTorch
   composes of others (`scaled_dot_product_attention`, `lstm`, `gru`, `rnn_tanh`) runs as one
   op, as do the fused fast paths; the trace (under no_grad) follows their steps and records

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
 
 from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
 from nin_profile.engine.flops import flop_formula
@@ -119,6 +120,36 @@ def current_backward_layer() -> str:
     layer = _metadata(node).get(_LAYER_KEY, LOSS)
     assert isinstance(layer, str)
     return layer
+
+
+class CpuTensorsJoinTheTrace(TorchDispatchMode):
+    """For a CPU target: a tensor the user's forward makes on the CPU (`torch.tensor([0, 2])`,
+    `torch.ones(3)` without `device=`) meets the trace's meta tensors as, in the real step, it
+    meets the CPU's; an op given both takes it as a meta tensor of its shape (its values, an
+    index's, do not decide any size). Its few bytes are not counted. (PyTorch itself lets a
+    0-dim CPU tensor join any device; a CUDA step refuses the others, as the trace does.)"""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        flat = [*tensors_in(args), *tensors_in(kwargs)]
+        if any(t.device.type == "meta" for t in flat) and any(_joins(t) for t in flat):
+            args, kwargs = tree_map(_as_meta, (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _joins(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dim() > 0 and type(t) is torch.Tensor
+
+
+def _as_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and _joins(value):
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    return value
+
+
+def cpu_tensors_join(device: str) -> contextlib.AbstractContextManager[Any]:
+    """`CpuTensorsJoinTheTrace` where the target is the CPU."""
+    return CpuTensorsJoinTheTrace() if device == "cpu" else contextlib.nullcontext()
 
 
 class StepTracer(TorchDispatchMode):
