@@ -41,6 +41,19 @@ class KillsItself(_Classifier):
         return self.body(x)
 
 
+class PositionsRunOut(_Classifier):
+    """A lookup that only real values can overrun (a position table shorter than the input):
+    on meta the index has no values, on the CPU it is out of range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[-1], device=x.device)
+        return self.body(x) + self.table(positions).sum(0)  # the line a failure names
+
+
 class DetachedOut(nn.Module):
     """Returns its output detached from autograd: the training step has nothing to train."""
 

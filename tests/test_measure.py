@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import fake_models
 import pytest
 import torch
 import zoo_models
@@ -100,6 +102,14 @@ def test_a_real_out_of_memory_error_becomes_a_result_and_the_run_goes_on(
         assert error.startswith("out of memory at batch 8 on CPU ("), error
         assert oom.measured[phase].memory is None
         assert nin.measured[phase].error is None and nin.measured[phase].memory is not None
+
+
+def test_a_failed_measurement_names_the_users_line(fake_models_importable: None) -> None:
+    request = one_step("fake_models:PositionsRunOut", "inference", 2)
+    error = to_measurement(run_worker(request), request).error
+    line = inspect.getsourcelines(fake_models.PositionsRunOut.forward)[1] + 2
+    assert error is not None
+    assert f"IndexError: index out of range in self (fake_models.py:{line})" in error, error
 
 
 def test_a_crashed_worker_is_reported_with_its_signal(fake_models_importable: None) -> None:

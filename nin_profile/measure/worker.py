@@ -36,6 +36,7 @@ from nin_profile.engine.training import (
     token_vocabulary,
     training_step,
 )
+from nin_profile.errors import user_error
 from nin_profile.inputs import IMAGES_224, InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
 from nin_profile.measure.nvml import Nvml
@@ -620,8 +621,7 @@ def time_interleaved(req: TimingRequest) -> dict[str, Any]:
     try:
         result |= _time_interleaved(req, device)
     except Exception as exc:  # the run keeps the memory measurements and says why no times
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        result["error"] = {"kind": "failed", "message": f"{type(exc).__name__}: {first_line}"}
+        result["error"] = {"kind": "failed", "message": user_error(exc)}
     result["notes"] = device.notes
     return result
 
@@ -698,8 +698,8 @@ def measure(req: Request) -> dict[str, Any]:
         result |= work(model, req, device)
     except Exception as exc:
         kind = "out_of_memory" if is_out_of_memory(exc) else "failed"
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        result["error"] = {"kind": kind, "message": f"{type(exc).__name__}: {first_line}"}
+        # what was raised and where: the user's line, where the error came from their forward
+        result["error"] = {"kind": kind, "message": user_error(exc)}
     result["notes"] = device.notes
     return result
 
