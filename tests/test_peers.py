@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 import torchinfo
+import zoo_models
 from fvcore.nn import FlopCountAnalysis
 from run_configs import small_run
 
+import nin_profile
 from nin_profile.inputs import IMAGES_224
 from nin_profile.models import get_model
 from nin_profile.peers import peer_figures
@@ -47,12 +49,38 @@ def test_the_report_says_why_each_peer_differs() -> None:
     # fvcore counts NiN's global average pooling, 10×5×5 = 250 a example, that we do not
     assert nin.peers.fvcore_flops - nin.macs_forward == 250 * 2
     assert (
-        "it differs by +500 for nin, which is what it counts for `adaptive_avg_pool2d` (500)"
-        in text
+        "it differs by +500 for nin: +500 it counts for `adaptive_avg_pool2d` (500), ops we "
+        "list under *not counted*" in text
     )
     assert "equals our forward MACs for alexnet" in text
     extra = nin.peers.torchinfo_mult_adds - nin.macs_forward
     assert f"torchinfo's mult-adds are our forward MACs plus {extra / 1e6:,.2f} M for nin" in text
+
+
+def test_tied_weights_and_attention_are_explained_from_the_tools_figures() -> None:
+    profile = nin_profile.profile(
+        "zoo_models:TiedLanguageModel",
+        input_size=(zoo_models.TOKENS,),
+        token_ids=True,
+        batch=2,
+        compare_peers=True,
+    )
+    (model,) = profile.models
+    assert model.peers is not None
+    text = render_report(profile)
+    # the head's weight is the embedding's, 100·32 = 3,200 parameters: torchinfo counts it
+    # for both layers
+    assert model.peers.torchinfo_params == model.params + zoo_models.VOCAB * zoo_models.WIDTH
+    assert "it counts 6,464 for zoo_models:TiedLanguageModel, +3,200 against ours" in text
+    assert "tied weights, once for each layer" in text
+    # fvcore counts the LayerNorm (which we list as not counted) and skips attention: its
+    # count less ours is the LayerNorm's count less attention's two batched products,
+    # 2 examples·12 queries·12 keys·32 (scores, then their mean of values) each
+    by_op = model.peers.fvcore_by_operator
+    attention = 2 * (2 * 12 * 12 * 32)
+    assert (model.peers.fvcore_flops or 0) - model.macs_forward == by_op["layer_norm"] - attention
+    assert f"+{by_op['layer_norm']:,} it counts for `layer_norm`" in text
+    assert f"{-attention:+,}, the products of the ops it skips" in text
 
 
 def test_without_the_peers_installed_it_is_one_line(tmp_path: Path) -> None:

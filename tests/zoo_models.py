@@ -399,6 +399,23 @@ class TokenAttention(nn.Module):
         return self.head(x.mean(1))
 
 
+class TiedLanguageModel(nn.Module):
+    """Token ids, an embedding, causal self-attention (SDPA), a LayerNorm, and a head whose
+    weight is the embedding's (tied, as GPT-2's): next-token scores (batch, TOKENS, VOCAB)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.norm = nn.LayerNorm(WIDTH)
+        self.head = nn.Linear(WIDTH, VOCAB, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        x = F.scaled_dot_product_attention(x, x, x, is_causal=True)
+        return self.head(self.norm(x))
+
+
 def token_encoder() -> nn.Module:
     return TokenAttention(encoder=True)
 

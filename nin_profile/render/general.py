@@ -703,18 +703,20 @@ MATRIX_OPS = frozenset({"conv", "linear", "addmm", "matmul", "bmm", "einsum", "m
 
 
 def _fvcore_difference(m: ModelProfile, difference: int, p: PeerFigures) -> str:
-    """Where fvcore's count departs from our forward MACs: more for the ops it counts that we
-    list under *not counted*, less for the ops it skips."""
-    if difference > 0:
-        counted = [
-            f"`{op}` ({n:,})" for op, n in p.fvcore_by_operator.items() if op not in MATRIX_OPS
-        ]
-        return (
-            f"{difference:+,} for {m.name}, which is what it counts for {listing(counted)}, "
-            "ops we list under *not counted*"
-        )
-    skipped = [f"`{op}`" for op in p.fvcore_unsupported]
-    return f"{difference:+,} for {m.name}, the products of the ops it skips ({listing(skipped)})"
+    """Where fvcore's count departs from our forward MACs: more by what it counts for ops
+    other than products (which we list under *not counted*), less by the products of the
+    ops it skips (the rest of the difference)."""
+    others = {op: n for op, n in p.fvcore_by_operator.items() if op not in MATRIX_OPS}
+    more = sum(others.values())
+    less = difference - more
+    parts = []
+    if more:
+        counted = listing([f"`{op}` ({n:,})" for op, n in others.items()])
+        parts.append(f"{more:+,} it counts for {counted}, ops we list under *not counted*")
+    if less:
+        skipped = listing([f"`{op}`" for op in p.fvcore_unsupported]) or "none listed"
+        parts.append(f"{less:+,}, the products of the ops it skips ({skipped})")
+    return f"{difference:+,} for {m.name}: " + " and ".join(parts)
 
 
 def _peer_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> list[str]:
@@ -754,12 +756,25 @@ def _fvcore_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> str:
 
 def _torchinfo_differences(rows: list[tuple[ModelProfile, PeerFigures]], every: str) -> list[str]:
     same_params = [m.name for m, p in rows if p.torchinfo_params == m.params]
+    other_params = [
+        f"{p.torchinfo_params or 0:,} for {m.name}, {(p.torchinfo_params or 0) - m.params:+,}"
+        for m, p in rows
+        if p.torchinfo_params != m.params
+    ]
+    more = any((p.torchinfo_params or 0) > m.params for m, p in rows)
     lines = [
         "Parameters: torchinfo counts "
         + (
             f"the same for {every}."
-            if len(same_params) == len(rows)
-            else f"the same for {listing(same_params) or 'no model'}, other figures for the rest."
+            if not other_params
+            else (f"the same for {listing(same_params)}; " if same_params else "")
+            + f"it counts {'; '.join(other_params)} against ours"
+            + (
+                " (it counts a parameter that several layers share, tied weights, once "
+                "for each layer; we count each tensor once)."
+                if more
+                else "."
+            )
         )
     ]
     extra = [(m, (p.torchinfo_mult_adds or 0) - m.macs_forward) for m, p in rows]
