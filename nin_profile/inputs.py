@@ -36,6 +36,12 @@ class InputSpec:
             return None
         return self.shape[0], self.shape[1]
 
+    @property
+    def token_steps(self) -> int | None:
+        """The tokens of one example where the input is one sequence of token ids (its
+        length): what a language model scores one by one. None for other inputs."""
+        return self.shape[0] if self.token_ids and len(self.shape) == 1 else None
+
     def batch_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, *self.shape)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import zoo_models
 from test_cli import refusal, run_cli
-from test_memory import autograd_saved_bytes
+from test_memory import autograd_saved_bytes, recording_saved
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -92,6 +92,25 @@ def test_saved_bytes_of_a_dict_output_match_autograd() -> None:
     x, y = real_batch()
     saved = autograd_saved_bytes(model, x, y, TrainingLoss(None))
     assert profile("Segmentation").activation_bytes_saved == saved
+
+
+def test_a_language_model_is_trained_on_each_tokens_cross_entropy() -> None:
+    # scores (batch, tokens, vocabulary) for token-id input: cross-entropy at every token, as
+    # a language model's training loop takes it over its flattened scores; the oracle is that
+    # loop with (batch, tokens) targets, its saved storages counted
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.TOKEN_IDS, device="cpu")
+    ours = analyse_model("zoo_models:TiedLanguageModel", cfg)
+    vocabulary, tokens = zoo_models.VOCAB, zoo_models.TOKENS
+    assert ours.classes == vocabulary
+    assert ours.loss == f"cross-entropy over {vocabulary} classes at each of the {tokens} tokens"
+    torch.manual_seed(0)
+    model = zoo_models.TiedLanguageModel().train()
+    ids = torch.randint(0, vocabulary, (BATCH, tokens))
+    targets = torch.randint(0, vocabulary, (BATCH, tokens))
+    with recording_saved(list(model.parameters())) as saved:
+        scores = model(ids)
+        nn.functional.cross_entropy(scores.view(-1, vocabulary), targets.view(-1))
+    assert ours.activation_bytes_saved == sum(saved.values())
 
 
 def test_classes_are_read_from_the_output() -> None:

@@ -154,9 +154,10 @@ class _Loss:
 
     classes: int | None
     description: str
+    steps: int | None = None  # the tokens of an example, scored one by one (a language model)
 
     def module(self) -> TrainingLoss:
-        return TrainingLoss(self.classes)
+        return TrainingLoss(self.classes, self.steps)
 
 
 @dataclass
@@ -334,7 +335,8 @@ def _loss(model: nn.Module, cfg: AnalysisConfig, name: str) -> _Loss:
     model.train()
     with naming_failures(LayerStack(model)), torch.no_grad():
         output = model(make_batch(cfg.batch, cfg.inputs, 1, "meta")[0])
-    classes = output_classes(output, cfg.batch)
+    steps = cfg.inputs.token_steps
+    classes = output_classes(output, cfg.batch, steps)
     if cfg.classes is not None and classes is not None and classes != cfg.classes:
         raise InvalidConfig(
             f"{name} outputs {classes} classes (its output is {cfg.batch}×{classes}), but "
@@ -346,7 +348,7 @@ def _loss(model: nn.Module, cfg: AnalysisConfig, name: str) -> _Loss:
             f"{name} returns no floating-point tensor: there is no loss to train it with "
             "(return logits, or any floating-point output to take the mean of)"
         )
-    return _Loss(classes, describe_loss(output, cfg.batch, classes))
+    return _Loss(classes, describe_loss(output, cfg.batch, classes, steps), steps)
 
 
 @contextlib.contextmanager

@@ -583,7 +583,7 @@ def _trace_training(
     model = wrapped.model
     model.train()
     x, y = make_batch(cfg.batch, cfg.inputs, classes or 1, device)
-    loss_fn = TrainingLoss(classes)
+    loss_fn = TrainingLoss(classes, cfg.inputs.token_steps)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.rules.foreach_optimizer)
     log = RankLog(cfg.rules.block_bytes)
     owners = {

@@ -86,29 +86,42 @@ def floating_outputs(output: Any) -> list[tuple[str, torch.Tensor]]:
     ]
 
 
-def output_classes(output: Any, batch: int) -> int | None:
-    """The classes of a model's output: the width of its first (batch, classes) floating-point
-    tensor; None where it has none (feature maps, a segmentation's per-pixel scores)."""
+def output_classes(output: Any, batch: int, steps: int | None = None) -> int | None:
+    """The classes of a model's output: the width of its first (batch, classes)
+    floating-point tensor, or, where the input is `steps` token ids, (batch, steps, classes)
+    (a language model's scores for each token); None where it has none (feature maps, a
+    segmentation's per-pixel scores)."""
     for _, tensor in floating_outputs(output):
         if tensor.dim() == 2 and tensor.shape[0] == batch:
             return int(tensor.shape[1])
+        if steps is not None and tensor.dim() == 3 and tuple(tensor.shape[:2]) == (batch, steps):
+            return int(tensor.shape[2])
     return None
 
 
-def is_logits(tensor: torch.Tensor, batch: int, classes: int | None) -> bool:
-    return classes is not None and tuple(tensor.shape) == (batch, classes)
+def is_logits(
+    tensor: torch.Tensor, batch: int, classes: int | None, steps: int | None = None
+) -> bool:
+    shape = tuple(tensor.shape)
+    return classes is not None and (
+        shape == (batch, classes) or (steps is not None and shape == (batch, steps, classes))
+    )
 
 
-def describe_loss(output: Any, batch: int, classes: int | None) -> str:
+def describe_loss(output: Any, batch: int, classes: int | None, steps: int | None = None) -> str:
     """In words, which loss the training step takes over this output (see TrainingLoss)."""
     outputs = floating_outputs(output)
-    logits = [where for where, t in outputs if is_logits(t, batch, classes)]
-    rest = [where for where, t in outputs if not is_logits(t, batch, classes)]
+    logits = [(where, t) for where, t in outputs if is_logits(t, batch, classes, steps)]
+    rest = [where for where, t in outputs if not is_logits(t, batch, classes, steps)]
+    per_token = any(t.dim() == 3 for _, t in logits)
+    cross_entropy = f"cross-entropy over {classes} classes" + (
+        f" at each of the {steps} tokens" if per_token else ""
+    )
     if len(outputs) == 1:
-        return f"cross-entropy over {classes} classes" if logits else "mean of the output"
+        return cross_entropy if logits else "mean of the output"
     parts = []
     if logits:
-        parts.append(f"cross-entropy over {classes} classes on output {', '.join(logits)}")
+        parts.append(f"{cross_entropy} on output {', '.join(where for where, _ in logits)}")
     if rest:
         means = "the mean" if len(rest) == 1 else "the means"
         parts.append(f"{means} of output {', '.join(rest)}")
@@ -118,18 +131,21 @@ def describe_loss(output: Any, batch: int, classes: int | None) -> str:
 class TrainingLoss(nn.Module):
     """The training step's loss over a model's output of any structure (tensor, tuple, list,
     namedtuple, dict): every floating-point output that requires grad enters, cross-entropy
-    against the targets for those shaped (batch, classes), the mean for the rest; their sum is
-    what backward starts from. A single (batch, classes) output is plain cross-entropy."""
+    against the targets for those shaped (batch, classes), and, where the input is `steps`
+    token ids, at each token for those shaped (batch, steps, classes) (each example's target
+    for all its tokens: a language model's loss, its scores flattened as training loops do);
+    the mean for the rest; their sum is what backward starts from. A single (batch, classes)
+    output is plain cross-entropy."""
 
-    def __init__(self, classes: int | None) -> None:
+    def __init__(self, classes: int | None, steps: int | None = None) -> None:
         super().__init__()
-        self.classes = classes
+        self.classes, self.steps = classes, steps
 
     def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         batch = target.shape[0]
         terms = [
-            nn.functional.cross_entropy(t, target)
-            if is_logits(t, batch, self.classes)
+            self._cross_entropy(t, target)
+            if is_logits(t, batch, self.classes, self.steps)
             else t.mean()
             for _, t in floating_outputs(output)
             if t.requires_grad
@@ -137,6 +153,14 @@ class TrainingLoss(nn.Module):
         if not terms:
             raise ValueError("no floating-point output of the model requires grad")
         return functools.reduce(operator.add, terms)
+
+    def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.dim() == 2:
+            return nn.functional.cross_entropy(logits, target)
+        steps = logits.shape[1]
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.repeat_interleave(steps)
+        )
 
 
 def _no_phase(phase: Phase) -> None:

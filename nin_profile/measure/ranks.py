@@ -166,7 +166,7 @@ def _setup(req: RankRequest) -> _Step:
     classes, vocabulary = req.classes or 1, token_vocabulary(model)
     x, y = make_batch(req.batch, inputs, classes, device or "cpu", vocabulary=vocabulary)
     optimizer = make_optimizer(req.optimizer, model.parameters())
-    step = _Step(module, model, x, y, TrainingLoss(req.classes), optimizer)
+    step = _Step(module, model, x, y, TrainingLoss(req.classes, inputs.token_steps), optimizer)
     for _ in range(req.warmup):
         step.optimizer.zero_grad(set_to_none=True)
         step()

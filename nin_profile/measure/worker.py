@@ -368,7 +368,14 @@ class TrainingStep:
         x, y = batch_of(req, req.classes or 1, model)
         model.train()
         optimizer = make_optimizer(req.optimizer, model.parameters())  # torch's default kernels
-        return cls(model, x, y, TrainingLoss(req.classes), optimizer, amp_of(req, training=True))
+        return cls(
+            model,
+            x,
+            y,
+            TrainingLoss(req.classes, req.inputs.token_steps),
+            optimizer,
+            amp_of(req, training=True),
+        )
 
     def __call__(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
