@@ -5,6 +5,8 @@ against the rules written out from PyTorch's source (not yet run on a GPU)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import zoo_models
@@ -14,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from nin_profile.engine.analysis import AnalysisConfig, analyse_model
-from nin_profile.engine.kernels import cuda_sdpa_backend, onednn_lstm_workspace
+from nin_profile.engine.kernels import cuda_sdpa_backend, kernel_outputs, onednn_lstm_workspace
 from nin_profile.engine.training import TrainingLoss, make_batch, make_optimizer, training_step
 from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
 from nin_profile.results import ModelProfile
@@ -249,3 +251,35 @@ def test_cuda_float32_attention_saves_the_efficient_kernels_logsumexp() -> None:
     cuda = {layer.name: layer for layer in profile("sdpa_block", "cuda").layers}["attention"]
     assert cpu.saved_bytes == qkv_output + output + BATCH * 4 * 16 * 4 == 33_792
     assert cuda.saved_bytes == qkv_output + output + BATCH * 4 * 32 * 4 + 2 * 8 == 34_832
+
+
+EMBEDDING_BAGS = [  # (dtype, mode, per-sample weights, padding index, include_last_offset)
+    (dtype, mode, weighted, padding, last)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16)
+    for mode in (0, 1, 2)
+    for weighted in ((False, True) if mode == 0 else (False,))
+    for padding in (-1, 5)
+    for last in (False, True)
+]
+
+
+@pytest.mark.parametrize(
+    "op",
+    [torch.ops.aten._embedding_bag.default, torch.ops.aten._embedding_bag_forward_only.default],
+)
+@pytest.mark.parametrize(("dtype", "mode", "weighted", "padding", "last"), EMBEDDING_BAGS)
+def test_an_embedding_bags_outputs_are_the_cpus(
+    dtype: torch.dtype, mode: int, weighted: bool, padding: int, last: bool, op: Any
+) -> None:
+    # offset2bag, bag_size and max_indices are what backward keeps: their storages as the
+    # CPU's kernel leaves them (10 ids in 3 bags; a fourth offset closes the last bag)
+    weight = torch.randn(100, 32, dtype=dtype)
+    ids, offsets = torch.randint(0, 100, (10,)), torch.tensor([0, 3, 6, 10] if last else [0, 3, 6])
+    weights = torch.randn(10, dtype=dtype) if weighted else None
+    args = (weight, ids, offsets, False, mode, False, weights, last, padding)
+    real = op(*args)
+    on_meta = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    ours = kernel_outputs(op, on_meta, op(*on_meta))
+    for theirs, mine in zip(real, ours, strict=True):
+        assert mine.shape == theirs.shape
+        assert mine.untyped_storage().nbytes() == theirs.untyped_storage().nbytes()

@@ -48,6 +48,9 @@ Kernels, CPU
   `gru_on_cpu` follows the CPU's order, and what each layer keeps alive until its outputs are
   stacked (`rnn_runs_whole_sequence`); `nn.RNN` (tanh, ReLU) likewise (`rnn_on_cpu`). A
   packed sequence keeps meta's order.
+- Embedding bags: the CPU's `_embedding_bag` sizes its bookkeeping its own way
+  (aten/src/ATen/native/EmbeddingBag.cpp: `make_offset2bag_out`, `make_bag_size_out`,
+  `make_max_indices_out`): kernels.py's `_embedding_bag_on_cpu`.
 - CPU tensors in a forward: a tensor the user's forward makes without `device=` is a CPU
   tensor; a CPU step computes with it, a CUDA step refuses it in arithmetic (PyTorch lets a
   0-dim one join any device). For the CPU the trace takes it as a meta tensor where an op

@@ -15,6 +15,7 @@ The selection rules, with the PyTorch source each follows, are devices.py's.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -440,7 +441,8 @@ def onednn_lstm_workspace(
 def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cpu") -> Any:
     """`out` with the sizes and dtypes `device`'s kernel gives where the meta or fake kernel
     does not know them: oneDNN's LSTM workspace in training (PyTorch's meta kernel returns an
-    empty one), and the statistics a normalization keeps for backward (norm_stats_dtype)."""
+    empty one), the statistics a normalization keeps for backward (norm_stats_dtype), a
+    fold's storage (`_SLIDING_BLOCKS`) and an embedding bag's bookkeeping on the CPU."""
     if func is aten.mkldnn_rnn_layer.default and args[-1]:  # train
         input, w_ih, hidden = args[0], args[1], args[10]
         steps, batch = input.shape[:2]  # time-first: `mkldnn_rnn` transposed a batch-first input
@@ -449,6 +451,8 @@ def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cp
         return (*out[:3], workspace)
     if func in _SLIDING_BLOCKS:
         return _in_input_sized_storage(args[0], out)
+    if func in _EMBEDDING_BAGS and device == "cpu":
+        return _embedding_bag_on_cpu(func, args, out)
     if func in _NORMS and isinstance(out, tuple) and len(out) == 3:
         dtype = norm_stats_dtype(args, device)
         stats = (s if s.dtype == dtype else torch.empty_like(s, dtype=dtype) for s in out[1:])
@@ -468,6 +472,45 @@ def _in_input_sized_storage(input: torch.Tensor, out: torch.Tensor) -> torch.Ten
     if input.numel() <= out.numel():
         return out
     return out.new_empty(input.numel()).as_strided(out.shape, out.stride())
+
+
+_EMBEDDING_BAGS = frozenset({aten._embedding_bag.default, aten._embedding_bag_forward_only.default})
+
+
+def _embedding_bag_on_cpu(func: Any, args: tuple[Any, ...], out: Any) -> Any:
+    """`_embedding_bag_cpu_impl` (aten/src/ATen/native/EmbeddingBag.cpp): `offset2bag`
+    (which bag each index is in) is made one longer than the indices and resized down, and
+    not made at all for a sum over float, half or bfloat16 weights without a padding index
+    (`is_fast_path`); `bag_size` is made as long as the offsets (one more than the bags with
+    `include_last_offset`); `max_indices`, outside max mode, is a bag-sized tensor (meta: an
+    empty one). Checked against the CPU's outputs in the tests."""
+    weight, indices, offsets = args[:3]
+    mode = args[4] if len(args) > 4 else 0
+    weights = args[6] if len(args) > 6 else None
+    last = bool(args[7]) if len(args) > 7 else False
+    padding_idx = args[8] if len(args) > 8 else -1
+    output, offset2bag, bag_size, max_indices = out
+    bags = offsets.shape[0] - (1 if last else 0)
+    if func is aten._embedding_bag_forward_only.default and mode == 0:
+        bags = offsets.shape[0]  # `make_bag_size_out` without grad: the offsets' size
+    fast_sum = (
+        mode == 0
+        and weight.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and weight.stride(1) == 1
+        and padding_idx < 0
+        and (weights is None or weights.stride(0) == 1)
+    )
+    count = indices.shape[0]
+    offset2bag = offset2bag.new_empty(0) if fast_sum else _held_in(count + 1, (count,), offset2bag)
+    bag_size = _held_in(offsets.shape[0], (bags,), bag_size)
+    shape = (bags, weight.shape[1]) if mode == 2 else (bags,)
+    max_indices = _held_in(math.prod(shape), shape, max_indices)
+    return output, offset2bag, bag_size, max_indices
+
+
+def _held_in(elements: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor of `shape` in a storage of `elements` (a resize that shrank it)."""
+    return like.new_empty(elements).as_strided(shape, torch.empty(shape, device="meta").stride())
 
 
 _NORMS = frozenset(
