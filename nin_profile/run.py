@@ -115,8 +115,12 @@ def analyse_or_explain(
 # a forward that takes more than one input, called with the batch alone
 _MORE_INPUTS = re.compile(r"forward\(\) missing \d+ required positional argument")
 
-# a CPU tensor an op meets with the trace's (for a CUDA target: for the CPU it joins the trace)
-_CPU_TENSOR_MEETS_META = "Tensor on device cpu is not on the expected device meta"
+# a CPU tensor an op meets with the trace's (for a CUDA target: for the CPU it joins the trace),
+# and the RNN layers' own check of their hidden state's device, which runs before any op
+_CPU_TENSOR_MEETS_META = re.compile(
+    r"Tensor on device cpu is not on the expected device meta|"
+    r"found input tensor at meta and hidden tensor at cpu"
+)
 
 # the sizes of one example a convolution takes (the batch in front)
 _EXAMPLE_SIZES = {
@@ -155,12 +159,13 @@ def _hint(name: str, config: RunConfig, exc: LayerFailed, batch: int | None) -> 
         if inputs.square_image:
             given = f"--channels {exc.expected_channels} or {given}"
         return f"; {name} expects {exc.expected_channels} channels ({given})"
-    if _CPU_TENSOR_MEETS_META in exc.reason:
+    if _CPU_TENSOR_MEETS_META.search(exc.reason):
         return (
-            f"; a tensor {name} makes on the CPU in its forward (torch.tensor, torch.ones, "
-            "torch.arange without device=) meets its other tensors, which for CUDA the trace "
-            "does not allow (CUDA's arithmetic refuses such a mix): make it on the input's "
-            "device (device=x.device), or keep it as a buffer"
+            f"; a tensor {name} makes on the CPU in its forward (torch.tensor, torch.zeros, "
+            "torch.arange without device=) meets its other tensors, which the trace allows "
+            "only where a CPU step computes with it (for CUDA, whose arithmetic refuses such a "
+            "mix, nowhere; an RNN's hidden state, nowhere): make it on the input's device "
+            "(device=x.device), or keep it as a buffer"
         )
     if exc.layer == ROOT and _MORE_INPUTS.search(exc.reason):
         return (

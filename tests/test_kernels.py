@@ -22,7 +22,10 @@ from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_
 from nin_profile.results import ModelProfile
 
 BATCH = 4
-SEQUENCE = ("sdpa_block", "mha_block", "lstm", "projected_lstm", "rnn_relu", "gru", "bigru")
+SEQUENCE = (
+    *("sdpa_block", "mha_block", "lstm", "projected_lstm", "rnn_relu", "gru", "bigru"),
+    *("frozen_gru", "frozen_lstm"),
+)
 
 
 def profile(name: str, device: str = "cpu") -> ModelProfile:

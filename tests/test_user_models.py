@@ -113,6 +113,27 @@ def test_a_language_model_is_trained_on_each_tokens_cross_entropy() -> None:
     assert ours.activation_bytes_saved == sum(saved.values())
 
 
+def test_per_token_scores_are_taken_only_where_no_output_is_batch_by_classes() -> None:
+    # (hidden states (batch, tokens, width), logits (batch, classes)) from token ids: the
+    # logits are the classes, the hidden states enter by their mean
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(zoo_models.VOCAB, 32)
+            self.head = nn.Linear(32, 5)
+
+        def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.embed(ids)
+            return hidden, self.head(hidden.mean(1))
+
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.TOKEN_IDS, device="cpu")
+    ours = analyse(meta_copy(Encoder(), always=True), cfg, name="encoder")
+    assert ours.classes == 5
+    assert (
+        ours.loss == "sum of cross-entropy over 5 classes on output [1] and the mean of output [0]"
+    )
+
+
 def test_classes_are_read_from_the_output() -> None:
     assert profile("TupleOut").classes == zoo_models.CLASSES
     assert profile("Segmentation").classes is None  # per-pixel scores: no (batch, classes)
@@ -178,6 +199,14 @@ def test_a_compiled_model_is_profiled_as_its_eager_module() -> None:
     )
 
 
+def test_a_constant_kept_on_a_module_is_copied_with_its_values() -> None:
+    # the analysis' meta copy keeps a plain tensor attribute as it is (its forward reads it
+    # with .tolist()); only the tensors autograd computed (weight_norm's) are made meta
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
+    ours = analyse(meta_copy(zoo_models.KeepsAConstant(), always=True), cfg, name="constant")
+    assert ours.params == 3 * 8 * 9 + 8 + 3 * 10 + 10  # = 264
+
+
 def test_the_users_module_is_left_as_it_was() -> None:
     module = zoo_models.instance
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
@@ -231,13 +260,21 @@ USER_ERRORS = [
     ),
     (["--models", "zoo_models:CLASSES"], "'zoo_models:CLASSES' gave an int, not a torch.nn"),
     (
+        [
+            *("--models", "zoo_models:WritesIntoACpuTensor", "--channels", "3"),
+            *("--image-size", "16", "--device", "cpu"),
+        ],
+        "a tensor made on the CPU in the forward (without device=) is written in place with "
+        "the model's tensors: make it on the input's device (device=x.device)",
+    ),
+    (
         # for the CPU the tensors join the trace (test_zoo.py); CUDA's arithmetic refuses them
         [
             *("--models", "zoo_models:CpuConstants", "--channels", "3", "--image-size", "16"),
             *("--device", "cuda"),
         ],
         "a tensor zoo_models:CpuConstants makes on the CPU in its forward (torch.tensor, "
-        "torch.ones, torch.arange without device=) meets its other tensors",
+        "torch.zeros, torch.arange without device=) meets its other tensors",
     ),
     (["--models", "zoo_models:TupleOut", "--channels", "3", "--classes", "7"], "--classes 7"),
     (["--models", "nin,alexnet,nin"], "--models names nin more than once"),

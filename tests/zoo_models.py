@@ -178,6 +178,24 @@ def rnn_relu() -> nn.Module:
     return RowsClassifier(nn.RNN, bidirectional=True, nonlinearity="relu")
 
 
+class FrozenRecurrent(RowsClassifier):
+    """A recurrent encoder run under no_grad in training (frozen features): its ops stay apart
+    as in any training step, and oneDNN's LSTM keeps no workspace there."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out, _ = self.rnn(x.permute(0, 2, 1, 3).flatten(2))
+        return self.head(out[:, -1])
+
+
+def frozen_gru() -> nn.Module:
+    return FrozenRecurrent(nn.GRU)
+
+
+def frozen_lstm() -> nn.Module:
+    return FrozenRecurrent(nn.LSTM)
+
+
 def gru() -> nn.Module:
     return RowsClassifier(nn.GRU)
 
@@ -542,6 +560,47 @@ class CpuConstants(nn.Module):
         return self.head(picked * torch.ones(3))
 
 
+class ValuesOnTheCpu(nn.Module):
+    """A forward that selects with values a CPU step has: a boolean mask made on the CPU
+    (indexing takes CPU indices on any device: the trace keeps its values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean((2, 3))[:, torch.tensor([True, False] * 4)])
+
+
+class KeepsAConstant(nn.Module):
+    """Keeps the channels it reads as a tensor on the module (not a buffer), read with
+    `.tolist()`: an instance built on the CPU keeps the values; the copy must too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.keep = torch.tensor([0, 2, 4])
+        self.head = nn.Linear(3, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean((2, 3))[:, self.keep.tolist()])
+
+
+class WritesIntoACpuTensor(nn.Module):
+    """Adds the model's features into a tensor made on the CPU: in place, which the trace
+    cannot follow on a copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(CHANNELS * SIDE * SIDE, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(x.shape[0], CLASSES)
+        total += self.head(x.flatten(1))
+        return total
+
+
 class OldStyleNorms(nn.Module):
     """`torch.nn.utils.weight_norm` and `spectral_norm` (the hooks, not the parametrizations):
     each keeps the weight it computes before every forward as a plain attribute, a tensor
@@ -682,6 +741,7 @@ ZOO = (
     "checkpointed_reentrant",
     "FoldUnfold",
     "CpuConstants",
+    "ValuesOnTheCpu",
     "OldStyleNorms",
     "Pools",
     "Float64",

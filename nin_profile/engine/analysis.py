@@ -48,6 +48,7 @@ from nin_profile.engine.training import (
     describe_loss,
     floating_outputs,
     forward,
+    is_logits,
     make_batch,
     make_optimizer,
     optimizer_state,
@@ -215,18 +216,19 @@ def meta_copy(model: nn.Module, always: bool = False) -> nn.Module:
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
-    for t in _plain_tensor_attributes(model):  # deepcopy refuses the non-leaf ones
+    for t in _computed_tensor_attributes(model):  # deepcopy refuses them
         memo.setdefault(id(t), torch.empty_like(t, device="meta"))
     return copy.deepcopy(model, memo)
 
 
-def _plain_tensor_attributes(model: nn.Module) -> Iterator[torch.Tensor]:
-    """Tensors a module holds as plain attributes, neither parameter nor buffer: the weight
-    `torch.nn.utils.weight_norm` and `spectral_norm` compute from their parameters before each
-    forward (and recompute in the copy's), a constant a user keeps on the module."""
+def _computed_tensor_attributes(model: nn.Module) -> Iterator[torch.Tensor]:
+    """Tensors a module holds as plain attributes that autograd computed (not leaves): the
+    weight `torch.nn.utils.weight_norm` and `spectral_norm` compute from their parameters
+    before each forward, and recompute in the copy's. (A constant the user keeps on the
+    module, a leaf, is copied with its values: the forward may read them.)"""
     for module in model.modules():
         for value in vars(module).values():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
                 yield value
 
 
@@ -338,8 +340,13 @@ def _loss(model: nn.Module, cfg: AnalysisConfig, name: str) -> _Loss:
     steps = cfg.inputs.token_steps
     classes = output_classes(output, cfg.batch, steps)
     if cfg.classes is not None and classes is not None and classes != cfg.classes:
+        shape = next(
+            "×".join(map(str, t.shape))
+            for _, t in floating_outputs(output)
+            if is_logits(t, cfg.batch, classes, steps)
+        )
         raise InvalidConfig(
-            f"{name} outputs {classes} classes (its output is {cfg.batch}×{classes}), but "
+            f"{name} outputs {classes} classes (its output is {shape}), but "
             f"--classes {cfg.classes} was given; leave --classes out to use the model's "
             f"{classes}, or give --classes {classes}"
         )

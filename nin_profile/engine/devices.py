@@ -53,8 +53,8 @@ Kernels, CPU
   `make_max_indices_out`): kernels.py's `_embedding_bag_on_cpu`.
 - CPU tensors in a forward: a tensor the user's forward makes without `device=` is a CPU
   tensor; a CPU step computes with it, a CUDA step refuses it in arithmetic (PyTorch lets a
-  0-dim one join any device). For the CPU the trace takes it as a meta tensor where an op
-  meets both (tracing.py's `CpuTensorsJoinTheTrace`).
+  0-dim one join any device; indexing takes CPU indices on any device). For the CPU an op
+  that fails on the mix takes it as a meta tensor (tracing.py's `CpuTensorsJoinTheTrace`).
 - One op: under inference_mode, where the worker measures an inference pass, an op PyTorch
   composes of others (`scaled_dot_product_attention`, `lstm`, `gru`, `rnn_tanh`) runs as one
   op, as do the fused fast paths; the trace (under no_grad) follows their steps and records

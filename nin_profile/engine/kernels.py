@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from nin_profile.engine.devices import (
     cpu_sdpa_backend,
@@ -128,7 +129,8 @@ def lstm_on_onednn(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`mkldnn_rnn` (aten/src/ATen/native/mkldnn/RNN.cpp), op for op, on meta tensors."""
     h0, c0 = hx
-    layer_input = (input.transpose(0, 1) if batch_first else input).contiguous()
+    # `input` (made time-first and contiguous) lives to the end, as the C++ variable does
+    input = layer_input = (input.transpose(0, 1) if batch_first else input).contiguous()
     directions = 2 if bidirectional else 1
     per_layer = 4 if has_biases else 2
     hidden = h0.shape[2]
@@ -403,6 +405,13 @@ def _good_ld(dim: int, itemsize: int = 4) -> int:
     return ld + step if ld % 256 == 0 else ld
 
 
+def _keeps_workspace(args: tuple[Any, ...]) -> bool:
+    """Whether a `mkldnn_rnn_layer` call keeps a workspace for backward: in train mode (its
+    last argument) and with grad mode on (the CPU returns none under no_grad, a frozen LSTM
+    in a training step); else it runs as in eval mode."""
+    return bool(args[-1]) and torch.is_grad_enabled()
+
+
 def _page(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
 
@@ -443,7 +452,7 @@ def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cp
     does not know them: oneDNN's LSTM workspace in training (PyTorch's meta kernel returns an
     empty one), the statistics a normalization keeps for backward (norm_stats_dtype), a
     fold's storage (`_SLIDING_BLOCKS`) and an embedding bag's bookkeeping on the CPU."""
-    if func is aten.mkldnn_rnn_layer.default and args[-1]:  # train
+    if func is aten.mkldnn_rnn_layer.default and _keeps_workspace(args):
         input, w_ih, hidden = args[0], args[1], args[10]
         steps, batch = input.shape[:2]  # time-first: `mkldnn_rnn` transposed a batch-first input
         size = onednn_lstm_workspace(steps, batch, w_ih.shape[1], hidden, input.element_size())
@@ -651,7 +660,7 @@ def kernel_scratch(func: Any, args: tuple[Any, ...], out: Any = None) -> int:
     gates, input_size = w_ih.shape
     hidden = w_hh.shape[1]
     shape = (input.shape[0], input.shape[1], input_size, hidden)
-    if func is aten.mkldnn_rnn_layer.default and not args[-1]:  # eval mode
+    if func is aten.mkldnn_rnn_layer.default and not _keeps_workspace(args):
         return _onednn_lstm_inference_scratch(*shape)
     scratch = _onednn_lstm_scratch(*shape)
     if func is aten.mkldnn_rnn_layer_backward.default:
@@ -688,11 +697,11 @@ class DeviceKernels:
         device = self.device
 
         def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
-            with _whole_without_grad():
+            with _whole_in_inference():
                 return sdpa_on(device, sdpa, *args, **kwargs)
 
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
-            with _whole_without_grad():
+            with _whole_in_inference():
                 if lstm_uses_onednn(device, *args[:3]):
                     return lstm_on_onednn(*args, **kwargs)
                 if rnn_runs_whole_sequence(device, args[1]):
@@ -700,7 +709,7 @@ class DeviceKernels:
                 return lstm(*args, **kwargs)
 
         def gru_layers(*args: Any, **kwargs: Any) -> Any:
-            with _whole_without_grad():
+            with _whole_in_inference():
                 if rnn_runs_whole_sequence(device, args[2]):
                     return gru_on_cpu(*args, **kwargs)
                 return gru(*args, **kwargs)
@@ -709,7 +718,7 @@ class DeviceKernels:
             original: Callable[..., Any], on_cpu: Callable[..., Any]
         ) -> Callable[..., Any]:
             def layers(*args: Any, **kwargs: Any) -> Any:
-                with _whole_without_grad():
+                with _whole_in_inference():
                     if rnn_runs_whole_sequence(device, args[2]):
                         return on_cpu(*args, **kwargs)
                     return original(*args, **kwargs)
@@ -740,11 +749,16 @@ class DeviceKernels:
         del torch._VF.rnn_relu
 
 
-def _whole_without_grad() -> contextlib.AbstractContextManager[None]:
+def _whole_in_inference() -> contextlib.AbstractContextManager[None]:
     """An inference pass is measured under inference_mode, where an op PyTorch composes of
     others (`scaled_dot_product_attention`, `lstm`, `gru`) runs as one op: what it frees
-    inside is no memory held between ops. The trace (under no_grad) sees its steps."""
-    return contextlib.nullcontext() if torch.is_grad_enabled() else one_op()
+    inside is no memory held between ops. The inference trace (under no_grad: a trace of
+    the training step may run a frozen part under no_grad too, where the ops stay apart)
+    sees its steps."""
+    inference = any(
+        vars(mode).get("inference") is True for mode in _get_current_dispatch_mode_stack()
+    )
+    return one_op() if inference else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

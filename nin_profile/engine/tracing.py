@@ -123,18 +123,41 @@ def current_backward_layer() -> str:
 
 
 class CpuTensorsJoinTheTrace(TorchDispatchMode):
-    """For a CPU target: a tensor the user's forward makes on the CPU (`torch.tensor([0, 2])`,
-    `torch.ones(3)` without `device=`) meets the trace's meta tensors as, in the real step, it
-    meets the CPU's; an op given both takes it as a meta tensor of its shape (its values, an
-    index's, do not decide any size). Its few bytes are not counted. (PyTorch itself lets a
-    0-dim CPU tensor join any device; a CUDA step refuses the others, as the trace does.)"""
+    """For a CPU target: a tensor the user's forward makes on the CPU (`torch.ones(3)` without
+    `device=`) meets the trace's meta tensors as, in the real step, it meets the CPU's. An op
+    that refuses the mix (arithmetic; indexing takes CPU indices as they are) runs again with
+    it as a meta tensor of its shape: its values decide no size there. An op that would write
+    into it is refused in one line (the copy would take the write). What autograd saves of it
+    counts, as CPU memory (analysis.py's `_saved_on`); the rest of its few bytes does not.
+    (PyTorch lets a 0-dim CPU tensor join any device; a CUDA step refuses the others, as the
+    trace does.)"""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         flat = [*tensors_in(args), *tensors_in(kwargs)]
-        if any(t.device.type == "meta" for t in flat) and any(_joins(t) for t in flat):
+        if not any(t.device.type == "meta" for t in flat) or not any(map(_joins, flat)):
+            return func(*args, **kwargs)
+        if any(map(_joins, _written(func, args, kwargs))):  # a meta kernel would let it pass
+            raise RuntimeError(
+                "a tensor made on the CPU in the forward (without device=) is written in place "
+                "with the model's tensors: make it on the input's device (device=x.device)"
+            )
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError:
             args, kwargs = tree_map(_as_meta, (args, kwargs))
-        return func(*args, **kwargs)
+            return func(*args, **kwargs)
+
+
+def _written(func: Any, args: Any, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors `func` writes into (its schema's mutable arguments)."""
+    written = []
+    for index, argument in enumerate(func._schema.arguments):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        value = args[index] if index < len(args) else kwargs.get(argument.name)
+        written += tensors_in(value)
+    return written
 
 
 def _joins(t: torch.Tensor) -> bool:

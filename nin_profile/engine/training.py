@@ -88,12 +88,14 @@ def floating_outputs(output: Any) -> list[tuple[str, torch.Tensor]]:
 
 def output_classes(output: Any, batch: int, steps: int | None = None) -> int | None:
     """The classes of a model's output: the width of its first (batch, classes)
-    floating-point tensor, or, where the input is `steps` token ids, (batch, steps, classes)
-    (a language model's scores for each token); None where it has none (feature maps, a
-    segmentation's per-pixel scores)."""
-    for _, tensor in floating_outputs(output):
+    floating-point tensor, or, where it has none and the input is `steps` token ids, of its
+    first (batch, steps, classes) one (a language model's scores for each token); None where
+    it has neither (feature maps, a segmentation's per-pixel scores)."""
+    tensors = [tensor for _, tensor in floating_outputs(output)]
+    for tensor in tensors:
         if tensor.dim() == 2 and tensor.shape[0] == batch:
             return int(tensor.shape[1])
+    for tensor in tensors:  # only where no output is (batch, classes)
         if steps is not None and tensor.dim() == 3 and tuple(tensor.shape[:2]) == (batch, steps):
             return int(tensor.shape[2])
     return None

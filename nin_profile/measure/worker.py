@@ -720,7 +720,8 @@ def main(argv: list[str]) -> int:
         return 0  # let go unused: the run ended before a request came
     _received = time.monotonic()
     payload = json.loads(text)
-    sys.path += [entry for entry in payload.pop(SYS_PATH, ()) if entry not in sys.path]
+    callers = list(payload.pop(SYS_PATH, ()))  # first, in the caller's order: its modules win
+    sys.path[:] = callers + [entry for entry in sys.path if entry not in callers]
     if "world_size" in payload:  # real ranks, started from here (measure/ranks.py)
         from nin_profile.measure.ranks import RankRequest, measure_ranks
 

@@ -713,9 +713,11 @@ def _fvcore_difference(m: ModelProfile, difference: int, p: PeerFigures) -> str:
     if more:
         counted = listing([f"`{op}` ({n:,})" for op, n in others.items()])
         parts.append(f"{more:+,} it counts for {counted}, ops we list under *not counted*")
-    if less:
-        skipped = listing([f"`{op}`" for op in p.fvcore_unsupported]) or "none listed"
-        parts.append(f"{less:+,}, the products of the ops it skips ({skipped})")
+    skipped = listing([f"`{op}`" for op in p.fvcore_unsupported])
+    if less < 0:
+        parts.append(f"{less:+,}, the products of the ops it skips ({skipped or 'none listed'})")
+    elif less > 0:  # not what skipping does: its products differ from ours
+        parts.append(f"{less:+,} more in the products it counts")
     return f"{difference:+,} for {m.name}: " + " and ".join(parts)
 
 
@@ -756,25 +758,23 @@ def _fvcore_differences(rows: list[tuple[ModelProfile, PeerFigures]]) -> str:
 
 def _torchinfo_differences(rows: list[tuple[ModelProfile, PeerFigures]], every: str) -> list[str]:
     same_params = [m.name for m, p in rows if p.torchinfo_params == m.params]
+    tied = (
+        " (a parameter that several layers share, tied weights, counts there once for each "
+        "layer; we count each tensor once)"
+    )
     other_params = [
         f"{p.torchinfo_params or 0:,} for {m.name}, {(p.torchinfo_params or 0) - m.params:+,}"
+        + (tied if (p.torchinfo_params or 0) > m.params else "")
         for m, p in rows
         if p.torchinfo_params != m.params
     ]
-    more = any((p.torchinfo_params or 0) > m.params for m, p in rows)
     lines = [
         "Parameters: torchinfo counts "
         + (
             f"the same for {every}."
             if not other_params
             else (f"the same for {listing(same_params)}; " if same_params else "")
-            + f"it counts {'; '.join(other_params)} against ours"
-            + (
-                " (it counts a parameter that several layers share, tied weights, once "
-                "for each layer; we count each tensor once)."
-                if more
-                else "."
-            )
+            + f"it counts {'; '.join(other_params)} against ours."
         )
     ]
     extra = [(m, (p.torchinfo_mult_adds or 0) - m.macs_forward) for m, p in rows]

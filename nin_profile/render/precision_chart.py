@@ -80,6 +80,23 @@ def _memory_panel(ax: Axes, profile: Profile, phase: str, groups: list[list[floa
             zorder=3,
             label="measured peak between ops",
         )
+    # where the estimate's peak counts what it knows an op holds inside, its own figure
+    # between ops is what the measured marker is held to: a tick at that height
+    between = [
+        (x, b.between_ops / MiB)
+        for x, p in zip(xs, bars, strict=True)
+        if (b := _breakdown(p, phase)).between_ops is not None
+    ]
+    if between:
+        ax.scatter(
+            [x for x, _ in between],
+            [v for _, v in between],
+            marker="_",
+            s=300,
+            color="black",
+            zorder=3,
+            label="estimated peak between ops",
+        )
     ax.set_ylabel(f"MiB at the peak of {PHASE_TITLES[phase]}")
     ax.spines[["top", "right"]].set_visible(False)
     ax.margins(y=0.12)
