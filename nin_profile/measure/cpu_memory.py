@@ -34,11 +34,31 @@ def cpu_peak_during(work: Callable[[], None]) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
     held = peak = 0
-    for _, fields in sorted(_allocations(prof), key=lambda pair: pair[0]):
-        if fields.device.type == "cpu":
-            held += fields.alloc_size
-            peak = max(peak, held)
+    for _, fields in _made_and_freed_inside(prof):
+        held += fields.alloc_size
+        peak = max(peak, held)
     return peak
+
+
+def _made_and_freed_inside(prof: profile) -> list[tuple[int, _ExtraFields_Allocation]]:
+    """The CPU's allocations in time order, and the frees of what was allocated among them:
+    a free of memory held from before (state a model keeps from its last step, a weight a
+    pruning hook recomputes) is left out, as that memory is not in the figure either, and
+    the trace, which sees the same step, neither counts it nor its free."""
+    events = sorted(
+        ((t, f) for t, f in _allocations(prof) if f.device.type == "cpu"), key=lambda p: p[0]
+    )
+    live: set[int] = set()
+    kept = []
+    for time, fields in events:
+        if fields.alloc_size > 0:
+            live.add(fields.ptr)
+        elif fields.ptr in live:
+            live.discard(fields.ptr)
+        else:
+            continue
+        kept.append((time, fields))
+    return kept
 
 
 # (start, end) in ns of one op's run, and the op's name
@@ -122,9 +142,7 @@ def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> BetweenOps:
 def _peak_between(prof: profile, windows: list[Window]) -> BetweenOps:
     """The allocator's highest point without the allocations freed inside the window they
     were made in, and the most such allocations held at once, in which window."""
-    events = sorted(
-        ((t, f) for t, f in _allocations(prof) if f.device.type == "cpu"), key=lambda p: p[0]
-    )
+    events = _made_and_freed_inside(prof)
     allocated_at: dict[int, int] = {}
     scratch: dict[int, str] = {}  # index into `events` of an allocation or free inside an op
     for index, (time, fields) in enumerate(events):
