@@ -260,6 +260,11 @@ USER_ERRORS = [
     ),
     (["--models", "zoo_models:CLASSES"], "'zoo_models:CLASSES' gave an int, not a torch.nn"),
     (
+        ["--models", "zoo_models:SparseTokens", "--input-shape", "12", "--token-ids"],
+        "zoo_models:SparseTokens: layer 'embed' makes sparse gradients (sparse=True), which the "
+        "analysis cannot follow",
+    ),
+    (
         [
             *("--models", "zoo_models:WritesIntoACpuTensor", "--channels", "3"),
             *("--image-size", "16", "--device", "cpu"),

@@ -417,6 +417,18 @@ class TokenAttention(nn.Module):
         return self.head(x.mean(1))
 
 
+class SparseTokens(nn.Module):
+    """An embedding with sparse gradients (`sparse=True`): only the rows the batch looked up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH, sparse=True)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
 class TiedLanguageModel(nn.Module):
     """Token ids, an embedding, causal self-attention (SDPA), a LayerNorm, and a head whose
     weight is the embedding's (tied, as GPT-2's): next-token scores (batch, TOKENS, VOCAB)."""

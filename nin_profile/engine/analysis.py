@@ -236,6 +236,13 @@ def analyse(
     model: nn.Module, cfg: AnalysisConfig, name: str, description: str = ""
 ) -> ModelProfile:
     """Trace one steady-state training step and one inference pass of `model` (meta parameters)."""
+    sparse = [n for n, m in model.named_modules() if getattr(m, "sparse", False) is True]
+    if sparse:
+        raise ProfileError(
+            f"{name}: layer {sparse[0]!r} makes sparse gradients (sparse=True), which the "
+            "analysis cannot follow (PyTorch has no meta kernels for them); profile it with "
+            "sparse=False: its dense gradient (the whole table) bounds the sparse one from above"
+        )
     if not any(p.requires_grad for p in model.parameters()):
         raise ProfileError(
             f"{name} has no trainable parameters: there is no training step to "
