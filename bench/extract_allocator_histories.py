@@ -118,7 +118,8 @@ def traced_setup(model_name: str, phase: str, batch: int) -> tuple[list[int], li
     cfg = AnalysisConfig(batch=batch, device="cuda")
     model = build_on_meta(model_name, model_config(cfg))
     if phase == "train":
-        trace = _trace_training(model, cfg, _loss(model, cfg, model_name), TraceSetup.of(cfg))
+        setup = TraceSetup.of(cfg)
+        trace = _trace_training(model, cfg, _loss(model, cfg, model_name, setup), setup)
         held_cats = (*HELD_FROM_START, MemoryCategory.OPTIMIZER)  # the state: held after step 1
         held_keys = set().union(*(trace.owners.get(cat, set()) for cat in held_cats))
         held = [e.delta for e in trace.log.events if e.key in held_keys and e.delta > 0]

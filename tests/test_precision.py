@@ -171,6 +171,23 @@ def test_zoo_models_match_a_real_cpu_run(builder: str, precision: str) -> None:
     assert est.activation_bytes_saved == real.saved
 
 
+def test_a_model_built_in_bfloat16_is_profiled_under_amp_as_it_runs() -> None:
+    # a model the user built in bf16, fed a float32 batch: CPU autocast casts the batch for
+    # the conv, so the step runs (the estimate once refused it on its first forward); what it
+    # saves is what a real autocast step saves
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+    model = model.to(torch.bfloat16)
+    cfg = config(16, 2, "amp-bf16", channels=3)
+    est = analyse(meta_copy(model, always=True), cfg, name="bf16-built")
+    x, y = make_batch(2, cfg.inputs, 10, "cpu")
+    with recording_saved(list(model.parameters())) as saved:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = TrainingLoss(10)(model(x), y)
+    del loss
+    assert est.activation_bytes_saved == sum(saved.values())
+
+
 def test_channels_last_changes_no_byte_count() -> None:
     # channels_last changes strides and the kernels run, not the bytes of any tensor: every
     # figure of the estimate is the same as in the default layout

@@ -250,9 +250,9 @@ def analyse(
         )
     setup = TraceSetup.of(cfg)
     with _restoring_mode(model), without_heavy_imports(), cpu_tensors_join(cfg.device):
-        loss = _loss(model, cfg, name)
         traced = setup.model(model, name)
         with setup.mode:
+            loss = _loss(traced, cfg, name, setup)
             trace = _trace_training(traced, cfg, loss, setup)
             inference = _trace_inference(traced, cfg, setup)
     train = log_breakdown(trace.log, _categorizer(trace.owners))
@@ -338,12 +338,14 @@ def _fake_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
 
 
-def _loss(model: nn.Module, cfg: AnalysisConfig, name: str) -> _Loss:
-    """The loss of the training step, from the output of one forward in train mode: the classes
-    are the model's own; a `cfg.classes` given that disagrees is refused."""
+def _loss(model: nn.Module, cfg: AnalysisConfig, name: str, setup: TraceSetup) -> _Loss:
+    """The loss of the training step, from the output of one forward in train mode, in the
+    precision the step runs in (a model built in bf16 runs under autocast as it is): the
+    classes are the model's own; a `cfg.classes` given that disagrees is refused."""
     model.train()
+    x, _ = setup.batch(cfg.batch, cfg.inputs, 1)
     with naming_failures(LayerStack(model)), torch.no_grad():
-        output = model(make_batch(cfg.batch, cfg.inputs, 1, "meta")[0])
+        output = forward(model, x, setup.amp(inference=True))
     steps = cfg.inputs.token_steps
     classes = output_classes(output, cfg.batch, steps)
     if cfg.classes is not None and classes is not None and classes != cfg.classes:
