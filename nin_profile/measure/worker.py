@@ -543,6 +543,11 @@ def measure_ceilings(
     cuda = device.kind == "cuda"
     n, nbytes = (8192, 2**30) if cuda else (2048, 2**27)
     batch, channels, side = (64, 512, 28) if cuda else (16, 256, 28)
+    if not cuda and dtype in (torch.float16, torch.bfloat16):
+        # a CPU without 16-bit arithmetic ran the float32 sizes for minutes (fp16 on this
+        # project's machine: 4 minutes for a 5k-parameter model): an eighth of the product's
+        # work and a sixteenth of the convolutions', still larger than a small model's layers
+        n, batch, channels = 1024, 4, 128
     tf32 = cuda and torch.backends.cudnn.allow_tf32 and dtype == torch.float32
     kind = device.kind
     a, b = (torch.randn(n, n, device=kind, dtype=dtype) for _ in range(2))
