@@ -181,9 +181,9 @@ def test_a_model_built_in_bfloat16_is_profiled_under_amp_as_it_runs() -> None:
     cfg = config(16, 2, "amp-bf16", channels=3)
     est = analyse(meta_copy(model, always=True), cfg, name="bf16-built")
     x, y = make_batch(2, cfg.inputs, 10, "cpu")
-    with recording_saved(list(model.parameters())) as saved:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = TrainingLoss(10)(model(x), y)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    with recording_saved(list(model.parameters())) as saved, autocast:
+        loss = TrainingLoss(10)(model(x), y)
     del loss
     assert est.activation_bytes_saved == sum(saved.values())
 

@@ -207,6 +207,29 @@ def test_a_constant_kept_on_a_module_is_copied_with_its_values() -> None:
     assert ours.params == 3 * 8 * 9 + 8 + 3 * 10 + 10  # = 264
 
 
+def test_a_hook_closing_over_the_users_module_writes_into_the_copy() -> None:
+    # a forward hook written as a lambda over the module (features captured into a list):
+    # deepcopy shares the function, whose `self` was the user's module
+    class Captures(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(zoo_models.CHANNELS, 4, 3)
+            self.head = nn.Linear(4, zoo_models.CLASSES)
+            self.features: list[torch.Tensor] = []
+            self.conv.register_forward_hook(lambda m, i, o: self.features.append(o.detach()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x).mean((2, 3)))
+
+    user = Captures()
+    copied = meta_copy(user, always=True)
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
+    analyse(copied, cfg, name="captures")
+    assert user.features == []
+    captured: list[torch.Tensor] = vars(copied)["features"]
+    assert captured and all(f.device.type == "meta" for f in captured)
+
+
 def test_the_users_module_is_left_as_it_was() -> None:
     module = zoo_models.instance
     before = {name: p.detach().clone() for name, p in module.named_parameters()}

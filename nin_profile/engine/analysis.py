@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import types
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -218,7 +219,39 @@ def meta_copy(model: nn.Module, always: bool = False) -> nn.Module:
         memo[id(b)] = torch.empty_like(b, device="meta")
     for t in _computed_tensor_attributes(model):  # deepcopy refuses them
         memo.setdefault(id(t), torch.empty_like(t, device="meta"))
-    return copy.deepcopy(model, memo)
+    copied = copy.deepcopy(model, memo)
+    for module in copied.modules():
+        _rebind_hooks(module, memo)
+    return copied
+
+
+def _rebind_hooks(module: nn.Module, memo: dict[int, object]) -> None:
+    """A hook the user wrote as a closure over their module (`lambda m, i, o:
+    self.features.append(o)`) is shared by the copy as it is (deepcopy copies no function):
+    it would write into the user's module. In the copy it closes over the copies instead."""
+    for name, hooks in vars(module).items():
+        if name.endswith("_hooks") and isinstance(hooks, dict):
+            for key, hook in list(hooks.items()):
+                hooks[key] = _rebound(hook, memo)
+
+
+def _rebound(fn: object, memo: dict[int, object]) -> object:
+    """`fn` with each variable it closes over replaced by its copy in `memo`, if any."""
+    if not isinstance(fn, types.FunctionType) or not fn.__closure__:
+        return fn
+    cells = []
+    for cell in fn.__closure__:
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # a variable not yet bound
+            cells.append(cell)
+            continue
+        cells.append(types.CellType(memo.get(id(contents), contents)))
+    rebound = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells)
+    )
+    rebound.__kwdefaults__ = fn.__kwdefaults__
+    return rebound
 
 
 def _computed_tensor_attributes(model: nn.Module) -> Iterator[torch.Tensor]:
