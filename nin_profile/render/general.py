@@ -809,10 +809,14 @@ def _torchinfo_differences(rows: list[tuple[ModelProfile, PeerFigures]], every: 
 
 def sweep_section(profile: Profile, charts: bool) -> str:
     points = [(m, p) for m in profile.models for p in m.sweep]
+    # the figure the estimate predicts, where measured: between ops (as the measured table)
+    between = any(p.memory and p.memory.peak_between_ops is not None for _, p in points)
     rows = []
     for m, p in points:
         mem, t = p.memory, p.timing
         est = p.predicted.peak if p.predicted else None
+        b = mem.peak_between_ops if mem else None
+        b_est = p.predicted.peak_between_ops if p.predicted else None
         rows.append(
             [
                 m.name,
@@ -821,6 +825,7 @@ def sweep_section(profile: Profile, charts: bool) -> str:
                 fmt_mib(est),
                 fmt_mib(mem.peak_allocated) if mem else "–",
                 rel_error(est, mem.peak_allocated) if mem and est else "–",
+                *([fmt_mib(b), rel_error(b_est, b) if b and b_est else "–"] if between else []),
                 f"{t.ms_per_iter:,.2f}" if t else "–",
                 interval(t) if t else "–",
                 f"{t.examples_per_s:,.1f}" if t else "–",
@@ -835,6 +840,7 @@ def sweep_section(profile: Profile, charts: bool) -> str:
         "Peak est. (MiB)",
         "Peak meas. (MiB)",
         "err",
+        *(["Between ops meas. (MiB)", "err"] if between else []),
         "ms per iteration (median)",
         "middle half (ms)",
         "examples/s",
