@@ -23,7 +23,7 @@ from test_precision import real_amp
 from torch.nn.attention import SDPBackend
 
 from nin_profile.engine.analysis import AnalysisConfig, analyse_model
-from nin_profile.engine.kernels import cuda_sdpa_backend
+from nin_profile.engine.kernels import cuda_sdpa_backend, kernel_outputs
 from nin_profile.engine.training import make_batch
 from nin_profile.measure.worker import Request
 
@@ -183,3 +183,33 @@ def test_attention_peaks_between_ops_are_within_5_percent(
     )
     peak, measured = estimated_and_measured(f"zoo_models:{name}", request, config(precision))
     assert abs(peak - measured) <= 0.05 * measured, (peak, measured)
+
+
+# ---- storage rules written from CUDA's source, checked on its kernels --------------------------
+
+SLIDING = [  # (channels, kernel, side, stride, padding): fold smaller than its columns, and not
+    (4, 3, 8, 1, 1),
+    (4, 2, 8, 2, 0),
+    (2, 4, 16, 4, 0),
+]
+
+
+@pytest.mark.parametrize(("channels", "kernel", "side", "stride", "padding"), SLIDING)
+def test_fold_and_unfold_keep_the_storage_the_rule_says_on_cuda(
+    channels: int, kernel: int, side: int, stride: int, padding: int
+) -> None:
+    # kernels.py's `_SLIDING_BLOCKS` (from cuda/Col2Im.cu, cuda/Im2Col.cu: the output made like
+    # the input, then resized), for the device="cuda" trace
+    blocks = ((side + 2 * padding - kernel) // stride + 1) ** 2
+    columns = torch.randn(2, channels * kernel * kernel, blocks, device="cuda")
+    image = torch.randn(2, channels, side, side, device="cuda")
+    cases = [
+        (torch.ops.aten.col2im.default, (columns, [side, side], [kernel] * 2, [1, 1])),
+        (torch.ops.aten.im2col.default, (image, [kernel] * 2, [1, 1])),
+    ]
+    for op, head in cases:
+        args = (*head, [padding] * 2, [stride] * 2)
+        real = op(*args)
+        on_meta = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+        ours = kernel_outputs(op, on_meta, op(*on_meta), device="cuda")
+        assert ours.untyped_storage().nbytes() == real.untyped_storage().nbytes(), op
