@@ -115,8 +115,8 @@ class LayerStack:
         return self.frames[-1].name if self.frames else ROOT
 
     def __enter__(self) -> LayerStack:
-        for module in self.names:  # around the user's own hooks: what they run is the layer's
-            self._handles.append(module.register_forward_pre_hook(self._enter, prepend=True))
+        for module in self.names:
+            self._handles.append(module.register_forward_pre_hook(self._enter))
             self._handles.append(module.register_forward_hook(self._exit))
         return self
 
