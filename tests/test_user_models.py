@@ -199,6 +199,14 @@ def test_a_compiled_model_is_profiled_as_its_eager_module() -> None:
     )
 
 
+def test_a_frozen_sparse_embedding_makes_no_sparse_gradient_and_is_profiled() -> None:
+    model = zoo_models.SparseTokens()
+    model.embed.weight.requires_grad_(False)
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.TOKEN_IDS, device="cpu")
+    ours = analyse(meta_copy(model, always=True), cfg, name="frozen")
+    assert ours.trainable_params == zoo_models.WIDTH * zoo_models.CLASSES + zoo_models.CLASSES
+
+
 def test_a_constant_kept_on_a_module_is_copied_with_its_values() -> None:
     # the analysis' meta copy keeps a plain tensor attribute as it is (its forward reads it
     # with .tolist()); only the tensors autograd computed (weight_norm's) are made meta
@@ -222,6 +230,17 @@ def test_a_hook_closing_over_the_users_module_writes_into_the_copy() -> None:
             return self.head(self.conv(x).mean((2, 3)))
 
     user = Captures()
+    # and two hooks sharing a variable of their scope: a pre-hook that notes the batch's
+    # shape, a forward hook that reshapes by it (both close over the module too)
+    shape: list[int] = []
+
+    def note(m: nn.Module, i: tuple[torch.Tensor]) -> None:
+        nonlocal shape
+        shape = [*i[0].shape[:1], -1]
+        user.features.clear()
+
+    user.conv.register_forward_pre_hook(note)
+    user.conv.register_forward_hook(lambda m, i, o: o.reshape(*shape).view(o.shape))
     copied = meta_copy(user, always=True)
     cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
     analyse(copied, cfg, name="captures")

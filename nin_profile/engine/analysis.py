@@ -220,38 +220,54 @@ def meta_copy(model: nn.Module, always: bool = False) -> nn.Module:
     for t in _computed_tensor_attributes(model):  # deepcopy refuses them
         memo.setdefault(id(t), torch.empty_like(t, device="meta"))
     copied = copy.deepcopy(model, memo)
-    for module in copied.modules():
-        _rebind_hooks(module, memo)
+    rebind_hooks(copied, memo)
     return copied
 
 
-def _rebind_hooks(module: nn.Module, memo: dict[int, object]) -> None:
+def rebind_hooks(copied: nn.Module, memo: dict[int, object]) -> None:
     """A hook the user wrote as a closure over their module (`lambda m, i, o:
     self.features.append(o)`) is shared by the copy as it is (deepcopy copies no function):
-    it would write into the user's module. In the copy it closes over the copies instead."""
-    for name, hooks in vars(module).items():
-        if name.endswith("_hooks") and isinstance(hooks, dict):
-            for key, hook in list(hooks.items()):
-                hooks[key] = _rebound(hook, memo)
+    it would write into the user's module. In the copy it closes over the copies instead
+    (`memo`: deepcopy's, original id → copy); a variable two hooks share (one sets it, the
+    other reads it) stays shared, one new cell for each old one."""
+    cells: dict[int, types.CellType] = {}
+    for module in copied.modules():
+        for name, hooks in vars(module).items():
+            if name.endswith("_hooks") and isinstance(hooks, dict):
+                for key, hook in list(hooks.items()):
+                    hooks[key] = _rebound(hook, memo, cells)
 
 
-def _rebound(fn: object, memo: dict[int, object]) -> object:
-    """`fn` with each variable it closes over replaced by its copy in `memo`, if any."""
+def _rebound(fn: object, memo: dict[int, object], cells: dict[int, types.CellType]) -> object:
+    """`fn` with the variables it closes over that were copied replaced by their copies;
+    `fn` itself where none was."""
     if not isinstance(fn, types.FunctionType) or not fn.__closure__:
         return fn
-    cells = []
+    if not any(id(_contents(cell)) in memo for cell in fn.__closure__):
+        return fn
+    new_cells = []
     for cell in fn.__closure__:
-        try:
-            contents = cell.cell_contents
-        except ValueError:  # a variable not yet bound
-            cells.append(cell)
-            continue
-        cells.append(types.CellType(memo.get(id(contents), contents)))
+        if id(cell) not in cells:
+            contents = _contents(cell)
+            cells[id(cell)] = types.CellType(memo[id(contents)]) if id(contents) in memo else cell
+        new_cells.append(cells[id(cell)])
     rebound = types.FunctionType(
-        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells)
+        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(new_cells)
     )
     rebound.__kwdefaults__ = fn.__kwdefaults__
+    rebound.__qualname__ = fn.__qualname__
+    rebound.__dict__.update(fn.__dict__)
     return rebound
+
+
+_UNBOUND = object()
+
+
+def _contents(cell: types.CellType) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a variable not yet bound
+        return _UNBOUND
 
 
 def _computed_tensor_attributes(model: nn.Module) -> Iterator[torch.Tensor]:
@@ -269,12 +285,16 @@ def analyse(
     model: nn.Module, cfg: AnalysisConfig, name: str, description: str = ""
 ) -> ModelProfile:
     """Trace one steady-state training step and one inference pass of `model` (meta parameters)."""
-    sparse = [n for n, m in model.named_modules() if getattr(m, "sparse", False) is True]
+    sparse = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad
+    ]
     if sparse:
         raise ProfileError(
             f"{name}: layer {sparse[0]!r} makes sparse gradients (sparse=True), which the "
             "analysis cannot follow (PyTorch has no meta kernels for them); profile it with "
-            "sparse=False: its dense gradient (the whole table) bounds the sparse one from above"
+            "sparse=False, whose gradient is the whole table"
         )
     if not any(p.requires_grad for p in model.parameters()):
         raise ProfileError(
@@ -364,7 +384,9 @@ def fake_copy(model: nn.Module, mode: Any) -> nn.Module:
             memo[id(p)] = nn.Parameter(_fake_like(p), p.requires_grad)
         for b in model.buffers():
             memo[id(b)] = _fake_like(b)
-    return copy.deepcopy(model, memo)
+    copied = copy.deepcopy(model, memo)
+    rebind_hooks(copied, memo)
+    return copied
 
 
 def _fake_like(t: torch.Tensor) -> torch.Tensor:
