@@ -137,9 +137,14 @@ def needs_values(exc: BaseException) -> bool:
     text = str(exc)
     return (
         isinstance(exc, PackedByValues)
+        or type(exc).__name__ in _FAKE_VALUES_NEEDED
         or any(phrase in text for phrase in _VALUES_NEEDED)
         or bool(_VALUE_SIZED_OPS.search(text))
     )
+
+
+# what fake tensors (the AMP traces') raise where an op needs values, or sizes that values decide
+_FAKE_VALUES_NEEDED = frozenset({"DataDependentOutputException", "DynamicOutputShapeException"})
 
 
 def _folder_of(package: str) -> str:

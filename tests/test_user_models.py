@@ -331,6 +331,22 @@ USER_ERRORS = [
         "Tensor.item() cannot be called on meta tensors (zoo_models.py:",
     ),
     (
+        # under AMP the trace runs on fake tensors, which raise their own exceptions and log
+        [
+            *("--models", "zoo_models:BranchesOnValues", "--channels", "3", "--image-size"),
+            *("16", "--precision", "amp-bf16", "--device", "cpu"),
+        ],
+        "layer (root) (BranchesOnValues) needs the values of its tensors "
+        "(DataDependentOutputException",
+    ),
+    (
+        [
+            *("--models", "zoo_models:Residual", "--image-size", "16"),
+            *("--precision", "amp-bf16", "--device", "cpu"),
+        ],
+        "expects 3 channels",
+    ),
+    (
         ["--models", "zoo_models:CountsDistinct", "--channels", "3", "--image-size", "16"],
         "layer (root) (CountsDistinct) needs the values of its tensors (NotImplementedError: "
         "aten::_unique2",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import types
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -302,7 +303,12 @@ def analyse(
             "profile (give a model with at least one parameter that requires grad)"
         )
     setup = TraceSetup.of(cfg)
-    with _restoring_mode(model), without_heavy_imports(), cpu_tensors_join(cfg.device):
+    with (
+        _restoring_mode(model),
+        without_heavy_imports(),
+        cpu_tensors_join(cfg.device),
+        _quiet(FAKE_TENSOR_LOG),
+    ):
         traced = setup.model(model, name)
         with setup.mode:
             loss = _loss(traced, cfg, name, setup)
@@ -420,6 +426,22 @@ def _loss(model: nn.Module, cfg: AnalysisConfig, name: str, setup: TraceSetup) -
             "(return logits, or any floating-point output to take the mean of)"
         )
     return _Loss(classes, describe_loss(output, cfg.batch, classes, steps), steps)
+
+
+# fake tensors (the AMP traces') log a traceback of an op that fails before raising: the
+# failure is the user's, said in one line
+FAKE_TENSOR_LOG = "torch._subclasses.fake_tensor"
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ one aten op: im2col columns, oneDNN's reorders and scratchpads)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ def _allocations(prof: profile) -> Iterator[tuple[int, _ExtraFields_Allocation]]
         pending.extend(event.children)
 
 
-def cpu_peak_during(work: Callable[[], None]) -> int:
+def cpu_peak_during(work: Callable[[], None], counted: Collection[int] = ()) -> int:
     """Bytes the CPU allocator holds at its highest during `work`, above what it held before.
 
     Replays every allocation and free the profiler recorded (`alloc_size` is negative for a
@@ -34,21 +34,25 @@ def cpu_peak_during(work: Callable[[], None]) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
     held = peak = 0
-    for _, fields in _made_and_freed_inside(prof):
+    for _, fields in _made_and_freed_inside(prof, counted):
         held += fields.alloc_size
         peak = max(peak, held)
     return peak
 
 
-def _made_and_freed_inside(prof: profile) -> list[tuple[int, _ExtraFields_Allocation]]:
-    """The CPU's allocations in time order, and the frees of what was allocated among them:
-    a free of memory held from before (state a model keeps from its last step, a weight a
-    pruning hook recomputes) is left out, as that memory is not in the figure either, and
-    the trace, which sees the same step, neither counts it nor its free."""
+def _made_and_freed_inside(
+    prof: profile, counted: Collection[int] = ()
+) -> list[tuple[int, _ExtraFields_Allocation]]:
+    """The CPU's allocations in time order, and the frees of what was allocated among them
+    or is `counted` (the addresses of the storages the caller's figure holds from before:
+    parameters, buffers, optimizer state, the batch; a buffer replaced out of place frees
+    its old storage). A free of other memory held from before (state a model keeps from its
+    last step, a weight a pruning hook recomputes) is left out, as that memory is not in the
+    figure either, and the trace, which sees the same step, neither counts it nor its free."""
     events = sorted(
         ((t, f) for t, f in _allocations(prof) if f.device.type == "cpu"), key=lambda p: p[0]
     )
-    live: set[int] = set()
+    live: set[int] = set(counted)
     kept = []
     for time, fields in events:
         if fields.alloc_size > 0:
@@ -124,7 +128,9 @@ class BetweenOps:
     largest_scratch_op: str
 
 
-def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> BetweenOps:
+def cpu_peak_between_dispatched_ops(
+    work: Callable[[], None], counted: Collection[int] = ()
+) -> BetweenOps:
     """As `cpu_peak_between_ops`, with an op being what a dispatch mode sees, as the CUDA
     measurement's KernelScratch and the estimate's trace see them: autocast's casts are ops
     of their own there (`_to_copy`), so a weight's half copy counts while the op using it
@@ -133,16 +139,18 @@ def cpu_peak_between_dispatched_ops(work: Callable[[], None]) -> BetweenOps:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, _DispatchedOps():
         work()
     windows = _outermost_windows(prof, lambda e: e.name.startswith(_DISPATCHED))
-    between = _peak_between(prof, windows)
+    between = _peak_between(prof, windows, counted)
     return BetweenOps(
         between.peak, between.largest_scratch, between.largest_scratch_op.removeprefix(_DISPATCHED)
     )
 
 
-def _peak_between(prof: profile, windows: list[Window]) -> BetweenOps:
+def _peak_between(
+    prof: profile, windows: list[Window], counted: Collection[int] = ()
+) -> BetweenOps:
     """The allocator's highest point without the allocations freed inside the window they
     were made in, and the most such allocations held at once, in which window."""
-    events = _made_and_freed_inside(prof)
+    events = _made_and_freed_inside(prof, counted)
     allocated_at: dict[int, int] = {}
     scratch: dict[int, str] = {}  # index into `events` of an allocation or free inside an op
     for index, (time, fields) in enumerate(events):

@@ -79,6 +79,12 @@ def progress(stage: str, done: int, total: int) -> None:
     emit({"progress": {"stage": stage, "done": done, "total": total}})
 
 
+def storages_of(tensors: Iterable[torch.Tensor]) -> set[int]:
+    """The addresses of the storages behind `tensors` (a figure that counts them takes their
+    frees off)."""
+    return {p for t in tensors if (p := t.untyped_storage().data_ptr())}
+
+
 def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind `tensors`."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
@@ -133,8 +139,9 @@ class Device:
     ) -> dict[str, Any]:
         """Peak memory of one run of `work`; `held` are the tensors alive before it (CPU)."""
         if self.kind != "cuda":
+            held = list(held)
             baseline = held_bytes(held)
-            peak = baseline + cpu_peak_during(lambda: _discard(work()))
+            peak = baseline + cpu_peak_during(lambda: _discard(work()), storages_of(held))
             return {
                 "peak_allocated": peak,
                 "peak_reserved": None,
@@ -264,7 +271,12 @@ def kernel_scratch(work: Callable[[], object]) -> KernelScratch:
     return scratch
 
 
-def with_scratch(memory: dict[str, Any], work: Callable[[], object], device: Device) -> None:
+def with_scratch(
+    memory: dict[str, Any],
+    work: Callable[[], object],
+    device: Device,
+    held: Callable[[], list[torch.Tensor]] = list,
+) -> None:
     """Add the kernel-scratch figures of one more run of `work` to a memory result: on CUDA
     the peak between ops and the largest scratch, with a note naming the op; on the CPU the
     peak between the ops a dispatch mode sees (cpu_peak_between_dispatched_ops, the
@@ -274,7 +286,7 @@ def with_scratch(memory: dict[str, Any], work: Callable[[], object], device: Dev
     notes = device.notes
     if device.kind != "cuda":
         try:
-            between = cpu_peak_between_dispatched_ops(lambda: _discard(work()))
+            between = cpu_peak_between_dispatched_ops(lambda: _discard(work()), storages_of(held()))
         except Exception as exc:  # a diagnostic pass, as on CUDA
             notes.append(f"no peak between ops: {type(exc).__name__}: {exc}".splitlines()[0])
             return
@@ -430,7 +442,7 @@ def measure_training(model: nn.Module, req: Request, device: Device) -> dict[str
     progress("memory", 1, 1)
     if req.scratch:
         step.optimizer.zero_grad(set_to_none=True)
-        with_scratch(memory, step.run, device)
+        with_scratch(memory, step.run, device, step.held)
     deltas: dict[str, int] = {}
     if req.per_layer and device.kind == "cuda":
         step.optimizer.zero_grad(set_to_none=True)
@@ -451,7 +463,7 @@ def measure_inference(model: nn.Module, req: Request, device: Device) -> dict[st
     memory = device.memory_during(forward, forward.held())
     progress("memory", 1, 1)
     if req.scratch:
-        with_scratch(memory, forward, device)
+        with_scratch(memory, forward, device, forward.held)
     times = device.milliseconds(forward, req.iterations, _deadline(req))
     per_layer = layer_times(model, forward, device) if req.per_layer and times else {}
     return {
