@@ -62,22 +62,8 @@ def native_mha_on_cpu(
         return _native_mha([t.to(half) if t.is_floating_point() else t for t in args], *options)
 
 
+@one_op()  # the CPU runs these steps inside one op
 def _native_mha(
-    args: list[torch.Tensor],
-    embed_dim: int,
-    num_head: int,
-    mask: torch.Tensor | None,
-    need_weights: bool,
-    average_attn_weights: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The op's steps (below), which the CPU runs inside one op."""
-    with one_op():
-        return _native_mha_steps(
-            args, embed_dim, num_head, mask, need_weights, average_attn_weights
-        )
-
-
-def _native_mha_steps(
     args: list[torch.Tensor],
     embed_dim: int,
     num_head: int,
@@ -128,15 +114,8 @@ def _native_mha_steps(
     return out.view(batch, steps, embed_dim), weights
 
 
+@one_op()  # the CPU runs these steps inside one op
 def transformer_encoder_layer_on_cpu(
-    layer: nn.TransformerEncoderLayer, src: torch.Tensor, mask: Any, mask_type: Any
-) -> torch.Tensor:
-    """The layer's steps (below), which the CPU runs inside one op."""
-    with one_op():
-        return _encoder_layer_steps(layer, src, mask, mask_type)
-
-
-def _encoder_layer_steps(
     layer: nn.TransformerEncoderLayer, src: torch.Tensor, mask: Any, mask_type: Any
 ) -> torch.Tensor:
     """`transformer_encoder_layer_forward` (transformers/transformer.cpp): attention through

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
-from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from nin_profile.engine.devices import (
     cpu_sdpa_backend,
@@ -31,7 +30,7 @@ from nin_profile.engine.devices import (
     rnn_runs_whole_sequence,
 )
 from nin_profile.engine.fastpath import cpu_fast_paths, nested_packing_refused
-from nin_profile.engine.memory import one_op
+from nin_profile.engine.memory import one_op, traced
 
 aten = torch.ops.aten
 
@@ -188,51 +187,12 @@ def _linear_on_cpu(
 Steps = Callable[[Sequence[torch.Tensor], Any, list[torch.Tensor]], tuple[list[torch.Tensor], Any]]
 
 
-def gru_on_cpu(
-    input: torch.Tensor,
-    hx: torch.Tensor,
-    params: list[torch.Tensor],
-    has_biases: bool,
-    num_layers: int,
-    dropout: float,
-    train: bool,
-    bidirectional: bool,
-    batch_first: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`gru` as the CPU runs it (aten/src/ATen/native/RNN.cpp, `_rnn_impl_with_concat`): each
-    layer's `FullLayer` (`FullBidirectionalLayer` for two directions) computes a direction's
-    input gate projections for the whole sequence in one product when the input is on the CPU
-    (on meta, one per step), then runs `GRUCell` with `pre_compute_input`, op for op."""
-    per_cell = 4 if has_biases else 2
-    output, finals = _layer_stack(
-        input,
-        list(hx.unbind(0)),
-        params,
-        per_cell,
-        _gru_steps,
-        num_layers,
-        dropout,
-        train,
-        bidirectional,
-        batch_first,
-    )
-    return output, torch.stack(finals, 0)
-
-
-def rnn_on_cpu(activation: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
-    """`rnn_tanh`/`rnn_relu` as the CPU runs them: the GRU's layers with `SimpleCell`, whose
-    step adds the hidden projection to the step's projected input in place, then applies
-    `activation` (`at::tanh`, `at::relu`: a new tensor)."""
-
-    def steps(
-        inputs: Sequence[torch.Tensor], h: torch.Tensor, cell: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        w_hh, b_hh = cell[1], (cell[3] if len(cell) == 4 else None)
-        outputs = []
-        for step in inputs:
-            h = activation(F.linear(h, w_hh, b_hh).add_(step))
-            outputs.append(h)
-        return outputs, h
+def _with_one_hidden_state(steps: Steps) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`_rnn_impl_with_concat` of RNN.cpp for the layers whose hidden state is one tensor
+    (`gru`, `rnn_tanh`, `rnn_relu`, called as `torch._VF` calls them), with `steps` their
+    cell: each layer's `FullLayer` (`FullBidirectionalLayer` for two directions) computes a
+    direction's input projections for the whole sequence in one product when the input is
+    on the CPU (on meta, one per step), then runs the cell with `pre_compute_input`."""
 
     def run(
         input: torch.Tensor,
@@ -253,6 +213,24 @@ def rnn_on_cpu(activation: Callable[[torch.Tensor], torch.Tensor]) -> Callable[.
         return output, torch.stack(finals, 0)
 
     return run
+
+
+def rnn_on_cpu(activation: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    """`rnn_tanh`/`rnn_relu` as the CPU runs them: `SimpleCell`, whose step adds the hidden
+    projection to the step's projected input in place, then applies `activation`
+    (`at::tanh`, `at::relu`: a new tensor)."""
+
+    def steps(
+        inputs: Sequence[torch.Tensor], h: torch.Tensor, cell: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        w_hh, b_hh = cell[1], (cell[3] if len(cell) == 4 else None)
+        outputs = []
+        for step in inputs:
+            h = activation(F.linear(h, w_hh, b_hh).add_(step))
+            outputs.append(h)
+        return outputs, h
+
+    return _with_one_hidden_state(steps)
 
 
 def lstm_on_cpu(
@@ -396,6 +374,10 @@ def _gru_steps(
         outputs.append(h)
         del i_r, i_z, i_n, h_r, h_z, h_n, reset, update, new  # C++ frees them here
     return outputs, h
+
+
+# `gru` as the CPU runs it: `GRUCell`, op for op (`_gru_steps`)
+gru_on_cpu = _with_one_hidden_state(_gru_steps)
 
 
 def _good_ld(dim: int, itemsize: int = 4) -> int:
@@ -708,13 +690,7 @@ class DeviceKernels:
                     return lstm_on_cpu(*args, **kwargs)
                 return lstm(*args, **kwargs)
 
-        def gru_layers(*args: Any, **kwargs: Any) -> Any:
-            with _whole_in_inference():
-                if rnn_runs_whole_sequence(device, args[2]):
-                    return gru_on_cpu(*args, **kwargs)
-                return gru(*args, **kwargs)
-
-        def simple_layers(
+        def one_state_layers(
             original: Callable[..., Any], on_cpu: Callable[..., Any]
         ) -> Callable[..., Any]:
             def layers(*args: Any, **kwargs: Any) -> Any:
@@ -727,9 +703,9 @@ class DeviceKernels:
 
         F.scaled_dot_product_attention = scaled_dot_product_attention
         torch._VF.lstm = lstm_layers
-        torch._VF.gru = gru_layers
-        torch._VF.rnn_tanh = simple_layers(rnn_tanh, rnn_on_cpu(torch.tanh))
-        torch._VF.rnn_relu = simple_layers(rnn_relu, rnn_on_cpu(torch.relu))
+        torch._VF.gru = one_state_layers(gru, gru_on_cpu)
+        torch._VF.rnn_tanh = one_state_layers(rnn_tanh, rnn_on_cpu(torch.tanh))
+        torch._VF.rnn_relu = one_state_layers(rnn_relu, rnn_on_cpu(torch.relu))
         self._replaced.enter_context(nested_packing_refused(device))
         if device == "cpu":
             for name in _POOLS:
@@ -755,10 +731,7 @@ def _whole_in_inference() -> contextlib.AbstractContextManager[None]:
     inside is no memory held between ops. The inference trace (under no_grad: a trace of
     the training step may run a frozen part under no_grad too, where the ops stay apart)
     sees its steps."""
-    inference = any(
-        vars(mode).get("inference") is True for mode in _get_current_dispatch_mode_stack()
-    )
-    return one_op() if inference else contextlib.nullcontext()
+    return one_op() if traced("inference") is True else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -122,10 +122,19 @@ class AllocationLog:
 def one_op() -> Iterator[None]:
     """`AllocationLog.one_op` of the trace running now, if one is (stand-ins call it without
     knowing the trace: kernels.py, fastpath.py)."""
-    logs = [vars(mode).get("log") for mode in _get_current_dispatch_mode_stack()]
-    log = next((log for log in reversed(logs) if isinstance(log, AllocationLog)), None)
-    with log.one_op() if log else contextlib.nullcontext():
+    log = traced("log")
+    with log.one_op() if isinstance(log, AllocationLog) else contextlib.nullcontext():
         yield
+
+
+def traced(attribute: str) -> object:
+    """`attribute` of the trace running now (the innermost dispatch mode that has it: a
+    StepTracer's `log`, `inference`), for code the trace calls without knowing it; else
+    None."""
+    for mode in reversed(_get_current_dispatch_mode_stack()):
+        if attribute in vars(mode):
+            return vars(mode)[attribute]
+    return None
 
 
 def peak_between_ops(events: list[Event], op_ends: Iterable[int]) -> int:
