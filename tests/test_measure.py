@@ -333,6 +333,16 @@ def test_a_layer_is_timed_alone_on_its_input() -> None:
     assert max(times["0"], times["1"], times["3"]) < 5
 
 
+def test_a_layer_is_timed_alone_on_the_input_its_pre_hooks_give_it() -> None:
+    # a forward pre-hook flattens the Linear's 2×3×4 input to 2×12: timed alone on the
+    # input as the caller gave it, the Linear would fail on 2×3×4 (4 features, not 12)
+    model = nn.Sequential(nn.Identity(), nn.Linear(12, 2))
+    model[1].register_forward_pre_hook(lambda m, args: (args[0].flatten(1),))
+    x = torch.randn(2, 3, 4)
+    times = layer_times(model, lambda: model(x), Device("cpu"), repeats=1)
+    assert set(times) == {"0", "1", "(root)"}
+
+
 def test_largest_fitting_gallops_then_bisects() -> None:
     tried: list[int] = []
 

@@ -26,7 +26,7 @@ from nin_profile.engine.analysis import (
     smallest_image_size,
 )
 from nin_profile.engine.training import TrainingLoss, make_batch
-from nin_profile.errors import InvalidConfig
+from nin_profile.errors import InvalidConfig, LayerFailed
 from nin_profile.models import ModelConfig
 from nin_profile.results import ModelProfile
 
@@ -247,6 +247,36 @@ def test_a_hook_closing_over_the_users_module_writes_into_the_copy() -> None:
     assert user.features == []
     captured: list[torch.Tensor] = vars(copied)["features"]
     assert captured and all(f.device.type == "meta" for f in captured)
+
+
+def test_what_the_users_hooks_run_belongs_to_their_layer() -> None:
+    # a forward pre-hook that applies a ReLU to the second conv's input, and a forward hook
+    # that keeps two of its channels: both run in the second conv's row, the row's output
+    # shape is what the hook returned
+    model = nn.Sequential(nn.Conv2d(zoo_models.CHANNELS, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten())
+    model[1].register_forward_pre_hook(lambda m, i: (nn.functional.relu(i[0]),))
+    model[1].register_forward_hook(lambda m, i, o: o[:, :2] * 2)
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
+    rows = {r.name: r for r in analyse(meta_copy(model, always=True), cfg, name="hooks").layers}
+    assert "(root)" not in rows  # the ReLU ran in the root's frame, its saves charged there
+    assert rows["1"].output_shape == (BATCH, 2, 12, 12)
+    # the ReLU's output, 4·4·14·14 floats, which it saves (and the conv too): once, here
+    assert rows["1"].saved_bytes == BATCH * 4 * 14 * 14 * 4  # = 12,544
+    # its FLOPs: the conv's 2·4·4·12·12·4·9 = 331,776 and the ReLU's none
+    assert rows["1"].flops_forward == 2 * BATCH * 4 * 12 * 12 * 4 * 9
+
+
+def test_a_pre_hooks_input_is_what_a_failure_names() -> None:
+    # the pre-hook hands the conv 3 channels where it wants 4: the failure names the input
+    # the conv got and the channels it expects
+    model = nn.Sequential(nn.Conv2d(zoo_models.CHANNELS, 4, 3), nn.Conv2d(4, 4, 3))
+    model[1].register_forward_pre_hook(lambda m, i: (i[0][:, :3],))
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
+    with pytest.raises(
+        LayerFailed, match=r"layer 1 \(Conv2d\) cannot run on input 4×3×14×14"
+    ) as failed:
+        analyse(meta_copy(model, always=True), cfg, name="hooks")
+    assert failed.value.expected_channels == 4
 
 
 def test_the_users_module_is_left_as_it_was() -> None:

@@ -33,7 +33,8 @@ class Frame:
     a module none ran inside is a leaf of the run (nn.MultiheadAttention, whose out_proj it
     uses as weights only, is one), and the ops it runs are its own. `node`: the autograd node
     running when the forward began (None but for a forward run again inside backward, as
-    activation checkpointing does)."""
+    activation checkpointing does). `input_shape`: the first tensor's shape its forward is
+    called with, once the user's forward pre-hooks have run."""
 
     name: str
     module: nn.Module
@@ -91,7 +92,10 @@ Hook = Callable[[Frame, Any], None]
 class LayerStack:
     """Keeps the stack of running modules; a failing forward leaves its innermost layer on top.
 
-    `on_enter(frame, args)` runs before a module's forward, `on_exit(frame, output)` after it.
+    `on_enter(frame, args)` runs as a module is called, before the user's forward pre-hooks
+    (what they run belongs to the module: old-style weight_norm computes its weight there),
+    `on_call(frame, args)` after them, with the arguments its forward gets, `on_exit(frame,
+    output)` after its forward and the user's forward hooks.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class LayerStack:
         extra: dict[str, nn.Module] | None = None,
         on_enter: Hook | None = None,
         on_exit: Hook | None = None,
+        on_call: Hook | None = None,
     ) -> None:
         self.names = layer_names(model)
         for name, module in (extra or {}).items():
@@ -108,6 +113,7 @@ class LayerStack:
         self.forward_done = False  # the root's forward returned: backward or an optimizer next
         self._on_enter = on_enter
         self._on_exit = on_exit
+        self._on_call = on_call
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
@@ -116,7 +122,8 @@ class LayerStack:
 
     def __enter__(self) -> LayerStack:
         for module in self.names:
-            self._handles.append(module.register_forward_pre_hook(self._enter))
+            self._handles.append(module.register_forward_pre_hook(self._enter, prepend=True))
+            self._handles.append(module.register_forward_pre_hook(self._called_with))
             self._handles.append(module.register_forward_hook(self._exit))
         return self
 
@@ -135,6 +142,13 @@ class LayerStack:
         if self._on_enter:
             self._on_enter(frame, args)
         self.frames.append(frame)
+
+    def _called_with(self, module: nn.Module, args: Any) -> None:
+        frame = self.frames[-1]
+        inputs = tensors_in(args)
+        frame.input_shape = tuple(inputs[0].shape) if inputs else ()
+        if self._on_call:
+            self._on_call(frame, args)
 
     def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
         frame = self.frames[-1]

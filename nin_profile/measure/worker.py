@@ -507,7 +507,7 @@ def _leaves_alone(
     samples: dict[str, list[float]] = {}
     inputs: list[object] = []
 
-    def keep(frame: Frame, args: object) -> None:
+    def keep(frame: Frame, args: object) -> None:  # as the user's forward pre-hooks leave them
         inputs.append(args)
 
     def time_alone(frame: Frame, output: object) -> None:
@@ -525,7 +525,7 @@ def _leaves_alone(
             times.append(device.elapsed_ms(start, end))
         samples.setdefault(frame.name, []).append(statistics.median(times))
 
-    with LayerStack(model, on_enter=keep, on_exit=time_alone):
+    with LayerStack(model, on_call=keep, on_exit=time_alone):
         forward()
     progress("layers", 1, 1)
     return samples
