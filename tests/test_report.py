@@ -17,9 +17,11 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from run_configs import small_run
+from torch import nn
 
 from nin_profile.cli import main
 from nin_profile.render.charts import (
@@ -29,6 +31,7 @@ from nin_profile.render.charts import (
 )
 from nin_profile.render.markdown import render_report
 from nin_profile.render.names import chart_plan
+from nin_profile.render.text import layer_label
 from nin_profile.report import ChartPool, chart_pngs
 from nin_profile.results import MemoryCategory, ModelProfile, Profile, Timing
 from nin_profile.run import run_profile
@@ -460,3 +463,22 @@ def test_layers_are_named_with_their_spec(profile: Profile) -> None:
 )
 def test_small_figures_keep_two_significant_digits(value: float, digits: int, text: str) -> None:
     assert fmt_number(value, digits) == text
+
+
+@pytest.mark.parametrize(
+    ("module", "label"),
+    [
+        ("nn.Conv2d(1, 96, 11, 4)", "0 Conv2d 11×11/4, 1→96"),
+        ("nn.Conv1d(40, 16, 5)", "0 Conv1d 5, 40→16"),  # one size, not 5×5
+        ("nn.Conv1d(40, 16, 3, stride=2)", "0 Conv1d 3/2, 40→16"),
+        ("nn.Conv3d(3, 8, 3)", "0 Conv3d 3×3×3, 3→8"),  # the depth too
+        ("nn.MaxPool3d(2)", "0 MaxPool3d 2×2×2/2"),
+        ("nn.MaxPool3d((1, 2, 2))", "0 MaxPool3d 1×2×2/1×2×2"),  # each stride, the first 1
+        ("nn.Conv2d(3, 8, (1, 3), stride=(2, 1))", "0 Conv2d 1×3/2×1, 3→8"),
+        ("nn.Linear(3, 4)", "0 Linear 3→4"),
+    ],
+)
+def test_layer_labels_give_each_dimensions_size(module: str, label: str) -> None:
+    built = eval(module, {"nn": nn})
+    layer = SimpleNamespace(name="0", type=type(built).__name__, spec=built.extra_repr())
+    assert layer_label(layer) == label  # type: ignore[arg-type]

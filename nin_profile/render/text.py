@@ -160,22 +160,27 @@ def held_bytes(b: MemoryBreakdown) -> int:
     return b[MemoryCategory.PARAMS] + b[MemoryCategory.GRADS] + b[MemoryCategory.OPTIMIZER]
 
 
-_KERNEL = re.compile(r"kernel_size=\(?(\d+)(?:, (\d+))?\)?")
-_STRIDE = re.compile(r"stride=\(?(\d+)(?:, (\d+))?\)?")
+_KERNEL = re.compile(r"kernel_size=(\d+|\([\d, ]+\))")
+_STRIDE = re.compile(r"stride=(\d+|\([\d, ]+\))")
+_DIMS = re.compile(r"([123])d$")
 _FEATURES = re.compile(r"in_features=(\d+), out_features=(\d+)")
 _CHANNELS = re.compile(r"^(\d+), (\d+), kernel_size")
 
 
 def layer_label(layer: LayerStats) -> str:
     """A layer's name, type and shape in a few characters: '0.0 Conv2d 11×11/4, 1→96',
-    '1 MaxPool2d 3×3/2', '14 Linear 6400→4096', '3 ReLU'."""
+    '1 MaxPool2d 3×3/2', '2 Conv1d 5/2, 40→16', '3 MaxPool3d 1×2×2', '14 Linear 6400→4096',
+    '3 ReLU'."""
     parts = [layer.name, layer.type]
     spec = layer.spec
+    dims = _DIMS.search(layer.type)
     if kernel := _KERNEL.search(spec):
-        k = f"{kernel[1]}×{kernel[2] or kernel[1]}"
-        stride = _STRIDE.search(spec)
-        if stride and stride[1] != "1":
-            k += f"/{stride[1]}"
+        sizes = _sizes(kernel[1], int(dims[1]) if dims else 2)
+        k = "×".join(map(str, sizes))
+        if stride := _STRIDE.search(spec):
+            steps = _sizes(stride[1], len(sizes))
+            if any(s != 1 for s in steps):
+                k += "/" + ("×".join(map(str, steps)) if len(set(steps)) > 1 else str(steps[0]))
         parts.append(k)
     text = " ".join(parts)
     if channels := _CHANNELS.search(spec):
@@ -183,6 +188,12 @@ def layer_label(layer: LayerStats) -> str:
     elif features := _FEATURES.search(spec):
         text += f" {features[1]}→{features[2]}"
     return text
+
+
+def _sizes(text: str, dims: int) -> list[int]:
+    """A module's size argument as its repr writes it, one per dimension: `3` or `(1, 2, 2)`."""
+    sizes = [int(n) for n in re.findall(r"\d+", text)]
+    return sizes * dims if len(sizes) == 1 and not text.startswith("(") else sizes
 
 
 @dataclass(frozen=True)
