@@ -679,6 +679,30 @@ class Norms(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class Activations(nn.Module):
+    """The activations of recent networks between linear layers over each position's
+    channels: Mish (whose backward the CPU runs as one kernel, `mish_backward`, where meta
+    has none and runs PyTorch's composite), SiLU, Hardswish, GELU (tanh), after an RMSNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(SIDE, 32),
+            nn.Mish(),
+            nn.Linear(32, 32),
+            nn.RMSNorm(32),
+            nn.SiLU(),
+            nn.Linear(32, 32),
+            nn.Hardswish(),
+            nn.Linear(32, 16),
+            nn.GELU(approximate="tanh"),
+        )
+        self.head = nn.Linear(16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(x).mean((1, 2)))
+
+
 def pool_stem() -> nn.Module:
     """Max-pooling on the batch itself, which needs no gradient: on the CPU `max_pool2d`
     computes the indices even so, and drops them as it returns."""
@@ -758,6 +782,7 @@ ZOO = (
     "Pools",
     "Float64",
     "Norms",
+    "Activations",
     "pool_stem",
     "instance",
 )

@@ -707,6 +707,7 @@ class DeviceKernels:
         torch._VF.rnn_tanh = one_state_layers(rnn_tanh, rnn_on_cpu(torch.tanh))
         torch._VF.rnn_relu = one_state_layers(rnn_relu, rnn_on_cpu(torch.relu))
         self._replaced.enter_context(nested_packing_refused(device))
+        self._replaced.enter_context(fused_on_meta())
         if device == "cpu":
             for name in _POOLS:
                 pool = _without_indices(name, getattr(torch, name))
@@ -723,6 +724,39 @@ class DeviceKernels:
         del torch._VF.gru
         del torch._VF.rnn_tanh
         del torch._VF.rnn_relu
+
+
+# ops the CPU and CUDA run as one kernel of their own where meta has none and runs PyTorch's
+# composite of other ops (native_functions.yaml: `CPU, CUDA: mish_backward` beside
+# `CompositeImplicitAutograd: math_mish_backward`; the only such op both devices have)
+FUSED_ON_DEVICE = ("mish_backward",)
+
+
+@contextlib.contextmanager
+def fused_on_meta() -> Iterator[None]:
+    """While a step is traced: each op of FUSED_ON_DEVICE reaches the trace whole, as one op
+    that allocates its output, as on the device (Mish's backward as a composite held seven
+    temporaries its size: a Linear-Mish model's training peak read 161% high). An autograd
+    kernel for meta hands the op below autograd whole (PyTorch refuses a meta kernel for an
+    op with a composite), where the trace's dispatch mode sees it and runs it: its parts
+    then pass unseen, as the device's kernel makes no temporaries. Fake tensors (AMP) reach
+    the trace whole already."""
+    library = torch.library.Library("aten", "IMPL")
+    for name in FUSED_ON_DEVICE:
+        op = getattr(aten, name).default
+        library.impl(name, _below_autograd(op), "AutogradMeta")
+    try:
+        yield
+    finally:
+        library._destroy()
+
+
+def _below_autograd(op: Any) -> Callable[..., Any]:
+    def whole(*args: Any, **kwargs: Any) -> Any:
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args, **kwargs)
+
+    return whole
 
 
 def _whole_in_inference() -> contextlib.AbstractContextManager[None]:
