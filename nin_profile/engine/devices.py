@@ -21,7 +21,7 @@ Allocation and libraries (`DeviceRules`, one per device)
   while it runs (`torch.random.fork_rng`, which forks nothing for meta, the device type
   checkpointing infers in the trace): CPU memory, counted for a CPU step only (tracing.py's
   `StepTracer`); CUDA's state is a CPU tensor too, not CUDA memory.
-- Fused ops: `mish_backward` is one kernel on the CPU and CUDA, a composite of seven ops on
+- Fused ops: `mish_backward` is one kernel on the CPU and CUDA, a composite of ten ops on
   meta (native_functions.yaml: `CPU, CUDA: mish_backward` beside `CompositeImplicitAutograd`;
   no other op is the CPU's and CUDA's own where meta has a composite): kernels.py's
   `fused_on_meta`.
