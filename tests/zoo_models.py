@@ -572,6 +572,22 @@ class CpuConstants(nn.Module):
         return self.head(picked * torch.ones(3))
 
 
+class CpuOperands(nn.Module):
+    """Matrix products with an operand made on the CPU in the forward: an einsum (meta's bmm
+    takes the CPU operand's device) and a baddbmm, whose backward multiplies by it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.einsum("bchw,cd->bdhw", self.conv(x), torch.ones(8, 8))
+        rows = x.flatten(2)  # 4×8×256
+        x = torch.baddbmm(rows, rows, torch.ones(x.shape[0], SIDE * SIDE, SIDE * SIDE) / 256)
+        return self.head(x.mean(2))
+
+
 class ValuesOnTheCpu(nn.Module):
     """A forward that selects with values a CPU step has: a boolean mask made on the CPU
     (indexing takes CPU indices on any device: the trace keeps its values)."""
@@ -777,6 +793,7 @@ ZOO = (
     "checkpointed_reentrant",
     "FoldUnfold",
     "CpuConstants",
+    "CpuOperands",
     "ValuesOnTheCpu",
     "OldStyleNorms",
     "Pools",

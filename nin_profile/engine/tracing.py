@@ -125,12 +125,14 @@ def current_backward_layer() -> str:
 class CpuTensorsJoinTheTrace(TorchDispatchMode):
     """For a CPU target: a tensor the user's forward makes on the CPU (`torch.ones(3)` without
     `device=`) meets the trace's meta tensors as, in the real step, it meets the CPU's. An op
-    that refuses the mix (arithmetic; indexing takes CPU indices as they are) runs again with
-    it as a meta tensor of its shape: its values decide no size there. An op that would write
-    into it is refused in one line (the copy would take the write). What autograd saves of it
-    counts, as CPU memory (analysis.py's `_saved_on`); the rest of its few bytes does not.
-    (PyTorch lets a 0-dim CPU tensor join any device; a CUDA step refuses the others, as the
-    trace does.)"""
+    that refuses the mix (arithmetic; indexing takes CPU indices as they are), or whose output
+    would be a CPU tensor (a matrix product's meta kernel may give it its CPU operand's
+    device), runs again with it as a meta tensor of its shape: its values decide no size
+    there. An op that would write into it is refused in one line (the copy would take the
+    write). It is CPU memory of the step: what autograd saves of it counts as saved
+    (analysis.py's `_saved_on`), and StepTracer records each such tensor the forward makes
+    while it lives. (PyTorch lets a 0-dim CPU tensor join any device; a CUDA step refuses
+    the others, as the trace does.)"""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -143,10 +145,14 @@ class CpuTensorsJoinTheTrace(TorchDispatchMode):
                 "with the model's tensors: make it on the input's device (device=x.device)"
             )
         try:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
         except RuntimeError:
+            out = None
+        # a product's meta kernel may take the device of its CPU operand (einsum's bmm)
+        if out is None or any(map(_joins, tensors_in(out))):
             args, kwargs = tree_map(_as_meta, (args, kwargs))
             return func(*args, **kwargs)
+        return out
 
 
 def _written(func: Any, args: Any, kwargs: dict[str, Any]) -> list[torch.Tensor]:
@@ -277,6 +283,8 @@ class StepTracer(TorchDispatchMode):
             outputs = inference_outputs(func, args, outputs)
         for tensor in outputs:
             self.log.key_of(tensor)
+            if self.cpu and self.phase is Phase.FORWARD and _joins(tensor):
+                self.log.key_of(tensor, device="cpu")  # a forward's own CPU tensor
         if func is torch.ops.aten._to_copy.default and self.log.key_of(args[0]) in self.weights:
             self.weight_copies.add(cast(int, self.log.key_of(out)))
         if self.cpu:
