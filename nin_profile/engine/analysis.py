@@ -537,9 +537,10 @@ def _without_grad(model: nn.Module) -> dict[str, int]:
 
 
 def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -> MemoryBreakdown:
-    """One forward pass in eval mode under no_grad (not inference_mode: under inference_mode a
-    dispatch mode sees composite ops whole and misses what they allocate inside, such as the
-    int64 indices max_pool2d computes on CUDA)."""
+    """One forward pass in eval mode under inference_mode, as the worker measures it: an op
+    PyTorch composes of others reaches the trace whole, which follows its parts inside one op
+    (tracing.py's StepTracer), so that what it allocates inside (the int64 indices max_pool2d
+    computes on CUDA, an RMSNorm's statistics) is in the peak and not between ops."""
     model.eval()
     x, _ = setup.batch(cfg.batch, cfg.inputs, 1)
     log = AllocationLog(cfg.rules.block_bytes)
@@ -552,7 +553,7 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -
     tracer = StepTracer(stack, log, cpu=cfg.device == "cpu", inference=True)
     tracer.weights = owners[MemoryCategory.PARAMS]
     try:
-        with naming_failures(stack), torch.no_grad(), DeviceKernels(cfg.device), tracer:
+        with naming_failures(stack), torch.inference_mode(), DeviceKernels(cfg.device), tracer:
             forward(model, x, setup.amp(inference=True))
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
         owners[MemoryCategory.WEIGHT_COPIES] = tracer.weight_copies

@@ -60,10 +60,13 @@ Kernels, CPU
   0-dim one join any device; indexing takes CPU indices on any device). For the CPU an op
   that fails on the mix takes it as a meta tensor (tracing.py's `CpuTensorsJoinTheTrace`).
 - One op: under inference_mode, where the worker measures an inference pass, an op PyTorch
-  composes of others (`scaled_dot_product_attention`, `lstm`, `gru`, `rnn_tanh`) runs as one
-  op, as do the fused fast paths; the trace (under no_grad) follows their steps and records
-  them inside one op (memory.py's `one_op`), so that the estimate has a peak with what they
-  hold inside and one between ops without it.
+  composes of others (a CompositeImplicitAutograd kernel: `linear`, `einsum`, `rms_norm`,
+  `cosine_similarity`, `scaled_dot_product_attention`, `lstm`, ...) runs as one op, as do
+  the fused fast paths. The inference trace runs under inference_mode too: StepTracer
+  follows a composite's parts inside one op (memory.py's `one_op`), and so do the stand-ins
+  for attention and RNN layers (kernels.py's `_whole_in_inference`), so that the estimate
+  has a peak with what they hold inside and one between ops without it (an RMSNorm with a
+  weight read 40% high between ops, a cosine similarity 110%).
 - Max-pooling: `torch.max_pool1d` computes no int64 indices on the CPU where the input needs
   no gradient (aten/src/ATen/native/MaxPooling.cpp; meta runs `max_pool2d_with_indices`):
   kernels.py's `cpu_outputs` leaves them out. `max_pool2d`/`max_pool3d` compute theirs and

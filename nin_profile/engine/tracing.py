@@ -176,6 +176,14 @@ def _as_meta(value: Any) -> Any:
     return value
 
 
+def _composite(func: Any) -> bool:
+    """Whether `func` is one PyTorch composes of other ops (a CompositeImplicitAutograd
+    kernel: `linear`, `einsum`, `rms_norm`, `cosine_similarity`, `layer_norm`...)."""
+    return func.namespace == "aten" and torch._C._dispatch_has_kernel_for_dispatch_key(
+        func.name(), "CompositeImplicitAutograd"
+    )
+
+
 def cpu_tensors_join(device: str) -> contextlib.AbstractContextManager[Any]:
     """`CpuTensorsJoinTheTrace` where the target is the CPU."""
     return CpuTensorsJoinTheTrace() if device == "cpu" else contextlib.nullcontext()
@@ -205,10 +213,12 @@ class StepTracer(TorchDispatchMode):
         # the storages of the model's parameters, and of the copies casts made of them (AMP)
         self.weights: set[int] = set()
         self.weight_copies: set[int] = set()
+        self._depth = 0
 
     def __enter__(self) -> StepTracer:
         super().__enter__()
-        if self.cpu:  # the CPU RNG states a CPU step keeps are CPU memory (devices.py)
+        self._depth += 1  # entered again inside its own dispatch: a composite op's parts
+        if self.cpu and self._depth == 1:  # the CPU RNG states a CPU step keeps (devices.py)
             self._get_rng_state = torch.get_rng_state
             self._fork_rng = torch.random.fork_rng
             torch.get_rng_state = self._rng_state_held
@@ -216,7 +226,8 @@ class StepTracer(TorchDispatchMode):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.cpu:
+        self._depth -= 1
+        if self.cpu and self._depth == 0:
             torch.get_rng_state = self._get_rng_state
             torch.random.fork_rng = self._fork_rng
         super().__exit__(*exc)
@@ -268,6 +279,11 @@ class StepTracer(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if self.inference and _composite(func):
+            # under inference_mode an op PyTorch composes of others reaches the device's
+            # allocator whole, one op: its parts are followed inside it
+            with self.log.one_op(), self:
+                return func.decompose(*args, **kwargs)
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
         out = kernel_outputs(func, args, func(*args, **kwargs), "cpu" if self.cpu else "cuda")
