@@ -70,8 +70,8 @@ Kernels, CPU
 - Max-pooling: `torch.max_pool1d` computes no int64 indices on the CPU where the input needs
   no gradient (aten/src/ATen/native/MaxPooling.cpp; meta runs `max_pool2d_with_indices`):
   kernels.py's `cpu_outputs` leaves them out. `max_pool2d`/`max_pool3d` compute theirs and
-  drop them as the op returns: held for an instant in a training step, scratch inside the op
-  under inference_mode (kernels.py's `inference_outputs`). A call that asks for the indices
+  drop them as the op returns: held for an instant in a training step, inside the one
+  composite op under inference_mode ("One op" above). A call that asks for the indices
   (`return_indices=True`) keeps them.
 - Sliding blocks: `F.fold`/`F.unfold` (`col2im`/`im2col`, each the other's backward) allocate
   their output as `empty_like(input)` on the CPU and CUDA alike (aten/src/ATen/native/
@@ -81,8 +81,8 @@ Kernels, CPU
   size.
 - Normalization: the dtype of the statistics a 16-bit normalization saves (float32 on the
   CPU where a parameter is float32, on CUDA always: kernels.py's `norm_stats_dtype`); under
-  inference_mode the statistics `layer_norm`/`group_norm` make are scratch inside the op
-  (`inference_outputs`, CPU only: unchecked on CUDA).
+  inference_mode the statistics `layer_norm`/`group_norm` make are made and dropped inside
+  the one composite op ("One op" above; unchecked on CUDA).
 - GroupNorm: `group_norm` (aten/src/ATen/native/group_norm.cpp) makes its input contiguous in
   the input's suggested memory format on the CPU (a channels-last batch is not copied), in
   NCHW elsewhere (meta, CUDA: a copy): kernels.py's `_group_norm_on_cpu`.

@@ -541,7 +541,8 @@ def cpu_outputs(
     indices where its input needs no gradient (`max_pool1d_impl`, aten/src/ATen/native/
     MaxPooling.cpp; the CPU allocator: the output alone), where meta runs it as
     `max_pool2d_with_indices`: its int64 indices are left out. (`max_pool2d` and `max_pool3d`
-    compute theirs and drop them as the op returns: see `inference_outputs`.)"""
+    compute theirs and drop them as the op returns: under inference_mode inside that one
+    composite op.)"""
     if (
         func is aten.max_pool2d_with_indices.default
         and POOLING.running[-1:] == ["max_pool1d"]
@@ -549,35 +550,6 @@ def cpu_outputs(
     ):
         return outputs[:1]
     return outputs
-
-
-def inference_outputs(
-    func: Any, args: tuple[Any, ...], outputs: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """The outputs a CPU inference pass holds between ops after `func`. The measured pass runs
-    under inference_mode, where a composite op reaches the allocator whole, and what it makes
-    and drops inside is scratch inside that one op, not memory held between ops (the
-    estimate's figure; the whole peak adds it): the mean and inverse deviation of
-    `layer_norm` and `group_norm` (a LayerNorm over channels read 2-4% high), and the int64
-    indices `torch.max_pool2d`/`max_pool3d` compute and drop (measured on the CPU: the whole
-    peak is output and indices, 3× the output; between ops, the output). Under no_grad, where
-    the trace runs, they are outputs of `native_layer_norm`, `max_pool2d_with_indices` and
-    the like, which outlive the op by an instant. A training step sees them so too, and keeps
-    them: it runs without inference_mode."""
-    if func in _STATISTICS_DROPPED:
-        return outputs[:1]
-    pooling = POOLING.running[-1:] in (["max_pool2d"], ["max_pool3d"])
-    if func in _WITH_INDICES and pooling and not args[0].requires_grad:
-        return outputs[:1]
-    return outputs
-
-
-_STATISTICS_DROPPED = frozenset({aten.native_layer_norm.default, aten.native_group_norm.default})
-
-
-_WITH_INDICES = frozenset(
-    {aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default}
-)
 
 
 class _Pooling:
@@ -811,12 +783,12 @@ def _group_norm_on_cpu(group_norm: Callable[..., torch.Tensor]) -> Callable[...,
         layout = _suggested_format(input)
         if layout is torch.contiguous_format or torch.is_autocast_enabled("cpu"):
             return group_norm(input, num_groups, weight, bias, eps, cudnn_enabled)
-        x = input.contiguous(memory_format=layout)
-        batch, channels = x.shape[:2]
-        out, _, _ = torch.native_group_norm(
-            x, weight, bias, batch, channels, x[0, 0].numel(), num_groups, eps
-        )
-        return out
+        with _whole_in_inference():  # its statistics are made and dropped inside
+            x = input.contiguous(memory_format=layout)
+            batch, channels = x.shape[:2]
+            return torch.native_group_norm(
+                x, weight, bias, batch, channels, x[0, 0].numel(), num_groups, eps
+            )[0]
 
     return on_cpu
 

@@ -25,7 +25,6 @@ from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
 from nin_profile.engine.flops import flop_formula
 from nin_profile.engine.kernels import (
     cpu_outputs,
-    inference_outputs,
     kernel_outputs,
     kernel_scratch,
 )
@@ -198,8 +197,8 @@ class StepTracer(TorchDispatchMode):
         super().__init__()
         self.stack = stack
         self.log = log
-        # an inference pass, measured under inference_mode: on the CPU, kernels.py's
-        # `inference_outputs`
+        # an inference pass, traced under inference_mode as it is measured: a composite op
+        # is one op (`__torch_dispatch__`)
         self.inference = inference
         # the CPU's kernels: the scratch they allocate inside, the outputs they allocate
         # (kernels.py)
@@ -295,8 +294,6 @@ class StepTracer(TorchDispatchMode):
         outputs = tensors_in(out)
         if self.cpu:
             outputs = cpu_outputs(func, args, outputs)
-        if self.cpu and self.inference:
-            outputs = inference_outputs(func, args, outputs)
         for tensor in outputs:
             self.log.key_of(tensor)
             if self.cpu and self.phase is Phase.FORWARD and _joins(tensor):
