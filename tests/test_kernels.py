@@ -24,8 +24,29 @@ from nin_profile.results import ModelProfile
 BATCH = 4
 SEQUENCE = (
     *("sdpa_block", "mha_block", "lstm", "projected_lstm", "rnn_relu", "gru", "bigru"),
-    *("frozen_gru", "frozen_lstm"),
+    *("frozen_gru", "frozen_lstm", "packed_lstm", "packed_lstm_ragged"),
 )
+# a packed sequence of sequences of different lengths: saved bytes exact, between ops in
+# inference exact; the peaks are not, and the reasons are not pinned down
+RAGGED = {
+    "train": "the estimate 217,848 B against the CPU's 205,944 (+5.8%); the worker's "
+    "measure between ops under a dispatch mode reads 231,800, above the CPU's whole peak "
+    "(autograd accumulates the per-step slices' gradients out of place under any dispatch "
+    "mode, the trace's too)",
+    "inference": "the estimate 97,864 B against the CPU's 127,048 (-23%): scratch inside the "
+    "CPU's packed `lstm` op, one op under inference_mode, that the trace of its composite "
+    "does not see (between ops: exact)",
+}
+
+
+def sequence_models(phase: str) -> list[object]:
+    reason = RAGGED[phase]
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
+        if name == "packed_lstm_ragged"
+        else name
+        for name in SEQUENCE
+    ]
 
 
 def profile(name: str, device: str = "cpu") -> ModelProfile:
@@ -79,13 +100,13 @@ def test_saved_bytes_are_what_the_cpu_kernels_save(name: str) -> None:
     assert profile(name).activation_bytes_saved == saved
 
 
-@pytest.mark.parametrize("name", SEQUENCE)
+@pytest.mark.parametrize("name", sequence_models("train"))
 def test_training_peak_is_within_5_percent_of_the_cpu_allocator(name: str) -> None:
     predicted, measured = profile(name).train.peak, real_train_peak(real(name))
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
 
 
-@pytest.mark.parametrize("name", SEQUENCE)
+@pytest.mark.parametrize("name", sequence_models("inference"))
 def test_inference_peak_is_within_5_percent_of_the_cpu_allocator(name: str) -> None:
     predicted, measured = profile(name).inference.peak, real_inference_peak(real(name))
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
@@ -111,7 +132,7 @@ def worker_peak_between_ops(model: nn.Module, train: bool) -> int:
     return held(*model.parameters(), x, y) + step.peak
 
 
-@pytest.mark.parametrize("name", SEQUENCE)
+@pytest.mark.parametrize("name", sequence_models("train"))
 def test_the_estimate_between_ops_is_the_workers(name: str) -> None:
     # the whole peaks above count what the kernels hold inside their ops (oneDNN's scratch,
     # the fused attention's scores under inference_mode, an RNN layer's steps, one op there);

@@ -167,6 +167,32 @@ def lstm() -> nn.Module:
     return RowsClassifier(nn.LSTM)
 
 
+class PackedRows(nn.Module):
+    """An LSTM over an image's rows given as a packed sequence, each example `shorter` rows
+    shorter than the one before (0: all as long, which the CPU runs on oneDNN)."""
+
+    def __init__(self, shorter: int) -> None:
+        super().__init__()
+        self.shorter = shorter
+        self.rnn = nn.LSTM(CHANNELS * SIDE, WIDTH, batch_first=True)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.permute(0, 2, 1, 3).flatten(2)  # (batch, SIDE, CHANNELS·SIDE)
+        lengths = torch.tensor([SIDE - self.shorter * i for i in range(len(x))])
+        packed = nn.utils.rnn.pack_padded_sequence(rows, lengths, batch_first=True)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True)
+        return self.head(out.mean(1))
+
+
+def packed_lstm() -> nn.Module:
+    return PackedRows(shorter=0)
+
+
+def packed_lstm_ragged() -> nn.Module:
+    return PackedRows(shorter=1)
+
+
 def projected_lstm() -> nn.Module:
     """An LSTM whose hidden state is projected to 12 features (`proj_size`): the CPU runs the
     composite cell for it, not oneDNN."""
@@ -779,6 +805,8 @@ ZOO = (
     "mha_block",
     "lstm",
     "projected_lstm",
+    "packed_lstm",
+    "packed_lstm_ragged",
     "rnn_relu",
     "gru",
     "bigru",

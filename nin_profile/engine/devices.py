@@ -45,7 +45,9 @@ Kernels, CPU
   kernels.py's `onednn_lstm_workspace` (PyTorch's meta kernel says 0). What a call allocates
   and frees inside itself (reordered weights, the scratchpad) is its `kernel_scratch`. An LSTM
   oneDNN does not take runs the composite as the GRU does (below: kernels.py's
-  `lstm_on_cpu`). A packed sequence keeps the composite cell, as on meta.
+  `lstm_on_cpu`). A packed sequence whose sequences are all as long goes to oneDNN as the
+  time-first batch it is (`packed_lstm_uses_onednn`); other packed sequences keep the
+  composite cell, as on meta.
 - GRU: PyTorch 2.13 has no oneDNN path for it; the CPU runs the composite of RNN.cpp, which
   (`FullLayer` and `FullBidirectionalLayer`, when the input is on the CPU) projects the whole
   sequence's input in one product where meta projects it step by step: kernels.py's
@@ -282,6 +284,23 @@ def lstm_uses_onednn(
         and all(p.dim() <= 2 for p in params)
         and h0.shape[-1] == c0.shape[-1]
     )
+
+
+def packed_lstm_uses_onednn(
+    device: str,
+    data: torch.Tensor,
+    batch_sizes: torch.Tensor,
+    hx: object,
+    params: list[torch.Tensor],
+) -> bool:
+    """For a packed sequence's `torch._VF.lstm(data, batch_sizes, hx, params, ...)`: torch
+    2.13's CPU runs oneDNN's layer, as for a padded batch, where every sequence has the same
+    length (its batch sizes all equal: `data` is then the time-first batch, flattened), and
+    the composite packed cell otherwise (seen on the CPU: `mkldnn_rnn_layer` for lengths
+    12, 12, 12, 12; `sigmoid_` for 12, 11, 10, 9 and 12, 12, 12, 5). The batch sizes are a
+    CPU tensor, with their values, in the trace too."""
+    sizes = batch_sizes.tolist()
+    return len(set(sizes)) == 1 and lstm_uses_onednn(device, data, hx, params)
 
 
 def _onednn_takes(dtype: torch.dtype) -> bool:

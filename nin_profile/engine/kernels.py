@@ -27,6 +27,7 @@ from nin_profile.engine.devices import (
     cpu_sdpa_backend,
     cuda_sdpa_backend,
     lstm_uses_onednn,
+    packed_lstm_uses_onednn,
     rnn_runs_whole_sequence,
 )
 from nin_profile.engine.fastpath import cpu_fast_paths, nested_packing_refused
@@ -113,6 +114,26 @@ def sdpa_on(
 
 
 # ---- LSTM on oneDNN -------------------------------------------------------------------------
+
+
+def packed_lstm_on_onednn(
+    data: torch.Tensor,
+    batch_sizes: torch.Tensor,
+    hx: list[torch.Tensor],
+    params: list[torch.Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A packed sequence of sequences all as long (devices.py's `packed_lstm_uses_onednn`):
+    its data, viewed as the time-first batch, through `mkldnn_rnn`, the output flattened
+    back (views, as the CPU's ops are)."""
+    steps, batch = len(batch_sizes), int(batch_sizes[0])
+    layers = (has_biases, num_layers, dropout, train, bidirectional)
+    out, h, c = lstm_on_onednn(data.view(steps, batch, -1), hx, params, *layers, False)
+    return out.view(steps * batch, -1), h, c
 
 
 def lstm_on_onednn(
@@ -658,6 +679,8 @@ class DeviceKernels:
             with _whole_in_inference():
                 if lstm_uses_onednn(device, *args[:3]):
                     return lstm_on_onednn(*args, **kwargs)
+                if isinstance(args[1], torch.Tensor) and packed_lstm_uses_onednn(device, *args[:4]):
+                    return packed_lstm_on_onednn(*args, **kwargs)
                 if rnn_runs_whole_sequence(device, args[1]):
                     return lstm_on_cpu(*args, **kwargs)
                 return lstm(*args, **kwargs)

@@ -125,8 +125,8 @@ class CpuTensorsJoinTheTrace(TorchDispatchMode):
     """For a CPU target: a tensor the user's forward makes on the CPU (`torch.ones(3)` without
     `device=`) meets the trace's meta tensors as, in the real step, it meets the CPU's. An op
     that refuses the mix (arithmetic; indexing takes CPU indices as they are), or whose output
-    would be a CPU tensor (a matrix product's meta kernel may give it its CPU operand's
-    device), runs again with it as a meta tensor of its shape: its values decide no size
+    would be a floating-point CPU tensor (a matrix product's meta kernel may give it its CPU
+    operand's device), runs again with it as a meta tensor of its shape: its values decide no size
     there. An op that would write into it is refused in one line (the copy would take the
     write). It is CPU memory of the step: what autograd saves of it counts as saved
     (analysis.py's `_saved_on`), and StepTracer records each such tensor the forward makes
@@ -147,8 +147,9 @@ class CpuTensorsJoinTheTrace(TorchDispatchMode):
             out = func(*args, **kwargs)
         except RuntimeError:
             out = None
-        # a product's meta kernel may take the device of its CPU operand (einsum's bmm)
-        if out is None or any(map(_joins, tensors_in(out))):
+        # a product's meta kernel may take the device of its CPU operand (einsum's bmm); the
+        # CPU's own bookkeeping stays there (a packed sequence's int64 batch sizes)
+        if out is None or any(_joins(t) and t.is_floating_point() for t in tensors_in(out)):
             args, kwargs = tree_map(_as_meta, (args, kwargs))
             return func(*args, **kwargs)
         return out
