@@ -111,10 +111,18 @@ _VALUE_SIZED_OPS = re.compile(
 )
 
 
+# torch's meta kernels of value-sized ops that decline to guess ("The register_meta function
+# for torch.nonzero() raises unimplemented by default...", then a setting to make it guess)
+_DECLINED_META = re.compile(r"register_meta function for torch\.(\w+)\(\)")
+
+
 def values_reason(exc: BaseException) -> str:
     """What needed the values, and where: the op by name where torch's message is about its
-    missing meta kernel (a paragraph on custom ops), else the error's first line."""
-    op = _VALUE_SIZED_OPS.search(str(exc))
+    missing meta kernel (a paragraph on custom ops) or its meta kernel declining (with a
+    setting of torch's internals that would make it guess: no fix), else the error's first
+    line."""
+    text = str(exc)
+    op = _VALUE_SIZED_OPS.search(text) or _DECLINED_META.search(text)
     if isinstance(exc, PackedByValues):
         return f"{exc} ({raised_where(exc)})"
     if op is None:

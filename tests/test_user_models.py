@@ -381,6 +381,11 @@ USER_ERRORS = [
         "layer (root) (CountsDistinct) needs the values of its tensors (NotImplementedError: "
         "aten::_unique2",
     ),
+    (  # the op, not torch's setting that would make its meta kernel guess
+        ["--models", "zoo_models:RoutesByValue", "--channels", "3", "--image-size", "16"],
+        "layer (root) (RoutesByValue) needs the values of its tensors (NotImplementedError: "
+        "aten::nonzero (zoo_models.py:",
+    ),
     (
         ["--models", "zoo_models:TokenClassifier", "--image-size", "16"],
         "layer embed (Embedding) cannot run on input 1×1×16×16: RuntimeError: Expected tensor "

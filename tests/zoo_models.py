@@ -368,6 +368,16 @@ class CountsDistinct(FlatHead):
         return self.head(x.flatten(1)) * torch.unique(x.round()).numel()
 
 
+class RoutesByValue(FlatHead):
+    """Routes the examples whose score is positive (a mixture of experts' way): `nonzero`,
+    whose meta kernel declines to guess how many there are."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.head(x.flatten(1))
+        routed = (scores[:, 0] > 0).nonzero().squeeze(1)
+        return scores.index_add(0, routed, scores.index_select(0, routed))
+
+
 class TokenClassifier(nn.Module):
     """Looks token ids up in an embedding: it wants integers, not images."""
 
