@@ -419,7 +419,8 @@ def test_the_op_with_the_most_scratch_is_named_once(profile: Profile) -> None:
     text = render_report(replace(profile, models=noted))
     assert "largest scratch inside one op" not in text
     expected = (
-        "The most scratch: 256.1 MiB in convolution_backward (backward), in nin's training step"
+        "The most scratch one op held, at any moment: 256.1 MiB in convolution_backward "
+        "(backward), in nin's training step"
     )
     assert expected in text
 

@@ -238,7 +238,7 @@ def measured_memory_table(profile: Profile) -> str:
     headers = ["Model", "Phase", "Batch", "Peak est. (MiB)", "Peak meas. (MiB)", "err"]
     if between:
         headers += ["Between ops est. (MiB)"] if inside else []
-        headers += ["Between ops meas. (MiB)", "err", "Scratch in one op (MiB)"]
+        headers += ["Between ops meas. (MiB)", "err", "Scratch at peak (MiB)"]
     if cuda:
         headers += [
             "Reserved est. (MiB)",
@@ -336,14 +336,22 @@ def _how_timed(profile: Profile) -> str:
     return "Each model and phase was timed in a process of its own, iteration after iteration"
 
 
-def _largest_scratch(profile: Profile) -> str:
-    """Which op held the most scratch, from the measurements' notes."""
+def _scratch_words(profile: Profile) -> str:
+    """What the table's scratch column is, and which op held the most scratch at any moment
+    (from the measurements' notes): the two differ, the column being what was held inside
+    an op when the whole step peaked."""
+    column = (
+        "Scratch at peak: the measured peak less the measured peak between ops, what ops held "
+        "inside themselves when the allocator peaked. "
+    )
     ops = scratch_ops(profile)
+    if not any(pm.memory and pm.memory.peak_between_ops for _, pm in _measured_rows(profile)):
+        column = ""
     if not ops:
-        return ""
+        return column
     model, phase, where = max(ops, key=lambda item: float(item[2].split()[0].replace(",", "")))
     step = "training step" if phase == "train" else "inference pass"
-    return f"The most scratch: {where}, in {model}'s {step}. "
+    return column + f"The most scratch one op held, at any moment: {where}, in {model}'s {step}. "
 
 
 def _largest_miss(profile: Profile) -> str:
@@ -407,7 +415,7 @@ def measured_section(profile: Profile, charts: bool) -> str:
         "the scratch a kernel allocates and frees inside one op (cuDNN's workspace), which no "
         "trace of tensors can see and the estimate leaves out. Reserved: what CUDA's caching "
         "allocator kept from the driver; NVML process: what nvidia-smi shows for the process. "
-    ) + _largest_scratch(profile)
+    ) + _scratch_words(profile)
     return join(
         f"## Measured on {device}",
         "*Each model and phase measured in a process of its own; each measured figure beside "
