@@ -145,6 +145,33 @@ def test_classes_given_that_disagree_are_refused() -> None:
         profile("TupleOut", classes=7)
 
 
+def test_classes_given_pick_the_head_of_a_model_with_several() -> None:
+    # heads of 10 and 7 classes: the first by default, the 7-class one where asked for, each
+    # time cross-entropy on that one and the mean of the other (what autograd saves: the
+    # log-softmax of 4×7 logits for the colour head, of 4×10 for the species head)
+    ours = profile("MultiTask", classes=7)
+    assert ours.classes == 7
+    assert ours.loss == (
+        "sum of cross-entropy over 7 classes on output ['colour'] "
+        "and the mean of output ['species']"
+    )
+    x, _ = real_batch()
+    y = torch.randint(0, 7, (BATCH,))
+    assert ours.activation_bytes_saved == autograd_saved_bytes(
+        real("MultiTask").train(), x, y, TrainingLoss(7)
+    )
+    assert profile("MultiTask").classes == zoo_models.CLASSES
+
+
+def test_classes_no_head_has_are_refused_naming_the_heads() -> None:
+    with pytest.raises(
+        InvalidConfig,
+        match=r"no output of 5 classes \(its outputs: \['species'\] 4×10, \['colour'\] 4×7\), "
+        r"but --classes 5 was given; give --classes 10 or 7",
+    ):
+        profile("MultiTask", classes=5)
+
+
 @pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
 def test_parameters_the_loss_never_reaches_are_named() -> None:
     ours = profile("PartlyTrained")

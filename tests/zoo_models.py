@@ -288,6 +288,20 @@ class AuxHeads(nn.Module):
         return self.head(pooled)
 
 
+class MultiTask(nn.Module):
+    """Two classification heads of different widths, in a dict: 10 species, 7 colours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(CHANNELS, 8, 3, padding=1), nn.ReLU())
+        self.species = nn.Linear(8, CLASSES)
+        self.colour = nn.Linear(8, 7)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.features(x).mean(dim=(2, 3))
+        return {"species": self.species(pooled), "colour": self.colour(pooled)}
+
+
 class TupleOut(nn.Module):
     """(logits, feature map): cross-entropy on the first, the mean of the second."""
 
@@ -825,6 +839,7 @@ ZOO = (
     "SharedTwice",
     "AuxHeads",
     "TupleOut",
+    "MultiTask",
     "Segmentation",
     "computed_widths",
     "Checkpointed",

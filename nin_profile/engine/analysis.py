@@ -47,6 +47,7 @@ from nin_profile.engine.training import (
     Amp,
     TracedGradScaler,
     TrainingLoss,
+    class_widths,
     describe_loss,
     floating_outputs,
     forward,
@@ -408,24 +409,43 @@ def _loss(model: nn.Module, cfg: AnalysisConfig, name: str, setup: TraceSetup) -
     with naming_failures(LayerStack(model)), torch.no_grad():
         output = forward(model, x, setup.amp(inference=True))
     steps = cfg.inputs.token_steps
-    classes = output_classes(output, cfg.batch, steps)
+    classes = output_classes(output, cfg.batch, steps, cfg.classes)
     if cfg.classes is not None and classes is not None and classes != cfg.classes:
-        shape = next(
-            "×".join(map(str, t.shape))
-            for _, t in floating_outputs(output)
-            if is_logits(t, cfg.batch, classes, steps)
-        )
-        raise InvalidConfig(
-            f"{name} outputs {classes} classes (its output is {shape}), but "
-            f"--classes {cfg.classes} was given; leave --classes out to use the model's "
-            f"{classes}, or give --classes {classes}"
-        )
+        raise InvalidConfig(_classes_disagree(name, output, cfg, classes))
     if not floating_outputs(output):
         raise ProfileError(
             f"{name} returns no floating-point tensor: there is no loss to train it with "
             "(return logits, or any floating-point output to take the mean of)"
         )
     return _Loss(classes, describe_loss(output, cfg.batch, classes, steps), steps)
+
+
+def _classes_disagree(name: str, output: Any, cfg: AnalysisConfig, classes: int) -> str:
+    """The line refusing a --classes that none of the model's outputs has."""
+    steps = cfg.inputs.token_steps
+    widths = class_widths(output, cfg.batch, steps)
+    if len(set(widths)) > 1:
+        heads = ", ".join(
+            f"{where or 'output'} {'×'.join(map(str, t.shape))}"
+            for where, t in floating_outputs(output)
+            if any(is_logits(t, cfg.batch, width, steps) for width in widths)
+        )
+        choices = " or ".join(map(str, dict.fromkeys(widths)))
+        return (
+            f"{name} has no output of {cfg.classes} classes (its outputs: {heads}), but "
+            f"--classes {cfg.classes} was given; give --classes {choices} (the head trained "
+            "on cross-entropy; the others on their mean), or leave it out for the first"
+        )
+    shape = next(
+        "×".join(map(str, t.shape))
+        for _, t in floating_outputs(output)
+        if is_logits(t, cfg.batch, classes, steps)
+    )
+    return (
+        f"{name} outputs {classes} classes (its output is {shape}), but "
+        f"--classes {cfg.classes} was given; leave --classes out to use the model's "
+        f"{classes}, or give --classes {classes}"
+    )
 
 
 # fake tensors (the AMP traces') log a traceback of an op that fails before raising: the

@@ -86,19 +86,30 @@ def floating_outputs(output: Any) -> list[tuple[str, torch.Tensor]]:
     ]
 
 
-def output_classes(output: Any, batch: int, steps: int | None = None) -> int | None:
-    """The classes of a model's output: the width of its first (batch, classes)
-    floating-point tensor, or, where it has none and the input is `steps` token ids, of its
-    first (batch, steps, classes) one (a language model's scores for each token); None where
-    it has neither (feature maps, a segmentation's per-pixel scores)."""
+def output_classes(
+    output: Any, batch: int, steps: int | None = None, wanted: int | None = None
+) -> int | None:
+    """The classes of a model's output: `wanted` where one of its outputs has that many
+    (the head the user named, of a model with several), else the width of its first (batch,
+    classes) floating-point tensor, or, where it has none and the input is `steps` token
+    ids, of its first (batch, steps, classes) one (a language model's scores for each
+    token); None where it has neither (feature maps, a segmentation's per-pixel scores)."""
+    widths = class_widths(output, batch, steps)
+    if wanted in widths:
+        return wanted
+    return widths[0] if widths else None
+
+
+def class_widths(output: Any, batch: int, steps: int | None = None) -> list[int]:
+    """The widths of the outputs that can be scores of classes, in order: those shaped
+    (batch, classes), or, where none is and the input is `steps` token ids, those shaped
+    (batch, steps, classes)."""
     tensors = [tensor for _, tensor in floating_outputs(output)]
-    for tensor in tensors:
-        if tensor.dim() == 2 and tensor.shape[0] == batch:
-            return int(tensor.shape[1])
-    for tensor in tensors:  # only where no output is (batch, classes)
-        if steps is not None and tensor.dim() == 3 and tuple(tensor.shape[:2]) == (batch, steps):
-            return int(tensor.shape[2])
-    return None
+    widths = [int(t.shape[1]) for t in tensors if t.dim() == 2 and t.shape[0] == batch]
+    if widths or steps is None:
+        return widths
+    per_token = [t for t in tensors if t.dim() == 3 and tuple(t.shape[:2]) == (batch, steps)]
+    return [int(t.shape[2]) for t in per_token]
 
 
 def is_logits(
