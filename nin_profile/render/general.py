@@ -1017,7 +1017,10 @@ GLOSSARY = (
 METHOD = (
     "FLOPs count a multiply-add as 2 (FLOPs = 2 × MACs). Convolutions and matrix products are "
     "counted with PyTorch's own formulas (`torch.utils.flop_counter`); ops without a formula "
-    "are listed as not counted, never as zero.",
+    "are listed as not counted, never as zero (FFTs among them). A product of complex "
+    "tensors (a Fourier layer's weights) counts as PyTorch counts it, a multiply-add per "
+    "pair of complex elements, where real arithmetic takes four multiplications and four "
+    "additions; a complex parameter counts as one parameter, of 8 bytes in complex64.",
     "Where we differ from PyTorch's `FlopCounterMode`: a convolution's backward is counted as "
     "one forward for the input gradient and one for the weight gradient, each only where it "
     "is computed. PyTorch's formula counts the weight gradient of a grouped convolution "
