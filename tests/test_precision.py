@@ -369,3 +369,17 @@ def test_exp_stays_half_on_the_cpu_and_goes_float32_on_cuda() -> None:
         with CudaAutocast(torch.bfloat16):
             on_cuda = torch.exp(x).dtype
     assert (on_cpu, on_cuda) == (torch.bfloat16, torch.float32)
+
+
+def test_cuda_amp_inference_casts_as_cuda_does() -> None:
+    # for a CUDA target the casts are learnt from CUDA's autograd kernels (autocast.py), which
+    # an inference trace under inference_mode never reached: every op ran in float32 and the
+    # AMP inference peak read as fp32's. NiN's feature maps are fp16 under AMP: half the
+    # bytes, and the activations at the peak (maps and the float32 batch) not much more
+    def activations(precision: str) -> int:
+        cfg = AnalysisConfig(
+            batch=8, inputs=InputSpec.image(1, 224), device="cuda", precision=precision
+        )
+        return analyse_model("nin", cfg).inference.by_category[MemoryCategory.ACTIVATIONS]
+
+    assert activations("amp-fp16") < 0.6 * activations("fp32")

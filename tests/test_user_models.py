@@ -285,7 +285,7 @@ def test_what_the_users_hooks_run_belongs_to_their_layer() -> None:
     model[1].register_forward_hook(lambda m, i, o: o[:, :2] * 2)
     cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu")
     rows = {r.name: r for r in analyse(meta_copy(model, always=True), cfg, name="hooks").layers}
-    assert "(root)" not in rows  # the ReLU ran in the root's frame, its saves charged there
+    assert "(root)" not in rows  # the ReLU's saves were charged to the root's row
     assert rows["1"].output_shape == (BATCH, 2, 12, 12)
     # the ReLU's output, 4·4·14·14 floats, which it saves (and the conv too): once, here
     assert rows["1"].saved_bytes == BATCH * 4 * 14 * 14 * 4  # = 12,544

@@ -225,6 +225,16 @@ def test_norm_statistics_are_scratch_in_inference() -> None:
     assert ours.inference.peak - ours.inference.between_ops == 8_192
 
 
+@pytest.mark.parametrize("name", ["Activations", "Resamples", "Norms"])
+def test_composite_ops_are_one_op_in_inference(name: str) -> None:
+    # under inference_mode an RMSNorm, an einsum, a LayerNorm are one op each: between ops
+    # none of what they make inside is held; eval-mode dropout passes its input on (the C++
+    # composite; torch's Python decomposition clones it) and resampling runs as the CPU's
+    ours = profile(name)
+    estimate = ours.inference.between_ops or ours.inference.peak
+    assert estimate == real_inference_peak_between_ops(real(name))
+
+
 def test_mishs_backward_is_one_kernel_that_makes_its_output() -> None:
     # the CPU's mish_backward makes the input's gradient only; meta's composite made
     # temporaries (softplus, tanh, sigmoid, products) of the 4·3·16·32 activation, 24 KiB

@@ -769,6 +769,23 @@ class Activations(nn.Module):
         return self.head(self.layers(x).mean((1, 2)))
 
 
+class Resamples(nn.Module):
+    """Dropout (which eval mode passes through, the input itself) and resampling, bilinear
+    up and bicubic down: ops whose Python decompositions in torch differ from the C++
+    composite the device runs (a clone for dropout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CHANNELS, 8, 3, padding=1)
+        self.drop = nn.Sequential(nn.Dropout(0.1), nn.Dropout(0.1))
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = F.interpolate(self.drop(x), scale_factor=0.5, mode="bicubic", align_corners=False)
+        return self.head(x.mean((2, 3)))
+
+
 def pool_stem() -> nn.Module:
     """Max-pooling on the batch itself, which needs no gradient: on the CPU `max_pool2d`
     computes the indices even so, and drops them as it returns."""
@@ -853,6 +870,7 @@ ZOO = (
     "Float64",
     "Norms",
     "Activations",
+    "Resamples",
     "pool_stem",
     "instance",
 )

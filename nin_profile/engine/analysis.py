@@ -560,7 +560,10 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -
     """One forward pass in eval mode under inference_mode, as the worker measures it: an op
     PyTorch composes of others reaches the trace whole, which follows its parts inside one op
     (tracing.py's StepTracer), so that what it allocates inside (the int64 indices max_pool2d
-    computes on CUDA, an RMSNorm's statistics) is in the peak and not between ops."""
+    computes on CUDA, an RMSNorm's statistics) is in the peak and not between ops. Under AMP
+    under no_grad, where the composite ops come apart before the trace sees them: autocast
+    casts their parts as the device does (inside a dispatch mode's handler it casts nothing,
+    and the CUDA target's casts are learnt from an autograd kernel, autocast.py)."""
     model.eval()
     x, _ = setup.batch(cfg.batch, cfg.inputs, 1)
     log = AllocationLog(cfg.rules.block_bytes)
@@ -573,8 +576,10 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -
     tracer = StepTracer(stack, log, cpu=cfg.device == "cpu", inference=True)
     tracer.weights = owners[MemoryCategory.PARAMS]
     try:
-        with naming_failures(stack), torch.inference_mode(), DeviceKernels(cfg.device), tracer:
-            forward(model, x, setup.amp(inference=True))
+        amp = setup.amp(inference=True)
+        grad_off = torch.no_grad() if amp else torch.inference_mode()
+        with naming_failures(stack), grad_off, DeviceKernels(cfg.device), tracer:
+            forward(model, x, amp)
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
         owners[MemoryCategory.WEIGHT_COPIES] = tracer.weight_copies
     finally:

@@ -701,15 +701,19 @@ class DeviceKernels:
         torch._VF.gru = one_state_layers(gru, gru_on_cpu)
         torch._VF.rnn_tanh = one_state_layers(rnn_tanh, rnn_on_cpu(torch.tanh))
         torch._VF.rnn_relu = one_state_layers(rnn_relu, rnn_on_cpu(torch.relu))
-        self._replaced.enter_context(nested_packing_refused(device))
-        self._replaced.enter_context(fused_on_meta())
-        if device == "cpu":
-            for name in _POOLS:
-                pool = _without_indices(name, getattr(torch, name))
-                self._replaced.enter_context(_replaced(torch, name, pool))
-            group_norm = _group_norm_on_cpu(torch.group_norm)
-            self._replaced.enter_context(_replaced(torch, "group_norm", group_norm))
-            self._replaced.enter_context(cpu_fast_paths())
+        try:  # what is in place is put back if the rest cannot be
+            self._replaced.enter_context(nested_packing_refused(device))
+            self._replaced.enter_context(fused_on_meta())
+            if device == "cpu":
+                for name in _POOLS:
+                    pool = _without_indices(name, getattr(torch, name))
+                    self._replaced.enter_context(_replaced(torch, name, pool))
+                group_norm = _group_norm_on_cpu(torch.group_norm)
+                self._replaced.enter_context(_replaced(torch, "group_norm", group_norm))
+                self._replaced.enter_context(cpu_fast_paths())
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -730,17 +734,16 @@ FUSED_ON_DEVICE = ("mish_backward",)
 @contextlib.contextmanager
 def fused_on_meta() -> Iterator[None]:
     """While a step is traced: each op of FUSED_ON_DEVICE reaches the trace whole, as one op
-    that allocates its output, as on the device (Mish's backward as a composite held seven
-    temporaries its size: a Linear-Mish model's training peak read 161% high). An autograd
+    that allocates its output, as on the device (Mish's backward as a composite held its
+    temporaries: a Linear-Mish model's training peak read 161% high). An autograd
     kernel for meta hands the op below autograd whole (PyTorch refuses a meta kernel for an
     op with a composite), where the trace's dispatch mode sees it and runs it: its parts
     then pass unseen, as the device's kernel makes no temporaries. Fake tensors (AMP) reach
     the trace whole already."""
     library = torch.library.Library("aten", "IMPL")
-    for name in FUSED_ON_DEVICE:
-        op = getattr(aten, name).default
-        library.impl(name, _below_autograd(op), "AutogradMeta")
     try:
+        for name in FUSED_ON_DEVICE:
+            library.impl(name, _below_autograd(getattr(aten, name).default), "AutogradMeta")
         yield
     finally:
         library._destroy()
@@ -757,9 +760,9 @@ def _below_autograd(op: Any) -> Callable[..., Any]:
 def _whole_in_inference() -> contextlib.AbstractContextManager[None]:
     """An inference pass is measured under inference_mode, where an op PyTorch composes of
     others (`scaled_dot_product_attention`, `lstm`, `gru`) runs as one op: what it frees
-    inside is no memory held between ops. The inference trace (under no_grad: a trace of
-    the training step may run a frozen part under no_grad too, where the ops stay apart)
-    sees its steps."""
+    inside is no memory held between ops. The inference trace sees its steps (the stand-in
+    runs them; a trace of the training step may run a frozen part under no_grad, where the
+    ops stay apart)."""
     return one_op() if traced("inference") is True else contextlib.nullcontext()
 
 

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch._C import DispatchKey
 from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -125,13 +126,13 @@ class CpuTensorsJoinTheTrace(TorchDispatchMode):
     """For a CPU target: a tensor the user's forward makes on the CPU (`torch.ones(3)` without
     `device=`) meets the trace's meta tensors as, in the real step, it meets the CPU's. An op
     that refuses the mix (arithmetic; indexing takes CPU indices as they are), or whose output
-    would be a floating-point CPU tensor (a matrix product's meta kernel may give it its CPU
-    operand's device), runs again with it as a meta tensor of its shape: its values decide no size
-    there. An op that would write into it is refused in one line (the copy would take the
-    write). It is CPU memory of the step: what autograd saves of it counts as saved
-    (analysis.py's `_saved_on`), and StepTracer records each such tensor the forward makes
-    while it lives. (PyTorch lets a 0-dim CPU tensor join any device; a CUDA step refuses
-    the others, as the trace does.)"""
+    would be a floating-point or complex CPU tensor (a matrix product's meta kernel may give
+    it its CPU operand's device), runs again with it as a meta tensor of its shape: its
+    values decide no size there. An op that would write into it is refused in one line (the
+    copy would take the write). It is CPU memory of the step: what autograd saves of it
+    counts as saved (analysis.py's `_saved_on`), and StepTracer records each such tensor the
+    forward makes while it lives. (PyTorch lets a 0-dim CPU tensor join any device; a CUDA
+    step refuses the others, as the trace does.)"""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -149,7 +150,7 @@ class CpuTensorsJoinTheTrace(TorchDispatchMode):
             out = None
         # a product's meta kernel may take the device of its CPU operand (einsum's bmm); the
         # CPU's own bookkeeping stays there (a packed sequence's int64 batch sizes)
-        if out is None or any(_joins(t) and t.is_floating_point() for t in tensors_in(out)):
+        if out is None or any(_joins(t) and _numbers(t) for t in tensors_in(out)):
             args, kwargs = tree_map(_as_meta, (args, kwargs))
             return func(*args, **kwargs)
         return out
@@ -168,6 +169,11 @@ def _written(func: Any, args: Any, kwargs: dict[str, Any]) -> list[torch.Tensor]
 
 def _joins(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dim() > 0 and type(t) is torch.Tensor
+
+
+def _numbers(t: torch.Tensor) -> bool:
+    """A floating-point or complex tensor: a computed value, not the CPU's int64 bookkeeping."""
+    return t.is_floating_point() or t.is_complex()
 
 
 def _as_meta(value: Any) -> Any:
@@ -282,8 +288,8 @@ class StepTracer(TorchDispatchMode):
         if self.inference and _composite(func):
             # under inference_mode an op PyTorch composes of others reaches the device's
             # allocator whole, one op: its parts are followed inside it
-            with self.log.one_op(), self:
-                return func.decompose(*args, **kwargs)
+            with self.log.one_op(), self:  # the C++ composite, not a Python decomposition
+                return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
         out = kernel_outputs(func, args, func(*args, **kwargs), "cpu" if self.cpu else "cuda")
