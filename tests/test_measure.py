@@ -343,6 +343,17 @@ def test_a_layer_is_timed_alone_on_the_input_its_pre_hooks_give_it() -> None:
     assert set(times) == {"0", "1", "(root)"}
 
 
+def test_what_a_pre_hook_takes_is_its_layers_time() -> None:
+    # a pre-hook that sleeps 20 ms: its layer's row holds them (the layer alone takes next to
+    # nothing), and no row lost them (the rows add up to the forward)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[1].register_forward_pre_hook(lambda m, args: time.sleep(0.02))
+    x = torch.randn(2, 4)
+    times = layer_times(model, lambda: model(x), Device("cpu"), repeats=3)
+    assert 20 <= times["1"] < 40
+    assert times["0"] < 5 and times["(root)"] < 5
+
+
 def test_largest_fitting_gallops_then_bisects() -> None:
     tried: list[int] = []
 

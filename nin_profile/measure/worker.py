@@ -505,13 +505,17 @@ def _leaves_alone(
 ) -> dict[str, list[float]]:
     """The median of `repeats` back-to-back runs of each leaf of the run on its own input."""
     samples: dict[str, list[float]] = {}
-    inputs: list[object] = []
+    entered: list[object] = []
+    inputs: list[tuple[object, object, object]] = []
+
+    def enter(frame: Frame, args: object) -> None:
+        entered.append(device.mark())
 
     def keep(frame: Frame, args: object) -> None:  # as the user's forward pre-hooks leave them
-        inputs.append(args)
+        inputs.append((args, entered.pop(), device.mark()))
 
     def time_alone(frame: Frame, output: object) -> None:
-        args = inputs.pop()
+        args, start_hooks, end_hooks = inputs.pop()
         if frame.children or not isinstance(args, tuple):
             return
         call = frame.module.forward
@@ -523,9 +527,12 @@ def _leaves_alone(
             end = device.mark()
             device.wait()
             times.append(device.elapsed_ms(start, end))
-        samples.setdefault(frame.name, []).append(statistics.median(times))
+        # the user's forward pre-hooks, as they ran (the layer stack's own two are not timed)
+        users = len(frame.module._forward_pre_hooks) > 2
+        hooks = device.elapsed_ms(start_hooks, end_hooks) if users else 0.0
+        samples.setdefault(frame.name, []).append(statistics.median(times) + hooks)
 
-    with LayerStack(model, on_call=keep, on_exit=time_alone):
+    with LayerStack(model, on_enter=enter, on_call=keep, on_exit=time_alone):
         forward()
     progress("layers", 1, 1)
     return samples
