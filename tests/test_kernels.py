@@ -29,10 +29,8 @@ SEQUENCE = (
 # a packed sequence of sequences of different lengths: saved bytes exact, between ops in
 # inference exact; the peaks are not, and the reasons are not pinned down
 RAGGED = {
-    "train": "the estimate 217,848 B against the CPU's 205,944 (+5.8%); the worker's "
-    "measure between ops under a dispatch mode reads 231,800, above the CPU's whole peak "
-    "(autograd accumulates the per-step slices' gradients out of place under any dispatch "
-    "mode, the trace's too)",
+    "train": "the estimate 217,848 B against the CPU's 205,944 (+5.8%), as the worker "
+    "measures between ops too: not pinned down",
     "inference": "the estimate 97,864 B against the CPU's 127,048 (-23%): scratch inside the "
     "CPU's packed `lstm` op, one op under inference_mode, that the trace of its composite "
     "does not see (between ops: exact)",

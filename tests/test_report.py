@@ -205,7 +205,7 @@ def test_the_conditions_name_layers_a_model_keeps_in_its_own_dtype(profile: Prof
 
 def test_scratch_above_the_peak_between_ops_is_never_negative(profile: Profile) -> None:
     # on the CPU the peak between ops comes from a second run under a dispatch mode, which can
-    # hold a few bytes more than the whole run did (a gradient added out of place): no op's
+    # hold a few bytes more than the whole run did: no op's
     # scratch took the whole peak above it, so the column says 0, not a negative size
     nin = model(profile, "nin")
     train = nin.measured["train"]

@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from nin_profile.engine.accumulation import in_place_sum, summing_in_place
 from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
 from nin_profile.engine.flops import flop_formula
 from nin_profile.engine.kernels import (
@@ -224,6 +225,9 @@ class StepTracer(TorchDispatchMode):
     def __enter__(self) -> StepTracer:
         super().__enter__()
         self._depth += 1  # entered again inside its own dispatch: a composite op's parts
+        if self._depth == 1:
+            self._sums = summing_in_place()
+            self._sums.__enter__()
         if self.cpu and self._depth == 1:  # the CPU RNG states a CPU step keeps (devices.py)
             self._get_rng_state = torch.get_rng_state
             self._fork_rng = torch.random.fork_rng
@@ -236,6 +240,8 @@ class StepTracer(TorchDispatchMode):
         if self.cpu and self._depth == 0:
             torch.get_rng_state = self._get_rng_state
             torch.random.fork_rng = self._fork_rng
+        if self._depth == 0:
+            self._sums.__exit__(*exc)
         super().__exit__(*exc)
 
     def _rng_state_held(self) -> torch.Tensor:
@@ -290,6 +296,8 @@ class StepTracer(TorchDispatchMode):
             # allocator whole, one op: its parts are followed inside it
             with self.log.one_op(), self:  # the C++ composite, not a Python decomposition
                 return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
+        if self.phase is Phase.BACKWARD and (in_place := in_place_sum(func, args, kwargs)):
+            func, args = torch.ops.aten.add_.Tensor, in_place  # as autograd without a mode
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
         out = kernel_outputs(func, args, func(*args, **kwargs), "cpu" if self.cpu else "cuda")

@@ -8,9 +8,12 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch._C._profiler import _EventType, _ExtraFields_Allocation, _ProfilerEvent
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from nin_profile.engine.accumulation import in_place_sum, summing_in_place
 
 
 def _allocations(prof: profile) -> Iterator[tuple[int, _ExtraFields_Allocation]]:
@@ -113,8 +116,11 @@ class _DispatchedOps(TorchDispatchMode):
     name."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if in_place := in_place_sum(func, args, kwargs):  # as autograd without a mode
+            func, args = torch.ops.aten.add_.Tensor, in_place
         with record_function(_DISPATCHED + func.overloadpacket.__name__):
-            return func(*args, **(kwargs or {}))
+            return func(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,14 @@ def cpu_peak_between_dispatched_ops(
     """As `cpu_peak_between_ops`, with an op being what a dispatch mode sees, as the CUDA
     measurement's KernelScratch and the estimate's trace see them: autocast's casts are ops
     of their own there (`_to_copy`), so a weight's half copy counts while the op using it
-    runs. The work runs under a no-op dispatch mode (which, in training, makes autograd add a
-    gradient from two uses out of place: see docs/method.md)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, _DispatchedOps():
+    runs. The work runs under a dispatch mode, which in training makes autograd add a
+    gradient from two uses out of place: it adds them in place, as a step without a mode
+    does (engine/accumulation.py)."""
+    with (
+        summing_in_place(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+        _DispatchedOps(),
+    ):
         work()
     windows = _outermost_windows(prof, lambda e: e.name.startswith(_DISPATCHED))
     between = _peak_between(prof, windows, counted)

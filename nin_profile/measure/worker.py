@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nin_profile.engine.accumulation import in_place_sum, summing_in_place
 from nin_profile.engine.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
 from nin_profile.engine.precision import get_precision
 from nin_profile.engine.training import (
@@ -249,9 +250,12 @@ class KernelScratch(TorchDispatchMode):
         self.largest_scratch_op = ""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if in_place := in_place_sum(func, args, kwargs):  # as autograd without a mode
+            func, args = torch.ops.aten.add_.Tensor, in_place
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        out = func(*args, **(kwargs or {}))
+        out = func(*args, **kwargs)
         inside, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
         held = max(before, after)
         self.peak_between_ops = max(self.peak_between_ops, held)
@@ -265,7 +269,7 @@ class KernelScratch(TorchDispatchMode):
 def kernel_scratch(work: Callable[[], object]) -> KernelScratch:
     """One more run of `work` (after the measured one: the mode resets the peak statistics)."""
     torch.cuda.synchronize()
-    with KernelScratch() as scratch:
+    with summing_in_place(), KernelScratch() as scratch:
         work()
     torch.cuda.synchronize()
     return scratch

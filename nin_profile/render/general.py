@@ -286,7 +286,7 @@ def measured_memory_table(profile: Profile) -> str:
 def _scratch_in_one_op(mem: MeasuredMemory) -> int | None:
     """What one op's scratch took the whole peak above the peak between ops: their difference,
     never below 0 (on the CPU the two come from two runs, the second under a dispatch mode,
-    which can hold a few bytes more: a gradient added out of place)."""
+    which can hold a few bytes more)."""
     if mem.peak_between_ops is None:
         return None
     return max(0, mem.peak_allocated - mem.peak_between_ops)
