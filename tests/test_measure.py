@@ -343,6 +343,24 @@ def test_a_layer_is_timed_alone_on_the_input_its_pre_hooks_give_it() -> None:
     assert set(times) == {"0", "1", "(root)"}
 
 
+def test_a_layer_called_with_keywords_is_timed_with_them() -> None:
+    # nn.MultiheadAttention called as transformers call it: its tensors and need_weights by
+    # keyword; timed alone without them it would fail (no query) or run another path
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(query=x, key=x, value=x, need_weights=False)[0]
+
+    model = Block().eval()
+    x = torch.randn(2, 5, 8)
+    with torch.inference_mode():
+        times = layer_times(model, lambda: model(x), Device("cpu"), repeats=1)
+    assert set(times) == {"attn", "(root)"}
+
+
 def test_what_a_pre_hook_takes_is_its_layers_time() -> None:
     # a pre-hook that sleeps 20 ms: its layer's row holds them (the layer alone takes next to
     # nothing), and no row lost them (the rows add up to the forward)

@@ -92,10 +92,10 @@ Hook = Callable[[Frame, Any], None]
 class LayerStack:
     """Keeps the stack of running modules; a failing forward leaves its innermost layer on top.
 
-    `on_enter(frame, args)` runs as a module is called, before the user's forward pre-hooks
-    (what they run belongs to the module: old-style weight_norm computes its weight there),
-    `on_call(frame, args)` after them, with the arguments its forward gets, `on_exit(frame,
-    output)` after its forward and the user's forward hooks.
+    `on_enter(frame, (args, kwargs))` runs as a module is called, before the user's forward
+    pre-hooks (what they run belongs to the module: old-style weight_norm computes its
+    weight there), `on_call(frame, (args, kwargs))` after them, with the arguments its
+    forward gets, `on_exit(frame, output)` after its forward and the user's forward hooks.
     """
 
     def __init__(
@@ -122,8 +122,12 @@ class LayerStack:
 
     def __enter__(self) -> LayerStack:
         for module in self.names:
-            self._handles.append(module.register_forward_pre_hook(self._enter, prepend=True))
-            self._handles.append(module.register_forward_pre_hook(self._called_with))
+            self._handles.append(
+                module.register_forward_pre_hook(self._enter, prepend=True, with_kwargs=True)
+            )
+            self._handles.append(
+                module.register_forward_pre_hook(self._called_with, with_kwargs=True)
+            )
             self._handles.append(module.register_forward_hook(self._exit))
         return self
 
@@ -132,23 +136,23 @@ class LayerStack:
             handle.remove()
         self._handles.clear()
 
-    def _enter(self, module: nn.Module, args: Any) -> None:
+    def _enter(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         self.forward_done = False
-        inputs = tensors_in(args)
+        inputs = tensors_in((args, kwargs))
         frame = Frame(self.names[module], module, tuple(inputs[0].shape) if inputs else ())
         frame.node = torch._C._current_autograd_node()
         if self.frames:
             self.frames[-1].children += 1
         if self._on_enter:
-            self._on_enter(frame, args)
+            self._on_enter(frame, (args, kwargs))
         self.frames.append(frame)
 
-    def _called_with(self, module: nn.Module, args: Any) -> None:
+    def _called_with(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         frame = self.frames[-1]
-        inputs = tensors_in(args)
+        inputs = tensors_in((args, kwargs))
         frame.input_shape = tuple(inputs[0].shape) if inputs else ()
         if self._on_call:
-            self._on_call(frame, args)
+            self._on_call(frame, (args, kwargs))
 
     def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
         frame = self.frames[-1]

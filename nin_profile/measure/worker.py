@@ -510,7 +510,7 @@ def _leaves_alone(
     """The median of `repeats` back-to-back runs of each leaf of the run on its own input."""
     samples: dict[str, list[float]] = {}
     entered: list[object] = []
-    inputs: list[tuple[object, object, object]] = []
+    inputs: list[tuple[Any, object, object]] = []
 
     def enter(frame: Frame, args: object) -> None:
         entered.append(device.mark())
@@ -519,15 +519,15 @@ def _leaves_alone(
         inputs.append((args, entered.pop(), device.mark()))
 
     def time_alone(frame: Frame, output: object) -> None:
-        args, start_hooks, end_hooks = inputs.pop()
+        (args, kwargs), start_hooks, end_hooks = inputs.pop()
         if frame.children or not isinstance(args, tuple):
             return
-        call = frame.module.forward
-        call(*args)
+        call = partial(frame.module.forward, *args, **kwargs)
+        call()
         times = []
         for _ in range(repeats):
             start = device.mark()
-            call(*args)
+            call()
             end = device.mark()
             device.wait()
             times.append(device.elapsed_ms(start, end))
