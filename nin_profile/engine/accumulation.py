@@ -44,21 +44,29 @@ class _Engine:
 ENGINE = _Engine()
 
 
-def hook_graph(tensors: list[torch.Tensor]) -> None:
-    """Hook every autograd node behind `tensors` not hooked yet (once each)."""
+def metadata(node: Node) -> dict[str, Any]:
+    """The node's metadata dict (a property on autograd nodes, typed as a method in torch)."""
+    return cast(dict[str, Any], node.metadata)
+
+
+def mark_graph(tensors: list[torch.Tensor], key: str, value: object) -> Iterator[Node]:
+    """Each autograd node behind `tensors` whose metadata has no `key` yet, given `key` =
+    `value` (so each is met once, however many walks pass it)."""
     pending: list[Node | None] = [t.grad_fn for t in tensors]
     while pending:
         node = pending.pop()
-        if node is None or _HOOKED in _metadata(node):
+        if node is None or key in metadata(node):
             continue
-        _metadata(node)[_HOOKED] = True
-        node.register_prehook(ENGINE.node_starts)
-        node.register_hook(ENGINE.node_done)
+        metadata(node)[key] = value
+        yield node
         pending.extend(next_node for next_node, _ in node.next_functions)
 
 
-def _metadata(node: Node) -> dict[str, Any]:
-    return cast(dict[str, Any], node.metadata)
+def hook_graph(tensors: list[torch.Tensor]) -> None:
+    """Hook every autograd node behind `tensors` not hooked yet (once each)."""
+    for node in mark_graph(tensors, _HOOKED, True):
+        node.register_prehook(ENGINE.node_starts)
+        node.register_hook(ENGINE.node_done)
 
 
 @contextlib.contextmanager
@@ -77,6 +85,17 @@ def summing_in_place() -> Iterator[None]:
     finally:
         handle.remove()
         ENGINE.summing = False
+
+
+def as_without_a_mode(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, tuple[Any, ...]]:
+    """The op and arguments a dispatch mode runs for `func(*args, **kwargs)`: the in-place add
+    a step without a mode runs where `func` is the engine adding two gradients out of place
+    (`in_place_sum`), else `func` and `args` as they are."""
+    if in_place := in_place_sum(func, args, kwargs):
+        return torch.ops.aten.add_.Tensor, in_place
+    return func, args
 
 
 def in_place_sum(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:

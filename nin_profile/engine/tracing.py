@@ -17,12 +17,16 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch._C import DispatchKey
-from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from nin_profile.engine.accumulation import in_place_sum, summing_in_place
+from nin_profile.engine.accumulation import (
+    as_without_a_mode,
+    mark_graph,
+    metadata,
+    summing_in_place,
+)
 from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
 from nin_profile.engine.flops import flop_formula
 from nin_profile.engine.kernels import (
@@ -91,20 +95,10 @@ class FusedDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _metadata(node: Node) -> dict[str, Any]:
-    """The node's metadata dict (a property on autograd nodes, typed as a method in torch)."""
-    return cast(dict[str, Any], node.metadata)
-
-
 def tag_graph(tensors: list[torch.Tensor], layer: str) -> None:
     """Mark every autograd node behind `tensors` not yet marked as built by `layer`."""
-    pending: list[Node | None] = [t.grad_fn for t in tensors]
-    while pending:
-        node = pending.pop()
-        if node is None or _LAYER_KEY in _metadata(node):
-            continue
-        _metadata(node)[_LAYER_KEY] = layer
-        pending.extend(next_node for next_node, _ in node.next_functions)
+    for _ in mark_graph(tensors, _LAYER_KEY, layer):
+        pass
 
 
 def saved_in_backward() -> bool:
@@ -118,7 +112,7 @@ def current_backward_layer() -> str:
     node = torch._C._current_autograd_node()
     if node is None:  # the seed gradient of loss.backward() is made before any node runs
         return LOSS
-    layer = _metadata(node).get(_LAYER_KEY, LOSS)
+    layer = metadata(node).get(_LAYER_KEY, LOSS)
     assert isinstance(layer, str)
     return layer
 
@@ -296,8 +290,7 @@ class StepTracer(TorchDispatchMode):
             # allocator whole, one op: its parts are followed inside it
             with self.log.one_op(), self:  # the C++ composite, not a Python decomposition
                 return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
-        if self.phase is Phase.BACKWARD and (in_place := in_place_sum(func, args, kwargs)):
-            func, args = torch.ops.aten.add_.Tensor, in_place  # as autograd without a mode
+        func, args = as_without_a_mode(func, args, kwargs)  # the engine's sums, in place
         layer = self.layer()
         self.log.site = PeakSite(self.phase.value, layer, func.overloadpacket.__name__)
         out = kernel_outputs(func, args, func(*args, **kwargs), "cpu" if self.cpu else "cuda")

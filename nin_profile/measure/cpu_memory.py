@@ -8,12 +8,11 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch._C._profiler import _EventType, _ExtraFields_Allocation, _ProfilerEvent
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.engine.accumulation import in_place_sum, summing_in_place
+from nin_profile.engine.accumulation import as_without_a_mode, summing_in_place
 
 
 def _allocations(prof: profile) -> Iterator[tuple[int, _ExtraFields_Allocation]]:
@@ -117,8 +116,7 @@ class _DispatchedOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if in_place := in_place_sum(func, args, kwargs):  # as autograd without a mode
-            func, args = torch.ops.aten.add_.Tensor, in_place
+        func, args = as_without_a_mode(func, args, kwargs)  # the engine's sums, in place
         with record_function(_DISPATCHED + func.overloadpacket.__name__):
             return func(*args, **kwargs)
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nin_profile.engine.accumulation import in_place_sum, summing_in_place
+from nin_profile.engine.accumulation import as_without_a_mode, summing_in_place
 from nin_profile.engine.layer_stack import Frame, LayerStack, leaf_spans, nested_spans
 from nin_profile.engine.precision import get_precision
 from nin_profile.engine.training import (
@@ -251,8 +251,7 @@ class KernelScratch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if in_place := in_place_sum(func, args, kwargs):  # as autograd without a mode
-            func, args = torch.ops.aten.add_.Tensor, in_place
+        func, args = as_without_a_mode(func, args, kwargs)  # the engine's sums, in place
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         out = func(*args, **kwargs)
