@@ -383,3 +383,20 @@ def test_cuda_amp_inference_casts_as_cuda_does() -> None:
         return analyse_model("nin", cfg).inference.by_category[MemoryCategory.ACTIVATIONS]
 
     assert activations("amp-fp16") < 0.6 * activations("fp32")
+
+
+def test_cuda_amp_takes_multihead_attentions_slow_path_as_a_gpu_does() -> None:
+    # nn.MultiheadAttention leaves its inference fast path when `torch.is_autocast_enabled()`
+    # (CUDA's state) is on, as under torch.autocast("cuda") on a GPU. The trace's CudaAutocast
+    # had left that state off: the fast path's empty weights made the H200 run of the zoo's
+    # mha_block under AMP fail ("its output 0 would be empty"), 2026-11-28
+    with FakeTensorMode(), torch.no_grad():
+        attn = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+        x = torch.empty(2, 4, 8)
+        with CudaAutocast(torch.bfloat16):
+            assert torch.is_autocast_enabled()
+            out, weights = attn(x, x, x, need_weights=False)
+        _, fast_weights = attn(x, x, x, need_weights=False)  # no autocast: fast path
+    assert weights is None and out.dtype == torch.bfloat16  # the slow path, cast
+    assert fast_weights is not None and fast_weights.numel() == 0
+    assert not torch.is_autocast_enabled("cuda") and not torch.is_autocast_enabled("cpu")

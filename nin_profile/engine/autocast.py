@@ -21,7 +21,9 @@ own), whose device is the CPU, and:
   it; `softmax`'s `dtype` set to float32: the same), are what the op then runs on, below
   autocast. An op CUDA has no kernel for falls through, as it does on CUDA (CPU's own kernel
   for it is skipped). Casts of float32 leaves that require grad to the autocast dtype are
-  kept until the block exits, as `cached_cast` keeps them (the weight-cast cache).
+  kept until the block exits, as `cached_cast` keeps them (the weight-cast cache). CUDA's
+  autocast state is on too, as Python asks it (`torch.is_autocast_enabled()`): on a GPU,
+  `nn.MultiheadAttention` under autocast leaves its inference fast path for the slow one.
 
 The op lists themselves are never copied here: which ops have an autocast kernel is asked of
 PyTorch's dispatcher (`_dispatch_has_kernel_for_dispatch_key`), and what each kernel does, of
@@ -140,7 +142,7 @@ def cuda_autocast_call(
             _disable_current_modes(),
             FakeTensorMode(),
             torch.no_grad(),
-            cuda_autocast_state(dtype),
+            autocast_state("cuda", dtype),
         ):
             twins = tree_map(_twin, (args, kwargs))
             try:
@@ -153,16 +155,17 @@ def cuda_autocast_call(
 
 
 @contextlib.contextmanager
-def cuda_autocast_state(dtype: torch.dtype) -> Iterator[None]:
-    """CUDA's autocast state (torch.autocast refuses "cuda" where CUDA is not available)."""
-    enabled, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    torch.set_autocast_enabled("cuda", True)
-    torch.set_autocast_dtype("cuda", dtype)
+def autocast_state(device: str, dtype: torch.dtype) -> Iterator[None]:
+    """A device's autocast state, on, in `dtype` (torch.autocast refuses "cuda" where CUDA is
+    not available); the state only: which kernels run is the dispatcher's business."""
+    enabled, previous = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+    torch.set_autocast_enabled(device, True)
+    torch.set_autocast_dtype(device, dtype)
     try:
         yield
     finally:
-        torch.set_autocast_enabled("cuda", enabled)
-        torch.set_autocast_dtype("cuda", previous)
+        torch.set_autocast_enabled(device, enabled)
+        torch.set_autocast_dtype(device, previous)
 
 
 # One leaf of an op's arguments as CUDA's autocast kernel passes it on: for a tensor, the dtype
@@ -187,7 +190,7 @@ class CudaAutocast:
         self._plans: dict[tuple[str, str, tuple[Any, ...]], _Plan | None] = {}
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(leaf) → (leaf, cast)
         self._library: torch.library.Library | None = None
-        self._state: tuple[bool, torch.dtype] | None = None
+        self._state: contextlib.ExitStack | None = None
 
     def __enter__(self) -> CudaAutocast:
         cuda_ops = set(autocast_ops("cuda"))
@@ -199,17 +202,18 @@ class CudaAutocast:
                 kernel = self._cast_kernel(op) if name in cuda_ops else self._fallthrough(op)
                 library.impl(_qualified(op), kernel, "AutocastCPU", with_keyset=True)
         self._library = library
-        self._state = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
-        torch.set_autocast_enabled("cpu", True)
-        torch.set_autocast_dtype("cpu", self.dtype)
+        with contextlib.ExitStack() as state:
+            state.enter_context(autocast_state("cpu", self.dtype))
+            state.enter_context(autocast_state("cuda", self.dtype))
+            self._state = state.pop_all()
         torch.autocast_increment_nesting()
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._state is not None and self._library is not None
         torch.autocast_decrement_nesting()
-        torch.set_autocast_enabled("cpu", self._state[0])
-        torch.set_autocast_dtype("cpu", self._state[1])
+        self._state.close()
+        self._state = None
         self._cache.clear()  # the weight-cast cache lives as long as the region
         self._library._destroy()
         self._library = None

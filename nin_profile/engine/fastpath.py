@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import activation
 
-from nin_profile.engine.autocast import cuda_autocast_state
 from nin_profile.engine.devices import encoder_layer_takes_fast_path, encoder_may_pack_nested
 from nin_profile.engine.memory import one_op
 from nin_profile.errors import PackedByValues
@@ -228,15 +227,11 @@ def nested_packing_refused(device: str) -> Iterator[None]:
         src_key_padding_mask: torch.Tensor | None = None,
         is_causal: bool | None = None,
     ) -> torch.Tensor:
-        # a CUDA AMP trace runs under the CPU's autocast (autocast.py)
-        cuda_autocast = device == "cuda" and torch.is_autocast_enabled("cpu")
+        # a CUDA AMP trace holds CUDA's autocast state on, as the encoder asks it (autocast.py)
+        cuda_autocast = device == "cuda" and torch.is_autocast_enabled("cuda")
         if encoder_may_pack_nested(self, src, mask, src_key_padding_mask, cuda_autocast):
             raise PackedByValues()
-        if not cuda_autocast:
-            return forward(self, src, mask, src_key_padding_mask, is_causal)
-        # the encoder asks whether CUDA's autocast is on, as the CUDA run would answer
-        with cuda_autocast_state(torch.get_autocast_dtype("cpu")):
-            return forward(self, src, mask, src_key_padding_mask, is_causal)
+        return forward(self, src, mask, src_key_padding_mask, is_causal)
 
     nn.TransformerEncoder.forward = refusing_forward  # type: ignore[method-assign]
     try:
