@@ -5,17 +5,22 @@ against the rules written out from PyTorch's source (not yet run on a GPU)."""
 
 from __future__ import annotations
 
+import csv
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import zoo_models
+from test_cuda_kernels import qkv_of
 from test_memory import autograd_saved_bytes
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from nin_profile.engine.analysis import AnalysisConfig, analyse_model
+from nin_profile.engine.devices import CUDNN_GRU, CUDNN_LSTM, cudnn_rnn_reserve
 from nin_profile.engine.kernels import cuda_sdpa_backend, kernel_outputs, onednn_lstm_workspace
 from nin_profile.engine.training import TrainingLoss, make_batch, make_optimizer, training_step
 from nin_profile.measure.cpu_memory import cpu_peak_between_dispatched_ops, cpu_peak_during
@@ -239,7 +244,9 @@ def qkv(heads: int = 4, head_dim: int = 8, dtype: torch.dtype = torch.float32) -
 CUDA_CHOICES = [
     ("float32, head dim 8", qkv(), SDPBackend.EFFICIENT_ATTENTION),
     ("float32, head dim 6 (not a multiple of 4)", qkv(head_dim=6), SDPBackend.MATH),
-    ("float16, unpacked layout", qkv(dtype=torch.float16), SDPBackend.FLASH_ATTENTION),
+    # the H200 (torch 2.11, cuDNN 9.19) ran contiguous (batch, heads, tokens, dim) on cuDNN too
+    ("float16, (batch, heads, tokens, dim)", qkv(dtype=torch.float16), SDPBackend.CUDNN_ATTENTION),
+    ("float16, head dim 6 (not /8)", qkv(6, 6, torch.float16), SDPBackend.FLASH_ATTENTION),
     (
         "bfloat16 in cuDNN's layout (batch, tokens, heads, dim) transposed",
         torch.empty(2, 16, 4, 8, dtype=torch.bfloat16, device="meta").transpose(1, 2),
@@ -260,6 +267,39 @@ def test_cuda_attention_choice_follows_pytorchs_rules(
     case: str, q: torch.Tensor, expected: SDPBackend
 ) -> None:
     assert cuda_sdpa_backend(q, q, q, None, 0.0, False, False) == expected, case
+
+
+H200_CHOICES = Path(__file__).parent / "data" / "sdpa_choices_h200.csv"
+
+
+def h200_choices() -> list[tuple[str, str]]:
+    lines = [line for line in H200_CHOICES.read_text().splitlines() if not line.startswith("#")]
+    return [tuple(line.rsplit(",", 1)) for line in lines[1:]]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_attention_choice_is_what_an_h200_answered(dtype: torch.dtype) -> None:
+    # PyTorch's own answers on a GPU (tests/data/sdpa_choices_h200.csv), replayed on meta
+    # tensors of the same layouts; test_cuda_kernels.py asks the GPU itself where one is lent
+    pattern = re.compile(
+        r"d=(\d+) (\w+) mask=(\w+) causal=(\w+) dropout=([\d.]+) heads=(\d+)/(\d+) "
+        r"tokens=(\d+)/(\d+)"
+    )
+    wrong = []
+    for case, answer in h200_choices():
+        match = pattern.fullmatch(case)
+        assert match, case
+        d, layout, mask_kind, causal, dropout, hq, hkv, sq, sk = match.groups()
+        heads, tokens = (int(hq), int(hkv)), (int(sq), int(sk))
+        q, k, v = qkv_of(layout, heads, tokens, int(d), dtype, "meta")
+        mask = None
+        if mask_kind != "none":
+            mask_dtype = torch.bool if mask_kind == "bool" else dtype
+            mask = torch.ones(tokens, dtype=mask_dtype, device="meta")
+        ours = cuda_sdpa_backend(q, k, v, mask, float(dropout), causal == "True", hq != hkv)
+        if ours.name != answer:
+            wrong.append(f"{case}: ours {ours.name}, the H200's {answer}")
+    assert len(h200_choices()) == 221 and not wrong, wrong
 
 
 def test_cuda_float32_attention_saves_the_efficient_kernels_logsumexp() -> None:
@@ -305,3 +345,56 @@ def test_an_embedding_bags_outputs_are_the_cpus(
     for theirs, mine in zip(real, ours, strict=True):
         assert mine.shape == theirs.shape
         assert mine.untyped_storage().nbytes() == theirs.untyped_storage().nbytes()
+
+
+# ---- cuDNN's RNN, from what an H200 answered (bench/cuda_kernels.py, 2026-11-28) ----------------
+
+CUDNN_RESERVES = Path(__file__).parent / "data" / "cudnn_rnn_reserve_h200.csv"
+
+
+def test_cudnn_rnn_reserve_is_what_an_h200_returned() -> None:
+    # the reserve `_cudnn_rnn` returned for 864 shapes (cuDNN 9.19, torch 2.11): LSTM and GRU,
+    # 1-2 layers and directions, 1-100 steps, batch 1-64, hidden 32-256, float32 and float16
+    modes = {"LSTM": CUDNN_LSTM, "GRU": CUDNN_GRU}
+    with CUDNN_RESERVES.open() as f:
+        rows = list(csv.DictReader(f))
+
+    def formula(row: dict[str, str]) -> int:
+        layers, directions, steps, batch, hidden = (
+            int(row[k]) for k in ("layers", "directions", "steps", "batch", "hidden")
+        )
+        itemsize = getattr(torch, row["dtype"]).itemsize
+        return cudnn_rnn_reserve(
+            modes[row["mode"]], layers, directions, steps, batch, hidden, itemsize
+        )
+
+    wrong = [row for row in rows if formula(row) != int(row["reserve"])]
+    assert len(rows) == 864 and not wrong, wrong[:3]
+
+
+@pytest.mark.parametrize(
+    ("name", "real"),
+    [
+        # what autograd saved in a real training step on the H200 at batch 512, each storage
+        # once (bench/cuda_kernels.py; reports/nvidia-h200-logs/lent.log). Its parts, for 2
+        # layers, 16 steps, 512 rows, 48 inputs, 32 hidden, float32: the input 512·16·48·4 =
+        # 1_572_864; h0 (and c0) 2·512·32·4 = 131_072 each; the output 512·16·32·4 =
+        # 1_048_576 (one unit U); the reserve, LSTM 11·U + 256 = 11_534_592, GRU 13·U + 256
+        # = 13_631_744; cross-entropy's log-probabilities 512·10·4 = 20_480, targets 512·8 =
+        # 4_096 and total weight 4
+        ("lstm", 14_442_756),  # 1_572_864 + 2·131_072 + 1_048_576 + 11_534_592 + 24_580
+        ("gru", 16_408_836),  # 1_572_864 + 131_072 + 1_048_576 + 13_631_744 + 24_580
+    ],
+)
+def test_cuda_lstm_and_gru_save_what_a_real_h200_step_saved(name: str, real: int) -> None:
+    cfg = AnalysisConfig(batch=512, inputs=zoo_models.INPUTS, device="cuda")
+    assert analyse_model(f"zoo_models:{name}", cfg).activation_bytes_saved == real
+
+
+def test_cudnn_rnn_counts_the_gate_products() -> None:
+    # zoo lstm, batch 4: per layer 2·T·B·4H·(I + H) with T = 16, H = 32, I = 48 then 32;
+    # backward: the data gradients (as many) and the weight gradients (as many again)
+    per_step_row = 2 * 4 * 32 * (48 + 32) + 2 * 4 * 32 * (32 + 32)  # 20_480 + 16_384
+    rnn = {layer.name: layer for layer in profile("lstm", "cuda").layers}["rnn"]
+    assert rnn.flops_forward == 16 * BATCH * per_step_row == 2_359_296
+    assert rnn.flops_backward == 2 * rnn.flops_forward

@@ -96,12 +96,15 @@ Kernels, CPU
   the CPU keep the whole T×T scores beside packed q, k, v instead of running the flash kernel:
   traced op for op from attention.cpp and transformer.cpp.
 
-Kernels, CUDA (written from the source, not yet checked on a GPU)
+Kernels, CUDA (written from the source, checked on an H200 with torch 2.11, cuDNN 9.19)
 - SDPA: `select_sdp_backend` (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) tries
-  cuDNN, flash, memory-efficient, math in that order on sm90/sm100 with cuDNN ≥ 9.9
-  (`check_prefer_cudnn_attention`; flash first elsewhere). cuDNN and flash need fp16 or bf16
-  (`check_dtypes_low_precision`), so float32 attention runs the memory-efficient kernel where
-  `can_use_mem_efficient_attention` allows it: 4-D dense inputs, the same batch and heads for
+  cuDNN, flash, memory-efficient, math in that order on sm90/sm100 with a recent cuDNN
+  (`check_prefer_cudnn_attention`: the H200 answered priority order [cuDNN, flash, efficient,
+  math]; flash first elsewhere). cuDNN and flash need fp16 or bf16
+  (`check_dtypes_low_precision`); cuDNN's dense checks as the H200 answered them are in
+  `_cudnn_allows` (tests/data/sdpa_choices_h200.csv holds its answers). Float32 attention runs
+  the memory-efficient kernel where `can_use_mem_efficient_attention` allows it: 4-D dense
+  inputs, the same batch and heads for
   q, k, v (no grouped-query attention), head dims divisible by 4 on sm80+ (float32 with
   tensor cores, `minimum_gemm_alignment`), last dim contiguous; else math. The efficient
   kernel keeps the output, a float32 logsumexp of batch × heads × queries rounded up to 32
@@ -109,8 +112,13 @@ Kernels, CUDA (written from the source, not yet checked on a GPU)
   attention mask padded to a multiple of 16 (`preprocess_mask`), and the head-dim padding the
   flash kernel applies to fp16/bf16 inputs.
 - LSTM/GRU: `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), whose reserve (what backward
-  needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`, known only on a GPU: the trace keeps
-  the composite cell there, and the report says the RNN reserve is not predicted for CUDA.
+  needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`: a formula fitted to an H200's answers
+  (`cudnn_rnn_reserve`), traced where it was measured (`rnn_uses_cudnn`); autograd keeps the
+  input, h0 and c0, the output and the reserve (the flat weights are the parameters, which
+  `flatten_parameters` put in one buffer when the module moved to the GPU). The zoo's LSTM and
+  GRU classifiers at batch 512: what autograd saved in a real step on the H200, 14,442,756 and
+  16,408,836 B, to the byte. Elsewhere (projections, packed sequences, dropout, bfloat16,
+  AMP) the composite cell stands in and the report says the reserve is not predicted.
 - Inference fast paths: not traced; the slow path stands in (CUDA's native attention runs
   in-projection, SDPA and out-projection, as the slow path does, where no weights are asked
   for and the head dim is a multiple of 8; otherwise it keeps the scores as the CPU's does).
@@ -233,7 +241,8 @@ def cuda_sdpa_backend(
         return SDPBackend.MATH
     same_heads = q.shape[:2] == k.shape[:2] == v.shape[:2]
     head_dims = q.shape[-1], k.shape[-1], v.shape[-1]
-    if low_precision and _cudnn_allows(q, k, v, dropout_p):
+    grouped = enable_gqa and q.shape[0] == k.shape[0] == v.shape[0] and _groups(q, k, v)
+    if low_precision and (same_heads or grouped) and _cudnn_allows(q, k, v, dropout_p):
         return SDPBackend.CUDNN_ATTENTION
     causal_non_square = is_causal and q.shape[-2] != k.shape[-2]
     flash_dims = len(set(head_dims)) == 1 and head_dims[0] <= 256
@@ -252,15 +261,31 @@ def cuda_sdpa_backend(
     return SDPBackend.MATH
 
 
+def _groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """`check_grouped_query_attention`: key and value have as many heads, a divisor of the
+    query's."""
+    return k.shape[1] == v.shape[1] and q.shape[1] % k.shape[1] == 0
+
+
 def _cudnn_allows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
-    """`check_cudnn_tensor_shapes` and `check_cudnn_layout` for cuDNN ≥ 9.10 on sm90."""
-    d_qk, d_v, s_k = q.shape[-1], v.shape[-1], k.shape[-2]
-    if d_qk > 256 or d_v > 256 or d_qk % 8 or d_v % 8 or s_k == 1:
-        return False
-    if q.shape[-2] == 1 and dropout_p:
-        return False
-    h, d = q.shape[1], q.shape[-1]
-    return all(t.stride(1) == d and t.stride(2) in (h * d, 3 * h * d) for t in (q, k, v))
+    """`can_use_cudnn_attention`'s dense checks on sm90 with cuDNN 9.19, as torch 2.11
+    answered on an H200 (2026-11-28): head dims multiples of 8 and at most 256, no key sequence
+    of length 1, no query of length 1 with dropout, batch and heads at most 65535; masks,
+    causality, grouped-query heads and any layout with a contiguous last dim allowed
+    (contiguous q, k, v of shape (batch, heads, tokens, dim) ran on cuDNN: no
+    `check_cudnn_layout`). PyTorch's main branch since lowers the head-dim limit to 128 where
+    cuDNN is 9.22 or older (192 for q and k with 128 for v), and refuses a dropout that is not
+    a multiple of 1/16."""
+    d_qk, d_v, s_q, s_k = q.shape[-1], v.shape[-1], q.shape[-2], k.shape[-2]
+    return (
+        d_qk <= 256
+        and d_v <= 256
+        and d_qk % 8 == 0
+        and d_v % 8 == 0
+        and s_k != 1
+        and not (s_q == 1 and dropout_p)
+        and max(q.shape[0], q.shape[1]) <= 65535
+    )
 
 
 # ---- recurrent layers on the CPU ----------------------------------------------------------------
@@ -320,6 +345,63 @@ def rnn_runs_whole_sequence(device: str, hx_or_params: object) -> bool:
     packed sequence's (whose argument there is `hx`, a tensor, where the unpacked call's is
     the list of weights: the GRU's third argument, the LSTM's second, its hx, a list)."""
     return device == "cpu" and isinstance(hx_or_params, (list, tuple))
+
+
+# ---- recurrent layers on CUDA -------------------------------------------------------------------
+
+# cuDNN's RNN modes (cudnnRNNMode_t, as `_cudnn_rnn` takes them) and, for each, what its reserve
+# keeps per layer, direction, step, example and hidden unit, in hidden states (see below)
+CUDNN_LSTM, CUDNN_GRU = 2, 3
+_RESERVE_STATES = {CUDNN_LSTM: 5, CUDNN_GRU: 6}
+
+
+def rnn_uses_cudnn(
+    device: str, input: torch.Tensor, hx: object, dropout: float, train: bool
+) -> bool:
+    """For `torch._VF.lstm(input, (h0, c0), params, ...)` and `torch._VF.gru(input, h0,
+    params, ...)` in a step for CUDA: `use_cudnn` of aten/src/ATen/native/RNN.cpp (a CUDA
+    input cuDNN accepts, cuDNN enabled) sends them to `_cudnn_rnn`, which the trace follows
+    where its reserve was measured (`cudnn_rnn_reserve`): a padded batch (a packed
+    sequence's call passes its batch sizes, a tensor, where `hx` is), float32 or float16, no
+    projections (h0 as wide as c0), no dropout between layers in training, not under autocast
+    (which re-flattens the weights into a 16-bit copy: `_cudnn_rnn_cast_reflatten`).
+    Elsewhere the trace keeps the composite cell, and the report says the reserve is not
+    predicted."""
+    if device != "cuda" or (isinstance(hx, torch.Tensor) and hx.dim() == 1):
+        return False
+    states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
+    return (
+        isinstance(input, torch.Tensor)
+        and input.dim() == 3
+        and input.numel() > 0
+        and input.dtype in (torch.float32, torch.float16)
+        and all(isinstance(s, torch.Tensor) for s in states)
+        and len({s.shape[-1] for s in states}) == 1
+        and not (dropout and train)
+        and not torch.is_autocast_enabled("cuda")
+        and bool(torch.backends.cudnn.enabled)
+    )
+
+
+def cudnn_rnn_reserve(
+    mode: int, layers: int, directions: int, steps: int, batch: int, hidden: int, itemsize: int
+) -> int:
+    """Bytes of the reserve `_cudnn_rnn` keeps for backward in training (what
+    `cudnnGetRNNTrainingReserveSize` answers; PyTorch's meta kernel returns an empty one).
+    Measured on an H200 with cuDNN 9.19 (bench/cuda_kernels.py, 2026-11-28; 864 shapes: LSTM
+    and GRU, 1-2 layers and directions, 1-100 steps, batch 1-64, input 32-100, hidden
+    32-256, float32 and float16) and equal to, on every one:
+    ⌈s·L·D·T·N·H·b⌉₃₂ + ⌈(L−1)·D·T·N·H·b⌉₃₂ + 256, with b the element's bytes, ⌈·⌉₃₂ rounded up
+    to 32 bytes, and s = 5 hidden states a unit for an LSTM (its four gates and the cell
+    state), 6 for a GRU: each layer's gates for every step, and the outputs of all but the
+    last layer (the next layer's input). Not measured, so not predicted: projections, packed
+    sequences, dropout, bfloat16, the RNN_TANH/RELU modes."""
+    unit = directions * steps * batch * hidden * itemsize
+    return _up(_RESERVE_STATES[mode] * layers * unit, 32) + _up((layers - 1) * unit, 32) + 256
+
+
+def _up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 # ---- inference fast paths on the CPU ------------------------------------------------------------

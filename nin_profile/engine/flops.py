@@ -18,6 +18,8 @@ Audit of PyTorch's formulas (torch 2.13, `torch/utils/flop_counter.py`):
   PyTorch has no formula for them; ours uses PyTorch's attention formulas (below).
 - `mkldnn_rnn_layer` and its backward (oneDNN's LSTM layer, what the CPU runs for `nn.LSTM`):
   PyTorch has none; ours count the gate products (below).
+- `_cudnn_rnn` and its backward (cuDNN's LSTM and GRU, what CUDA runs): PyTorch has none;
+  ours count the gate products of every layer and direction (below).
 """
 
 from __future__ import annotations
@@ -137,3 +139,40 @@ def onednn_lstm_layer_backward_flop(
     many multiply-adds as one of the forward's two products: twice the forward. oneDNN computes
     all four whether or not the input needs a gradient."""
     return 2 * onednn_lstm_layer_flop(input_shape, w_ih_shape, w_hh_shape)
+
+
+@register_flop_formula(aten._cudnn_rnn)
+def cudnn_rnn_flop(
+    input_shape: list[int],
+    weight_shapes: list[list[int]],
+    weight_stride0: int,
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """cuDNN's LSTM or GRU, every layer and direction: at each of T steps, for B sequences,
+    the G·H gate pre-activations from the layer's input and from its last hidden state,
+    2·T·B·(G·H·I_layer + G·H·H), read off each layer's two weight matrices (`weight_stride0`
+    tensors a layer and direction, the matrices first). Elementwise arithmetic not counted."""
+    steps_times_batch = input_shape[0] * input_shape[1]
+    total = 0
+    for first in range(0, len(weight_shapes), weight_stride0):
+        w_ih, w_hh = weight_shapes[first], weight_shapes[first + 1]
+        total += 2 * steps_times_batch * (w_ih[0] * w_ih[1] + w_hh[0] * w_hh[1])
+    return total
+
+
+@register_flop_formula(aten._cudnn_rnn_backward)
+def cudnn_rnn_backward_flop(
+    input_shape: list[int],
+    weight_shapes: list[list[int]],
+    weight_stride0: int,
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """Its backward: the gradients of the inputs and hidden states (gate gradients times each
+    weight), which cuDNN computes always, as many multiply-adds as the forward; the weights'
+    (gate gradients times inputs and hidden states) as many again where asked
+    (`output_mask[3]`, the last argument)."""
+    output_mask = args[-1] if args else kwargs["output_mask"]
+    forward = cudnn_rnn_flop(input_shape, weight_shapes, weight_stride0)
+    return forward * (2 if output_mask[3] else 1)

@@ -24,11 +24,15 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
 from nin_profile.engine.devices import (
+    CUDNN_GRU,
+    CUDNN_LSTM,
     cpu_sdpa_backend,
     cuda_sdpa_backend,
+    cudnn_rnn_reserve,
     lstm_uses_onednn,
     packed_lstm_uses_onednn,
     rnn_runs_whole_sequence,
+    rnn_uses_cudnn,
 )
 from nin_profile.engine.fastpath import cpu_fast_paths, nested_packing_refused
 from nin_profile.engine.memory import one_op, traced
@@ -188,6 +192,71 @@ def lstm_on_onednn(
             layer_input = F.dropout(layer_input, dropout, True)
     output = layer_input.transpose(0, 1) if batch_first else layer_input
     return output, torch.stack(hy), torch.stack(cy)
+
+
+# ---- LSTM and GRU on cuDNN --------------------------------------------------------------------
+
+
+def rnn_on_cudnn(mode: int) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """`torch._VF.lstm`/`torch._VF.gru` as CUDA runs them where `rnn_uses_cudnn`: RNN.cpp's
+    `_cudnn_impl`, one `_cudnn_rnn` for all layers and directions, which `kernel_outputs` gives
+    its reserve. Its weight buffer stands in empty: on the GPU it is the parameters' own
+    storage (`flatten_parameters`), which autograd saves and nothing new holds."""
+
+    def layers(
+        input: torch.Tensor,
+        hx: Any,
+        params: list[torch.Tensor],
+        has_biases: bool,
+        num_layers: int,
+        dropout: float,
+        train: bool,
+        bidirectional: bool,
+        batch_first: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        h0, c0 = hx if mode == CUDNN_LSTM else (hx, None)
+        weight_buf = input.new_empty(0)
+        out = aten._cudnn_rnn(
+            input,
+            params,
+            4 if has_biases else 2,
+            weight_buf,
+            h0,
+            c0,
+            mode,
+            h0.shape[2],
+            0,
+            num_layers,
+            batch_first,
+            dropout,
+            train,
+            bidirectional,
+            [],
+            None,
+        )
+        return (out[0], out[1], out[2]) if mode == CUDNN_LSTM else (out[0], out[1])
+
+    return layers
+
+
+def _cudnn_rnn_reserve_of(args: tuple[Any, ...]) -> torch.Tensor:
+    """The reserve a training-mode `_cudnn_rnn` call returns (`cudnn_rnn_reserve`)."""
+    input, mode, hidden, layers, batch_first = args[0], args[6], args[7], args[9], args[10]
+    steps, batch = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
+    directions = 2 if args[13] else 1
+    size = cudnn_rnn_reserve(mode, layers, directions, steps, batch, hidden, input.element_size())
+    return torch.empty(size, dtype=torch.uint8, device=input.device)
+
+
+def cudnn_rnn_backward_on_meta(*args: Any) -> tuple[Any, ...]:
+    """`_cudnn_rnn_backward` for meta tensors (PyTorch has no meta kernel): the gradients of
+    the input, h0 and c0 always (RNN.cpp computes them unconditionally, "because it mutates
+    reserve"), the weights' where `output_mask[3]` (views into one buffer of all the weights on
+    the GPU: the same bytes)."""
+    input, weights, hx, cx, output_mask = args[0], args[1], args[4], args[5], args[-1]
+    grad_weights = [torch.empty_like(w) for w in weights] if output_mask[3] else []
+    grad_cx = torch.empty_like(cx) if cx is not None else None
+    return torch.empty_like(input), torch.empty_like(hx), grad_cx, grad_weights
 
 
 def _linear_on_cpu(
@@ -455,6 +524,8 @@ def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cp
     does not know them: oneDNN's LSTM workspace in training (PyTorch's meta kernel returns an
     empty one), the statistics a normalization keeps for backward (norm_stats_dtype), a
     fold's storage (`_SLIDING_BLOCKS`) and an embedding bag's bookkeeping on the CPU."""
+    if func is aten._cudnn_rnn.default and args[12]:  # train: a reserve for backward
+        return (*out[:3], _cudnn_rnn_reserve_of(args), out[4])
     if func is aten.mkldnn_rnn_layer.default and _keeps_workspace(args):
         input, w_ih, hidden = args[0], args[1], args[10]
         steps, batch = input.shape[:2]  # time-first: `mkldnn_rnn` transposed a batch-first input
@@ -677,6 +748,8 @@ class DeviceKernels:
 
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
             with _whole_in_inference():
+                if rnn_uses_cudnn(device, args[0], args[1], *args[5:7]):
+                    return rnn_on_cudnn(CUDNN_LSTM)(*args, **kwargs)
                 if lstm_uses_onednn(device, *args[:3]):
                     return lstm_on_onednn(*args, **kwargs)
                 if isinstance(args[1], torch.Tensor) and packed_lstm_uses_onednn(device, *args[:4]):
@@ -686,10 +759,12 @@ class DeviceKernels:
                 return lstm(*args, **kwargs)
 
         def one_state_layers(
-            original: Callable[..., Any], on_cpu: Callable[..., Any]
+            original: Callable[..., Any], on_cpu: Callable[..., Any], cudnn_mode: int | None = None
         ) -> Callable[..., Any]:
             def layers(*args: Any, **kwargs: Any) -> Any:
                 with _whole_in_inference():
+                    if cudnn_mode and rnn_uses_cudnn(device, args[0], args[1], *args[5:7]):
+                        return rnn_on_cudnn(cudnn_mode)(*args, **kwargs)
                     if rnn_runs_whole_sequence(device, args[2]):
                         return on_cpu(*args, **kwargs)
                     return original(*args, **kwargs)
@@ -698,12 +773,14 @@ class DeviceKernels:
 
         F.scaled_dot_product_attention = scaled_dot_product_attention
         torch._VF.lstm = lstm_layers
-        torch._VF.gru = one_state_layers(gru, gru_on_cpu)
+        torch._VF.gru = one_state_layers(gru, gru_on_cpu, CUDNN_GRU)
         torch._VF.rnn_tanh = one_state_layers(rnn_tanh, rnn_on_cpu(torch.tanh))
         torch._VF.rnn_relu = one_state_layers(rnn_relu, rnn_on_cpu(torch.relu))
         try:  # what is in place is put back if the rest cannot be
             self._replaced.enter_context(nested_packing_refused(device))
             self._replaced.enter_context(fused_on_meta())
+            if device == "cuda":
+                self._replaced.enter_context(cudnn_rnn_backward_meta())
             if device == "cpu":
                 for name in _POOLS:
                     pool = _without_indices(name, getattr(torch, name))
@@ -744,6 +821,17 @@ def fused_on_meta() -> Iterator[None]:
     try:
         for name in FUSED_ON_DEVICE:
             library.impl(name, _below_autograd(getattr(aten, name).default), "AutogradMeta")
+        yield
+    finally:
+        library._destroy()
+
+
+@contextlib.contextmanager
+def cudnn_rnn_backward_meta() -> Iterator[None]:
+    """While a step for CUDA is traced: `_cudnn_rnn_backward` has a meta kernel."""
+    library = torch.library.Library("aten", "IMPL")
+    try:
+        library.impl("_cudnn_rnn_backward", cudnn_rnn_backward_on_meta, "Meta")
         yield
     finally:
         library._destroy()

@@ -1033,11 +1033,16 @@ METHOD = (
     "PyTorch's own selection picks, which keeps a logsumexp instead of the attention matrix, "
     "but in inference `nn.MultiheadAttention` and `nn.TransformerEncoderLayer` run PyTorch's "
     "fused fast path, which keeps the whole attention matrix; `nn.LSTM` runs oneDNN's layer "
-    "with its workspace; `nn.GRU` the CPU's composite. For CUDA, float32 attention runs the "
-    "memory-efficient kernel (flash and cuDNN need fp16 or bf16): these CUDA choices follow "
-    "PyTorch's source and are not yet validated on a GPU; the reserve cuDNN's RNN keeps is "
-    "not predicted (LSTM and GRU are traced as their composite cell for CUDA), nor are the "
-    "inference fast paths of the attention layers.",
+    "with its workspace; `nn.GRU` the CPU's composite. For CUDA, attention runs the kernel "
+    "PyTorch's selection picks on an H100 or H200: cuDNN's for fp16 and bf16 where it takes "
+    "the shapes (head dims multiples of 8, at most 256), else flash or memory-efficient; the "
+    "memory-efficient kernel for float32 (flash and cuDNN need fp16 or bf16). These choices "
+    "were checked against PyTorch's own on an H200 with torch 2.11 and cuDNN 9.19; other "
+    "versions choose differently. `nn.LSTM` and `nn.GRU` run cuDNN's RNN, whose reserve for "
+    "backward comes from a formula fitted to what that H200 returned (864 shapes, each to the "
+    "byte); with projections, packed sequences, dropout, bfloat16 or AMP the composite cell "
+    "stands in and that reserve is not predicted. The inference fast paths of the attention "
+    "layers are not traced for CUDA (the slow path stands in).",
     "Bytes: KiB = 2^10 B, MiB = 2^20 B, GiB = 2^30 B.",
     "Estimated figures come from tracing one training step (after a warm-up step, so optimizer "
     "state exists) and one inference pass on meta tensors: nothing of batch size is allocated. "
