@@ -21,7 +21,8 @@ estimated peak allocated) plus the CUDA context, which is measured, not estimate
 the CPU can know it. The columns after the errors say how large each
 term the estimate cannot see was at that point:
   between   (CUDA) the measured peak between ops, without what kernels allocate and free inside
-            one op, and the estimate's error against it: what a trace of tensors can predict
+            one op, beside the estimate's (what it holds between ops: a composite op's parts
+            are one op in inference) and its error: what a trace of tensors can predict
   scratch   peak allocated − peak between ops: kernel scratch at the peak (cuDNN workspace)
   context   NVML's figure for the process right after the CUDA context was made
   libs      NVML process − peak reserved − context: kernels and library state loaded later
@@ -57,6 +58,7 @@ class Row:
     measured: PhaseMeasurement
     estimated_baseline: int
     estimated_reserved: int | None
+    estimated_between: int  # the estimate's peak between the device's ops
 
     def cells(self) -> dict[str, str]:
         m = self.measured.memory
@@ -73,7 +75,8 @@ class Row:
             "meas MiB": mib(m.peak_allocated),
             "err": error(self.estimated, m.peak_allocated),
             "between MiB": mib(between),
-            "err between": error(self.estimated, between),
+            "est between": mib(self.estimated_between),
+            "err between": error(self.estimated_between, between),
             "scratch": mib(m.peak_allocated - between if between is not None else None),
             "res est": mib(self.estimated_reserved),
             "res meas": mib(m.peak_reserved),
@@ -143,6 +146,7 @@ def row(model: str, measured: PhaseMeasurement, estimate: MemoryBreakdown | None
         measured,
         estimated_baseline(estimate, measured.phase),
         estimate.reserved,
+        estimate.peak_between_ops,
     )
 
 

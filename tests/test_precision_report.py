@@ -263,7 +263,7 @@ def test_the_worker_measures_a_precision_where_the_estimate_says(
 def test_amp_predicted_for_cuda_without_a_gpu_says_so() -> None:
     note = cuda_amp_note("cuda", ("fp32", "amp-fp16", "amp-bf16"), measured=False)
     assert note and note.startswith("amp-fp16 and amp-bf16 for CUDA")
-    assert "not yet validated on a GPU" in note
+    assert "estimated only (checked on an H200" in note
     assert cuda_amp_note("cuda", ("amp-fp16",), measured=True) is None  # measured: the errors
     assert cuda_amp_note("cpu", ("amp-fp16",), measured=False) is None  # CPU: PyTorch's own
     assert cuda_amp_note("cuda", ("fp32", "bf16"), measured=False) is None  # no autocast

@@ -235,6 +235,26 @@ def test_composite_ops_are_one_op_in_inference(name: str) -> None:
     assert estimate == real_inference_peak_between_ops(real(name))
 
 
+def test_amp_inference_runs_composite_ops_as_one_op() -> None:
+    # the worker measures an AMP inference pass under inference_mode too, where LayerNorm and
+    # GroupNorm are one op each; the trace runs AMP under no_grad (autocast's casts are above
+    # autograd), where PyTorch takes them apart: their statistics read as held between ops
+    # (8,192 B high here; VGG-11's max-pooling indices 5.3% high on an H200)
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cpu", precision="amp-bf16")
+    ours = analyse_model("zoo_models:Norms", cfg)
+    model = real("Norms").eval()
+    x, _ = make_batch(BATCH, zoo_models.INPUTS, zoo_models.CLASSES, "cpu")
+    start = sum(t.untyped_storage().nbytes() for t in [*model.parameters(), x])
+
+    def forward() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+
+    with torch.inference_mode():  # casts as ops of their own, as the trace sees them
+        real_between_ops = start + cpu_peak_between_dispatched_ops(forward).peak
+    assert ours.inference.between_ops == real_between_ops
+
+
 def test_mishs_backward_is_one_kernel_that_makes_its_output() -> None:
     # the CPU's mish_backward makes the input's gradient only; meta's composite made
     # temporaries (softplus, tanh, sigmoid, products) of the 4·3·16·32 activation, 24 KiB

@@ -39,6 +39,7 @@ from nin_profile.engine.tracing import (
     LOSS,
     FusedDropout,
     StepTracer,
+    composites_whole,
     cpu_tensors_join,
     saved_in_backward,
     tag_graph,
@@ -578,7 +579,8 @@ def _trace_inference(model: nn.Module, cfg: AnalysisConfig, setup: TraceSetup) -
     try:
         amp = setup.amp(inference=True)
         grad_off = torch.no_grad() if amp else torch.inference_mode()
-        with naming_failures(stack), grad_off, DeviceKernels(cfg.device), tracer:
+        whole = composites_whole() if amp else contextlib.nullcontext()
+        with naming_failures(stack), grad_off, DeviceKernels(cfg.device), whole, tracer:
             forward(model, x, amp)
         owners[MemoryCategory.WORKSPACE] = _hold_workspaces(log, cfg.rules, tracer)
         owners[MemoryCategory.WEIGHT_COPIES] = tracer.weight_copies

@@ -10,6 +10,7 @@ the node during backward.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, cast
@@ -30,12 +31,13 @@ from nin_profile.engine.accumulation import (
 from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
 from nin_profile.engine.flops import flop_formula
 from nin_profile.engine.kernels import (
+    FUSED_ON_DEVICE,
     cpu_outputs,
     kernel_outputs,
     kernel_scratch,
 )
 from nin_profile.engine.layer_stack import LayerStack, tensors_in
-from nin_profile.engine.memory import AllocationLog
+from nin_profile.engine.memory import AllocationLog, one_op
 from nin_profile.results import PeakSite, Phase
 
 LOSS = "loss"
@@ -183,6 +185,44 @@ def _composite(func: Any) -> bool:
     return func.namespace == "aten" and torch._C._dispatch_has_kernel_for_dispatch_key(
         func.name(), "CompositeImplicitAutograd"
     )
+
+
+@contextlib.contextmanager
+def composites_whole() -> Iterator[None]:
+    """While an AMP inference pass is traced: every op PyTorch composes of others runs as one
+    op, as under the inference_mode the pass is measured in. That pass is traced under
+    no_grad (autocast's casts are applied above autograd), where a composite is taken apart
+    above the trace's dispatch mode (its kernel is autograd's), so its parts would be ops of
+    their own: a kernel at the autograd keys of the trace's tensors (fake CPU ones under AMP,
+    meta) runs the composite inside one op (VGG-11's AMP inference between ops read 5.3%
+    high on an H200: max-pooling's int64 indices, made and dropped inside `max_pool2d`)."""
+    library = torch.library.Library("aten", "IMPL")
+    composites = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
+            for name in composites:
+                short = name.removeprefix("aten::")
+                if name.startswith("aten::") and short not in FUSED_ON_DEVICE:
+                    kernel = _whole(_overload(name))
+                    for key in ("AutogradCPU", "AutogradMeta"):
+                        library.impl(short, kernel, key)
+        yield
+    finally:
+        library._destroy()
+
+
+def _overload(name: str) -> Any:
+    packet, _, overload = name.removeprefix("aten::").partition(".")
+    return getattr(getattr(torch.ops.aten, packet), overload or "default")
+
+
+def _whole(op: Any) -> Any:
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        with one_op():
+            return op._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
+
+    return kernel
 
 
 def cpu_tensors_join(device: str) -> contextlib.AbstractContextManager[Any]:

@@ -340,7 +340,11 @@ def _caveat(profile: Profile) -> str:
     if c.device == "cuda" and any(p.precision in AMP for m in profile.models for p in m.precisions):
         text += (
             "CUDA's autocast is applied to a trace on the CPU, each op's casts taken from "
-            "CUDA's own autocast kernel; not yet validated on a GPU. "
+            "CUDA's own autocast kernel. Checked on an H200 (torch 2.11) at batch 32 for NiN, "
+            "AlexNet and VGG-11 in AMP fp16 and bf16 and as fp16 and bf16 models: what autograd "
+            "saves within 1% of a real step in all 12; the peak between ops within 2% in 16 "
+            "of 24, NiN's training 2.7-3.1% low in three, VGG-11's inference 5.3% high in "
+            "four. "
         )
     return text + "FLOPs are the same in every precision; time changes where measured."
 
