@@ -92,6 +92,5 @@ def cuda_amp_note(device: str, precisions: tuple[str, ...], measured: bool) -> s
         f"{' and '.join(dict.fromkeys(amp))} for CUDA: CUDA's autocast applied op by op to a "
         "trace on the CPU (each op's casts asked of CUDA's own autocast kernel); estimated "
         "only (checked on an H200 for NiN, AlexNet and VGG-11: saved bytes within 1%, peaks "
-        "between ops within 2% but for NiN's training, up to 3.1% low, and VGG-11's "
-        "inference, 5.3% high)"
+        "between ops within 2% but for NiN's training at batch 32, up to 3.1% low)"
     )
