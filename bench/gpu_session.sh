@@ -13,6 +13,16 @@
 #   run(command="bash bench/gpu_session.sh kernels", carry=[".whl"])  issue 11: CUDA's attention
 #       choices, saved bytes and peaks (tests/test_cuda_kernels.py), then cuDNN's RNN reserve
 #       over a grid (bench/cuda_kernels.py → $OUT/rnn_kernels.csv); not yet run, size unknown
+#   run(command="bash bench/gpu_session.sh lent", carry=[".whl"], timeout_s=600)  one call for a
+#       session's whole 15 minutes, each stage cut to what is left of LENT_S seconds (default
+#       540): every cuda-marked test (pytest-xdist, 12 at once), FSDP2 on one NCCL rank,
+#       VGG-11 by precision, --max-batch for AlexNet and VGG-11.
+#       Measured on an H200 (2026-11-28, torch 2.11): a start cost about 30 s; the 69
+#       cuda-marked tests 71 s at -n 12; NiN and AlexNet by precision (4 precisions,
+#       --iterations 3) about 150 s, with VGG-11 too over 170 s; DDP on one NCCL rank about
+#       70 s (a 40 s cap stopped it); NiN/AlexNet/VGG-11 with channels_last 53 s; cuDNN's RNN
+#       grid (bench/cuda_kernels.py) 14 s; --max-batch for AlexNet and VGG-11 did not finish
+#       in 146 s (139 GiB: large batches).
 # .whl holds wheels of what the GPU image lacks (fvcore, iopath, yacs, termcolor, torchinfo;
 # `pip wheel --no-deps` here). Results go to $OUT (default ./gpu-out), reports as .tgz.
 # Measured on an H100 (2026-11-23): a measurement costs 5-9 s, mostly the fresh process's CUDA
@@ -32,10 +42,17 @@ else
   export PYTHONPATH=$PWD
 fi
 stage() { echo "=== $1 ($(date +%T))"; }
+START=$SECONDS
+LIMIT=560  # a stage's timeout; `lent` lowers it stage by stage to what is left
+left() {  # left CAP: seconds for the next stage, at most CAP, never past LENT_S
+  local rest=$((${LENT_S:-540} - (SECONDS - START)))
+  LIMIT=$((rest < $1 ? rest : $1))
+  if [ "$LIMIT" -lt 20 ]; then echo "(no time left for this stage)"; return 1; fi
+}
 profile() {  # profile NAME ARGS...: one report under $OUT/NAME.tgz
   local name=$1
   shift
-  time timeout 560 python3 -m nin_profile --device cuda --out "$OUT/$name" "$@" 2>&1 \
+  time timeout "$LIMIT" python3 -m nin_profile --device cuda --out "$OUT/$name" "$@" 2>&1 \
     | grep -v '^USDT' | tail -30
   if [ -d "$OUT/$name" ]; then (cd "$OUT" && tar czf "$name.tgz" "$name" && rm -rf "$name"); fi
 }
@@ -77,6 +94,20 @@ optimizers() {
     timeout 200 python3 bench/cuda_kernels.py --out "$OUT" >"$OUT/rnn_kernels.txt" 2>&1
     head -30 "$OUT/rnn_kernels.txt"
     tail -4 "$OUT/rnn_kernels.txt"
+    ;;
+  lent)  # issue 15's list after items 1-2, what the H200 of 2026-11-28 left, in its order
+    stage cuda-tests
+    left 150 && timeout "$LIMIT" python3 -m pytest -m cuda -n 12 -p no:cacheprovider -q -rA \
+      >"$OUT/cuda_tests.txt" 2>&1
+    grep -E "^(PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED)|passed|failed" "$OUT/cuda_tests.txt" | head -120
+    stage nccl
+    left 100 && profile fsdp --models nin --batch 128 --parallel fsdp --world-size 1 --warmup 1 \
+      --iterations 3 --no-charts
+    stage precision
+    left 160 && profile precision --models vgg11 --batch 128 \
+      --compare-precision fp32,amp-fp16,amp-bf16,bf16 --memory-budget 80GiB --warmup 2 --iterations 3
+    stage max-batch
+    left 300 && profile max-batch --models alexnet,vgg11 --batch 128 --max-batch --iterations 3
     ;;
   max-batch) profile max-batch --models "$MODELS" --batch 128 --max-batch --iterations 10 ;;
   bench)
