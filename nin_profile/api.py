@@ -47,6 +47,21 @@ def model_names(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def input_spec(
+    shape: tuple[int, ...], token_ids: bool, batch_dim: int, name: str = "batch_dim"
+) -> InputSpec:
+    """One example of the input, the batch's place in it checked: one of 0 (first) to
+    len(shape) (last)."""
+    if not isinstance(batch_dim, int) or isinstance(batch_dim, bool):
+        raise ProfileError(f"{name} must be a whole number, got {batch_dim!r}")
+    if not 0 <= batch_dim <= len(shape):
+        raise ProfileError(
+            f"{name} {batch_dim}: an example of {len(shape)} dims puts the batch in dim 0 to "
+            f"{len(shape)}"
+        )
+    return InputSpec(shape, token_ids, batch_dim)
+
+
 def input_fields(
     inputs: InputSpec, models: Sequence[str], channels_last: bool = False
 ) -> dict[str, Any]:
@@ -74,6 +89,7 @@ def input_fields(
         "image_size": None,
         "input_shape": inputs.shape,
         "token_ids": inputs.token_ids,
+        "batch_dim": inputs.batch_dim,
     }
 
 
@@ -214,6 +230,7 @@ def profile(
     *models: ModelLike,
     input_size: Sequence[int] = (1, 224, 224),
     token_ids: bool = False,
+    batch_dim: int = 0,
     batch: int = 128,
     device: str = "auto",
     optimizer: str = "sgd",
@@ -242,7 +259,8 @@ def profile(
     "package.module:callable") for one batch of inputs of `input_size` each: (channels, height,
     width) images, or any shape a model of your own takes ((100, 40): 100 steps of 40 features);
     with `token_ids`, int64 token ids for a model that starts with an nn.Embedding ((512,): 512
-    tokens an example).
+    tokens an example). `batch_dim` is where the batch goes in the input: 0, first; 1 for a
+    time-first recurrent model (`batch_first=False`) that takes (time, batch, features).
 
     Estimates every figure without running (static analysis on meta tensors); with
     `measure=True` also measures on `device` ("auto": CUDA where present, else the CPU), each
@@ -258,7 +276,7 @@ def profile(
 
     if not isinstance(token_ids, bool):
         raise ProfileError(f"token_ids must be True or False, got {token_ids!r}")
-    inputs = InputSpec(_shape(input_size), token_ids)
+    inputs = input_spec(_shape(input_size), token_ids, batch_dim)
     static = not measure
     resolved = check_device(device, static, max_batch)
     if optimizer not in OPTIMIZERS:

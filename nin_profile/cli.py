@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-shape of them an example: for a model that starts with an embedding",
     )
     p.add_argument(
+        "--batch-dim",
+        type=int,
+        default=0,
+        metavar="N",
+        help="where the batch goes in the model's input (0: first, the default; 1 for a "
+        "time-first RNN model, batch_first=False, that takes (time, batch, features)); with "
+        "--input-shape",
+    )
+    p.add_argument(
         "--classes",
         type=positive_int,
         default=None,
@@ -384,18 +393,20 @@ def _take_input_shape(args: argparse.Namespace, names: list[str]) -> dict[str, A
     """RunConfig's input fields for an --input-shape that is not a square image, checked
     against the models; None without one, and for a square image, which becomes --channels
     and --image-size (what the built-in models are built for)."""
-    from nin_profile.api import input_fields
-    from nin_profile.inputs import InputSpec
+    from nin_profile.api import input_fields, input_spec
 
     if args.input_shape is None:
         if args.token_ids:
             raise ProfileError("--token-ids needs --input-shape LENGTH (tokens an example)")
+        if args.batch_dim:
+            raise ProfileError("--batch-dim needs --input-shape (one example's sizes)")
         return None
     if args.channels is not None or args.image_size is not None:
         raise ProfileError(
             "--input-shape gives the whole example: leave out --channels and --image-size"
         )
-    fields = input_fields(InputSpec(args.input_shape, args.token_ids), names, args.channels_last)
+    inputs = input_spec(args.input_shape, args.token_ids, args.batch_dim, "--batch-dim")
+    fields = input_fields(inputs, names, args.channels_last)
     if "input_shape" in fields:
         return fields
     args.channels, args.image_size = fields["channels"], fields["image_size"]  # a square image

@@ -169,6 +169,7 @@ def _check(run: Run, profile: ModelProfile, world_size: int) -> RankCheck:
         device=c.device,
         input_shape=c.inputs.shape,
         token_ids=c.inputs.token_ids,
+        batch_dim=c.inputs.batch_dim,
         classes=run.classes.get(profile.name, c.classes),
         optimizer=c.optimizer,
         bucket_cap_mb=c.bucket_cap_mb,

@@ -541,12 +541,13 @@ class RunConfig:
     # Files before them: None and False
     input_shape: tuple[int, ...] | None = None
     token_ids: bool = False
+    batch_dim: int = 0  # --batch-dim: where the batch goes in the input (files before it: 0)
 
     @property
     def inputs(self) -> InputSpec:
         """One example of the input every model is profiled on."""
         if self.input_shape is not None:
-            return InputSpec(self.input_shape, self.token_ids)
+            return InputSpec(self.input_shape, self.token_ids, self.batch_dim)
         assert self.channels is not None and self.image_size is not None
         return InputSpec.image(self.channels, self.image_size)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -300,6 +300,7 @@ class Run:
             device=c.device,
             input_shape=c.inputs.shape,
             token_ids=c.inputs.token_ids,
+            batch_dim=c.inputs.batch_dim,
             classes=self.classes.get(name, c.classes),
             optimizer=c.optimizer,
             warmup=plan.warmup,
@@ -396,6 +397,7 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
     named = (config.precision, *config.compare_precisions)
     if note := cuda_amp_note(config.device, named, measured=not config.static):
         run.notes.append(note)
+    run.notes.extend(time_first_notes(statics, config))
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))
 
@@ -500,6 +502,32 @@ def _time_interleaved(
             roof = raw.get("ceilings", {}).get(get_precision(subject.precision).compute)
             extra |= {"layer_ms": layers or {}, "ceilings": Ceilings(**roof) if roof else None}
         measured[subject.key][phase] = replace(pm, **extra)
+
+
+RECURRENT = ("RNN", "LSTM", "GRU")
+
+
+def time_first_notes(statics: Iterable[ModelProfile], config: RunConfig) -> list[str]:
+    """A line for each model whose time-first recurrent layer (`batch_first=False`, which
+    takes (time, batch, features)) was handed the batch in its time dim: its output has the
+    batch first. Where the model takes time-first input, --batch-dim 1 profiles it as it runs;
+    a model that transposes its batch-first input before the layer gives no line."""
+    if config.inputs.batch_dim:
+        return []
+    notes = []
+    for model in statics:
+        for layer in model.layers:
+            shape = layer.output_shape
+            time_first = layer.type in RECURRENT and "batch_first=True" not in layer.spec
+            if time_first and shape and len(shape) == 3 and shape[0] == config.batch != shape[1]:
+                notes.append(
+                    f"time-first recurrent layer: {model.name}'s {layer.type} `{layer.name}` "
+                    f"(batch_first=False) took the batch of {config.batch} as its time steps "
+                    f"(its output {'×'.join(map(str, shape))}); if the model takes (time, "
+                    "batch, features), give --batch-dim 1 (batch_dim=1 from Python)"
+                )
+                break
+    return notes
 
 
 def _measure_phases(run: Run, subject: Subject) -> dict[str, PhaseMeasurement]:

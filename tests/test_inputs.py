@@ -17,6 +17,7 @@ from test_zoo import onednn_off
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import nin_profile
 from nin_profile.cli import main
 from nin_profile.engine.analysis import AnalysisConfig, analyse_model
 from nin_profile.engine.training import (
@@ -29,6 +30,7 @@ from nin_profile.engine.training import (
 from nin_profile.errors import ProfileError
 from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_during
+from nin_profile.measure.worker import Request
 from nin_profile.results import ModelProfile
 
 BATCH, CLASSES = 4, zoo_models.CLASSES
@@ -250,6 +252,14 @@ CLI_REFUSALS = [
         "an embedding looks up: give --token-ids and --input-shape LENGTH, the tokens of an "
         "example (token_ids=True, input_size=(LENGTH,) from Python)",
     ),
+    (
+        ["--models", "zoo_models:lstm", "--input-shape", "16,48", "--batch-dim", "3"],
+        "--batch-dim 3: an example of 2 dims puts the batch in dim 0 to 2",
+    ),
+    (
+        ["--models", "zoo_models:lstm", "--batch-dim", "1"],
+        "--batch-dim needs --input-shape (one example's sizes)",
+    ),
 ]
 
 
@@ -308,3 +318,53 @@ def test_the_fast_paths_are_put_back_after_a_trace() -> None:
     with pytest.raises(ProfileError, match="nested tensor"):
         profile("unchecked_padded_encoder", LONG_TOKENS)
     assert originals() == before
+
+
+# ---- where the batch goes: time-first recurrent models ------------------------------------------
+
+
+class TimeFirst(nn.Module):
+    """nn.LSTM's default layout: (time, batch, features) in, the last step classified."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][-1])
+
+
+def test_the_batch_goes_where_batch_dim_says() -> None:
+    inputs = InputSpec((20, 8), batch_dim=1)
+    assert inputs.batch_shape(4) == (20, 4, 8)
+    assert InputSpec((20, 8)).batch_shape(4) == (4, 20, 8)
+    assert InputSpec((3, 32, 32), batch_dim=1).square_image is None  # not the images we build
+    assert inputs.batch_place == "the batch in dim 1 of the input"
+
+
+def test_a_time_first_model_is_profiled_with_its_batch_where_it_takes_it() -> None:
+    # 20 steps of 8 features, batch 4: the LSTM sees (20, 4, 8) and gives (20, 4, 16); its
+    # gate products are 2·T·B·4H·(I + H) = 2·20·4·64·24 = 245_760 FLOPs either way, but given
+    # the batch first it ran 4 steps over 20 sequences, and the run says so
+    time_first = nin_profile.profile(TimeFirst(), input_size=(20, 8), batch_dim=1, batch=4)
+    rnn = {layer.name: layer for layer in time_first.models[0].layers}["rnn"]
+    assert rnn.output_shape == (20, 4, 16) and rnn.flops_forward == 245_760
+    assert not any("time-first" in note for note in time_first.notes)
+    assert time_first.config.batch_dim == 1
+    loaded = type(time_first.config).from_dict(json.loads(json.dumps(time_first.config.to_dict())))
+    assert loaded.inputs.batch_shape(4) == (20, 4, 8)
+
+    batch_first = nin_profile.profile(TimeFirst(), input_size=(20, 8), batch=4)
+    rnn = {layer.name: layer for layer in batch_first.models[0].layers}["rnn"]
+    assert rnn.output_shape == (4, 20, 16)
+    (note,) = [note for note in batch_first.notes if "time-first" in note]
+    assert "`rnn` (batch_first=False) took the batch of 4 as its time steps" in note
+    assert "--batch-dim 1" in note
+
+
+def test_a_worker_builds_its_batch_where_batch_dim_says() -> None:
+    request = Request(
+        model="m", phase="train", batch=4, device="cpu", input_shape=(20, 8), batch_dim=1
+    )
+    assert request.inputs.batch_shape(request.batch) == (20, 4, 8)

@@ -68,6 +68,7 @@ class RankRequest:
     device: str = "cpu"
     input_shape: tuple[int, ...] = IMAGES_224.shape  # one example's (InputSpec.shape)
     token_ids: bool = False
+    batch_dim: int = 0  # InputSpec.batch_dim
     classes: int | None = DEFAULT_CLASSES
     optimizer: str = "sgd"
     bucket_cap_mb: float | None = None
@@ -159,7 +160,7 @@ def _setup(req: RankRequest) -> _Step:
     `req.warmup` steps; gradients cleared as each step begins."""
     torch.manual_seed(0)
     device = torch.device(req.device, torch.cuda.current_device()) if req.device == "cuda" else None
-    inputs = InputSpec(req.input_shape, req.token_ids)
+    inputs = InputSpec(req.input_shape, req.token_ids, req.batch_dim)
     model = get_model(req.model, **vars(ModelConfig.of(inputs, req.classes))).to(device or "cpu")
     module = wrap(model, req)
     model.train()

@@ -56,6 +56,7 @@ class Request:
     device: str  # "cuda" or "cpu"
     input_shape: tuple[int, ...] = IMAGES_224.shape  # one example's (InputSpec.shape)
     token_ids: bool = False
+    batch_dim: int = 0  # InputSpec.batch_dim
     classes: int | None = DEFAULT_CLASSES  # the model's, as the analysis read them from its output
     optimizer: str = "sgd"
     warmup: int = 3
@@ -69,7 +70,7 @@ class Request:
 
     @property
     def inputs(self) -> InputSpec:
-        return InputSpec(self.input_shape, self.token_ids)
+        return InputSpec(self.input_shape, self.token_ids, self.batch_dim)
 
 
 def emit(message: dict[str, Any]) -> None:

@@ -126,6 +126,8 @@ def conditions(profile: Profile) -> str:
     c, env = profile.config, profile.environment
     inputs = c.inputs
     batch = f"of {inputs.describe()}" if inputs.square_image else f"of {inputs.describe()} each"
+    if inputs.batch_place:
+        batch += f" ({inputs.batch_place})"
     text = (
         f"Batch {c.batch} {batch}, {classes_words(profile)}, "
         f"{precision_meaning(c)}{_own_dtypes(profile)}, optimizer {c.optimizer}. Every figure "
