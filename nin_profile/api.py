@@ -59,6 +59,12 @@ def input_spec(
             f"{name} {batch_dim}: an example of {len(shape)} dims puts the batch in dim 0 to "
             f"{len(shape)}"
         )
+    if token_ids and batch_dim:
+        # the loss reads logits as (batch, classes) or (batch, steps, classes)
+        raise ProfileError(
+            f"token ids with {name} {batch_dim}: a time-first language model's loss is not "
+            "traced (its logits are read batch first); give the batch first"
+        )
     return InputSpec(shape, token_ids, batch_dim)
 
 
@@ -80,9 +86,11 @@ def input_fields(
             f"{', '.join(built_in)} {verb} built for square images (channels × side × side), "
             f"not {inputs.describe()}; other inputs are for models of your own"
         )
-    if channels_last and (inputs.token_ids or len(inputs.shape) != 3):
+    if channels_last and (inputs.token_ids or len(inputs.shape) != 3 or inputs.batch_dim):
+        where = f" with {inputs.batch_place}" if inputs.batch_dim else ""
         raise ProfileError(
-            f"channels_last lays out images (channels × height × width), not {inputs.describe()}"
+            "channels_last lays out images (channels × height × width, the batch first), not "
+            f"{inputs.describe()}{where}"
         )
     return {
         "channels": None,

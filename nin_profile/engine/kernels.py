@@ -15,6 +15,7 @@ The selection rules, with the PyTorch source each follows, are devices.py's.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -249,12 +250,31 @@ def _cudnn_rnn_reserve_of(args: tuple[Any, ...]) -> torch.Tensor:
 
 
 def cudnn_rnn_backward_on_meta(*args: Any) -> tuple[Any, ...]:
-    """`_cudnn_rnn_backward` for meta tensors (PyTorch has no meta kernel): the gradients of
-    the input, h0 and c0 always (RNN.cpp computes them unconditionally, "because it mutates
-    reserve"), the weights' where `output_mask[3]` (views into one buffer of all the weights on
-    the GPU: the same bytes)."""
-    input, weights, hx, cx, output_mask = args[0], args[1], args[4], args[5], args[-1]
-    grad_weights = [torch.empty_like(w) for w in weights] if output_mask[3] else []
+    """`_cudnn_rnn_backward` for meta tensors (PyTorch has no meta kernel), as RNN.cpp's:
+    refused for a call made in eval mode (a frozen-in-eval RNN in a training step fails on the
+    GPU: "cudnn RNN backward can only be called in training mode"); the gradients of the
+    input, h0 and c0 always (computed unconditionally, "because it mutates reserve"), the
+    weights' where `output_mask[3]`, as views into one buffer of all the weights (`dw`). The
+    zeros it makes inside for gradients that did not arrive, and cuDNN's workspace, are
+    scratch, not estimated."""
+    input, weights, hx, cx, train, output_mask = (
+        args[0],
+        args[1],
+        args[4],
+        args[5],
+        args[16],
+        args[-1],
+    )
+    if not train:
+        raise RuntimeError("cudnn RNN backward can only be called in training mode")
+    grad_weights = []
+    if output_mask[3]:
+        flat = input.new_empty(sum(w.numel() for w in weights))
+        starts = itertools.accumulate((w.numel() for w in weights), initial=0)
+        grad_weights = [
+            flat[start : start + w.numel()].view(w.shape)
+            for start, w in zip(starts, weights, strict=False)  # one start more than weights
+        ]
     grad_cx = torch.empty_like(cx) if cx is not None else None
     return torch.empty_like(input), torch.empty_like(hx), grad_cx, grad_weights
 
@@ -521,9 +541,10 @@ def onednn_lstm_workspace(
 
 def kernel_outputs(func: Any, args: tuple[Any, ...], out: Any, device: str = "cpu") -> Any:
     """`out` with the sizes and dtypes `device`'s kernel gives where the meta or fake kernel
-    does not know them: oneDNN's LSTM workspace in training (PyTorch's meta kernel returns an
-    empty one), the statistics a normalization keeps for backward (norm_stats_dtype), a
-    fold's storage (`_SLIDING_BLOCKS`) and an embedding bag's bookkeeping on the CPU."""
+    does not know them: oneDNN's LSTM workspace and cuDNN's RNN reserve in training
+    (PyTorch's meta kernels return empty ones), the statistics a normalization keeps for
+    backward (norm_stats_dtype), a fold's storage (`_SLIDING_BLOCKS`) and an embedding bag's
+    bookkeeping on the CPU."""
     if func is aten._cudnn_rnn.default and args[12]:  # train: a reserve for backward
         return (*out[:3], _cudnn_rnn_reserve_of(args), out[4])
     if func is aten.mkldnn_rnn_layer.default and _keeps_workspace(args):
@@ -746,10 +767,16 @@ class DeviceKernels:
             with _whole_in_inference():
                 return sdpa_on(device, sdpa, *args, **kwargs)
 
+        def on_cudnn(mode: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            """The call run as cuDNN's RNN where CUDA would (`rnn_uses_cudnn`), else None."""
+            if rnn_uses_cudnn(device, args[0], args[1], *args[5:7]):
+                return rnn_on_cudnn(mode)(*args, **kwargs)
+            return None
+
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
             with _whole_in_inference():
-                if rnn_uses_cudnn(device, args[0], args[1], *args[5:7]):
-                    return rnn_on_cudnn(CUDNN_LSTM)(*args, **kwargs)
+                if (out := on_cudnn(CUDNN_LSTM, args, kwargs)) is not None:
+                    return out
                 if lstm_uses_onednn(device, *args[:3]):
                     return lstm_on_onednn(*args, **kwargs)
                 if isinstance(args[1], torch.Tensor) and packed_lstm_uses_onednn(device, *args[:4]):
@@ -763,8 +790,8 @@ class DeviceKernels:
         ) -> Callable[..., Any]:
             def layers(*args: Any, **kwargs: Any) -> Any:
                 with _whole_in_inference():
-                    if cudnn_mode and rnn_uses_cudnn(device, args[0], args[1], *args[5:7]):
-                        return rnn_on_cudnn(cudnn_mode)(*args, **kwargs)
+                    if cudnn_mode and (out := on_cudnn(cudnn_mode, args, kwargs)) is not None:
+                        return out
                     if rnn_runs_whole_sequence(device, args[2]):
                         return on_cpu(*args, **kwargs)
                     return original(*args, **kwargs)
