@@ -408,6 +408,9 @@ class ModelProfile:
     # trainable parameters the training step gives no gradient (name → elements): the loss
     # does not reach them, so they get no .grad and no optimizer state
     without_grad: Mapping[str, int] = field(default_factory=dict)
+    # for CUDA, the recurrent layers CUDA runs on cuDNN that the trace followed as their
+    # composite cell, why in words ("LSTM under autocast"): their reserve is not predicted
+    unpredicted: tuple[str, ...] = ()
 
     @property
     def macs_forward(self) -> int:
@@ -452,6 +455,7 @@ class ModelProfile:
             "parallel": self.parallel.to_dict() if self.parallel else None,
             "not_counted": [asdict(n) for n in self.not_counted],
             "params_without_grad": dict(self.without_grad),
+            "unpredicted": list(self.unpredicted),
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -492,6 +496,7 @@ class ModelProfile:
             precisions=tuple(PrecisionProfile.from_dict(p) for p in d.get("precisions", ())),
             parallel=_parallel_from_dict(d.get("parallel")),
             without_grad=dict(d.get("params_without_grad", {})),  # not in older files
+            unpredicted=tuple(d.get("unpredicted", ())),  # not in older files
         )
 
 

@@ -398,6 +398,12 @@ def run_profile(config: RunConfig, on_progress: ProgressSink = _ignore) -> Profi
     if note := cuda_amp_note(config.device, named, measured=not config.static):
         run.notes.append(note)
     run.notes.extend(time_first_notes(statics, config))
+    run.notes.extend(
+        f"cuDNN's RNN not traced: {m.name}'s {', '.join(m.unpredicted)}; traced as the "
+        "composite cell, whose saved tensors stand in for cuDNN's reserve"
+        for m in statics
+        if m.unpredicted
+    )
     env = collect_environment(config.device, measured=not config.static)
     return Profile(config, env, tuple(models), tuple(run.notes))
 

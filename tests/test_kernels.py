@@ -400,3 +400,23 @@ def test_cudnn_rnn_counts_the_gate_products() -> None:
     rnn = {layer.name: layer for layer in profile("lstm", "cuda").layers}["rnn"]
     assert rnn.flops_forward == 16 * BATCH * per_step_row == 2_359_296
     assert rnn.flops_backward == 2 * rnn.flops_forward
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "unpredicted"),
+    [
+        ("lstm", "fp32", ()),
+        ("lstm", "amp-bf16", ("LSTM under autocast",)),
+        ("gru", "bf16", ("GRU in bfloat16",)),
+        ("projected_lstm", "fp32", ("LSTM with projections",)),
+        ("packed_lstm", "fp32", ("LSTM over a packed sequence",)),
+        ("rnn_relu", "fp32", ("RNN (tanh or relu: its reserve not measured)",)),
+    ],
+)
+def test_a_recurrent_layer_cudnn_runs_untraced_is_named(
+    name: str, precision: str, unpredicted: tuple[str, ...]
+) -> None:
+    # CUDA runs each of these on cuDNN; where its reserve was not measured, the composite cell
+    # stands in and the profile says which layer and why
+    cfg = AnalysisConfig(batch=BATCH, inputs=zoo_models.INPUTS, device="cuda", precision=precision)
+    assert analyse_model(f"zoo_models:{name}", cfg).unpredicted == unpredicted

@@ -174,6 +174,7 @@ class _TrainingTrace:
     owners: dict[MemoryCategory, set[int]] = field(default_factory=dict)
     saved_dtype: dict[int, str] = field(default_factory=dict)  # key → "float16", "int64"
     without_grad: dict[str, int] = field(default_factory=dict)  # name → numel, see below
+    unpredicted: tuple[str, ...] = ()  # DeviceKernels.unpredicted: "LSTM under autocast"
 
 
 def analyse_model(name: str, cfg: AnalysisConfig) -> ModelProfile:
@@ -514,12 +515,13 @@ def _trace_training(
             saved_dtype.setdefault(key, str(tensor.dtype).removeprefix("torch."))
         return tensor
 
+    kernels = DeviceKernels(cfg.device)
     try:
         with (
             naming_failures(stack),
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             FusedDropout() if cfg.rules.fused_dropout else contextlib.nullcontext(),
-            DeviceKernels(cfg.device),
+            kernels,
             tracer,
         ):
             training_step(model, loss_fn, optimizer, x, y, on_phase=tracer.set_phase, amp=amp)
@@ -533,7 +535,14 @@ def _trace_training(
     finally:
         log.close()
     return _TrainingTrace(
-        tracer, log, recorder.records, saved_by, owners, saved_dtype, without_grad
+        tracer,
+        log,
+        recorder.records,
+        saved_by,
+        owners,
+        saved_dtype,
+        without_grad,
+        tuple(sorted(kernels.unpredicted)),
     )
 
 
@@ -747,6 +756,7 @@ def _model_profile(
             for (op, phase), calls in sorted(trace.tracer.not_counted.items())
         ),
         without_grad=trace.without_grad,
+        unpredicted=trace.unpredicted,
     )
 
 

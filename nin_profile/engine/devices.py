@@ -118,8 +118,9 @@ Kernels, CUDA (written from the source, checked on an H200 with torch 2.11, cuDN
   `flatten_parameters` put in one buffer when the module moved to the GPU). The zoo's LSTM and
   GRU classifiers at batch 512: what autograd saved in a real step on the H200, 14,442,756 and
   16,408,836 B, to the byte. Elsewhere (projections, packed sequences, dropout, bfloat16,
-  AMP) the composite cell stands in and the method section says the reserve is not
-  predicted. The workspace cuDNN takes inside a call is scratch, not estimated.
+  AMP; `nn.RNN`, whose reserve was not measured) the composite cell stands in and a note
+  names the model and layer (`cudnn_rnn_unpredicted`). The workspace cuDNN takes inside a
+  call is scratch, not estimated; `nn.LSTMCell`'s fused CUDA kernel is not modelled.
 - Inference fast paths: not traced; the slow path stands in (CUDA's native attention runs
   in-projection, SDPA and out-projection, as the slow path does, where no weights are asked
   for and the head dim is a multiple of 8; otherwise it keeps the scores as the CPU's does).
@@ -358,34 +359,40 @@ CUDNN_LSTM, CUDNN_GRU = 2, 3
 _RESERVE_STATES = {CUDNN_LSTM: 5, CUDNN_GRU: 6}
 
 
-def rnn_uses_cudnn(
-    device: str, input: torch.Tensor, hx: object, dropout: float, train: bool
-) -> bool:
+def rnn_uses_cudnn(device: str, input: object, hx: object, dropout: float, train: bool) -> bool:
     """For `torch._VF.lstm(input, (h0, c0), params, ...)` and `torch._VF.gru(input, h0,
     params, ...)` in a step for CUDA: `use_cudnn` of aten/src/ATen/native/RNN.cpp (a CUDA
     input cuDNN accepts, cuDNN enabled) sends them to `_cudnn_rnn`, which the trace follows
     for the kinds of call its reserve was measured for (`cudnn_rnn_reserve`; sizes beyond
-    that grid follow the formula unmeasured): a padded batch (a packed sequence's call passes
-    its batch sizes, a tensor, where `hx` is), float32 or float16, no projections (h0 as wide
-    as c0), no dropout between layers in training, not under autocast (which re-flattens the
-    weights into a 16-bit copy: `_cudnn_rnn_cast_reflatten`). Elsewhere the trace keeps the
-    composite cell (the method section says the reserve is then not predicted; no line names
-    the model). cuDNN's workspace inside a call (8-140 MB on the H200) is scratch, not
-    estimated, like a convolution's."""
-    if device != "cuda" or (isinstance(hx, torch.Tensor) and hx.dim() == 1):
+    that grid follow the formula unmeasured); `cudnn_rnn_unpredicted` names the others, where
+    the trace keeps the composite cell. cuDNN's workspace inside a call (8-140 MB on the H200)
+    is scratch, not estimated, like a convolution's."""
+    runs_cudnn = device == "cuda" and bool(torch.backends.cudnn.enabled)
+    if not runs_cudnn or not isinstance(input, torch.Tensor) or input.numel() == 0:
         return False
+    return cudnn_rnn_unpredicted(input, hx, dropout, train) is None
+
+
+def cudnn_rnn_unpredicted(
+    input: torch.Tensor, hx: object, dropout: float, train: bool
+) -> str | None:
+    """Why a call CUDA runs on cuDNN is not traced as cuDNN's (its reserve not measured for
+    it), in words; None where it is: a padded batch (a packed sequence's call passes its
+    batch sizes, a 1-D tensor, where `hx` is), float32 or float16, no projections (h0 as wide
+    as c0), no dropout between layers in training, not under autocast (which re-flattens the
+    weights into a 16-bit copy: `_cudnn_rnn_cast_reflatten`)."""
+    if isinstance(hx, torch.Tensor) and hx.dim() == 1:
+        return "over a packed sequence"
     states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
-    return (
-        isinstance(input, torch.Tensor)
-        and input.dim() == 3
-        and input.numel() > 0
-        and input.dtype in (torch.float32, torch.float16)
-        and all(isinstance(s, torch.Tensor) for s in states)
-        and len({s.shape[-1] for s in states}) == 1
-        and not (dropout and train)
-        and not torch.is_autocast_enabled("cuda")
-        and bool(torch.backends.cudnn.enabled)
-    )
+    if torch.is_autocast_enabled("cuda"):
+        return "under autocast"
+    if input.dtype not in (torch.float32, torch.float16):
+        return f"in {str(input.dtype).removeprefix('torch.')}"
+    if len({s.shape[-1] for s in states if isinstance(s, torch.Tensor)}) > 1:
+        return "with projections"
+    if dropout and train:
+        return "with dropout between layers"
+    return None
 
 
 def cudnn_rnn_reserve(

@@ -30,6 +30,7 @@ from nin_profile.engine.devices import (
     cpu_sdpa_backend,
     cuda_sdpa_backend,
     cudnn_rnn_reserve,
+    cudnn_rnn_unpredicted,
     lstm_uses_onednn,
     packed_lstm_uses_onednn,
     rnn_runs_whole_sequence,
@@ -41,6 +42,7 @@ from nin_profile.engine.memory import one_op, traced
 aten = torch.ops.aten
 
 LSTM_MODE = 2  # ideep::rnn_kind::LSTM, as `mkldnn_rnn_layer` takes it
+CUDNN_NAMES = {CUDNN_LSTM: "LSTM", CUDNN_GRU: "GRU"}
 PAGE = 4096  # oneDNN places each workspace part on its own page
 
 
@@ -754,6 +756,9 @@ class DeviceKernels:
 
     def __init__(self, device: str) -> None:
         self.device = device
+        # for CUDA, the recurrent calls cuDNN runs that the trace follows as the composite cell
+        # (`cudnn_rnn_unpredicted`): "LSTM under autocast"
+        self.unpredicted: set[str] = set()
         self._saved: dict[str, Any] = {}
         self._replaced = contextlib.ExitStack()  # put back in reverse when the block ends
 
@@ -768,9 +773,13 @@ class DeviceKernels:
                 return sdpa_on(device, sdpa, *args, **kwargs)
 
         def on_cudnn(mode: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            """The call run as cuDNN's RNN where CUDA would (`rnn_uses_cudnn`), else None."""
+            """The call run as cuDNN's RNN where CUDA would (`rnn_uses_cudnn`), else None; where
+            CUDA runs cuDNN and the trace cannot, why, in `unpredicted`."""
             if rnn_uses_cudnn(device, args[0], args[1], *args[5:7]):
                 return rnn_on_cudnn(mode)(*args, **kwargs)
+            if device == "cuda" and isinstance(args[0], torch.Tensor) and args[0].numel():
+                why = cudnn_rnn_unpredicted(args[0], args[1], *args[5:7])
+                self.unpredicted.add(f"{CUDNN_NAMES[mode]} {why}")
             return None
 
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
@@ -792,6 +801,8 @@ class DeviceKernels:
                 with _whole_in_inference():
                     if cudnn_mode and (out := on_cudnn(cudnn_mode, args, kwargs)) is not None:
                         return out
+                    if device == "cuda" and not cudnn_mode:
+                        self.unpredicted.add("RNN (tanh or relu: its reserve not measured)")
                     if rnn_runs_whole_sequence(device, args[2]):
                         return on_cpu(*args, **kwargs)
                     return original(*args, **kwargs)

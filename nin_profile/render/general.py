@@ -1042,8 +1042,9 @@ METHOD = (
     "were checked against PyTorch's own on an H200 with torch 2.11 and cuDNN 9.19; other "
     "versions choose differently. `nn.LSTM` and `nn.GRU` run cuDNN's RNN, whose reserve for "
     "backward comes from a formula fitted to what that H200 returned (864 shapes, each to the "
-    "byte); with projections, packed sequences, dropout, bfloat16 or AMP the composite cell "
-    "stands in and that reserve is not predicted. The inference fast paths of the attention "
+    "byte); with projections, packed sequences, dropout, bfloat16 or AMP, and for `nn.RNN`, "
+    "the composite cell stands in, that reserve is not predicted, and a note names the layer. "
+    "The inference fast paths of the attention "
     "layers are not traced for CUDA (the slow path stands in).",
     "Bytes: KiB = 2^10 B, MiB = 2^20 B, GiB = 2^30 B.",
     "Estimated figures come from tracing one training step (after a warm-up step, so optimizer "
