@@ -272,6 +272,20 @@ def test_no_legend_covers_a_chart(profile: Profile, measured: bool) -> None:
                 assert not box.overlaps(ax.get_window_extent(canvas.get_renderer())), file
 
 
+@pytest.mark.parametrize("phase", ["train", "inference"])
+def test_a_long_title_keeps_clear_of_the_legend(profile: Profile, phase: str) -> None:
+    # "estimated and measured · cuda · AMP bf16, channels_last · batch 128" ran past its
+    # axes into the legend of the H200's channels_last report
+    config = replace(profile.config, device="cuda", precision="amp-bf16", channels_last=True)
+    three = replace(profile, config=config, models=profile.models[:3])  # as narrow as there
+    fig = memory_breakdown(three, phase)
+    renderer = drawn(fig).get_renderer()
+    title = fig.axes[0].title.get_window_extent(renderer)
+    assert "channels_last" in fig.axes[0].get_title()
+    for legend in fig.legends:
+        assert not title.overlaps(legend.get_window_extent(renderer))
+
+
 def test_a_layer_chart_shows_where_the_parameters_sit(profile: Profile) -> None:
     """VGG-11's first dense layer holds most of its parameters: on a linear axis its bar is
     most of the panel, and its label says its share."""

@@ -292,7 +292,18 @@ def memory_breakdown(profile: Profile, phase: str) -> Figure:
         loc="outside right upper",
         fontsize="small",
     )
+    _room_for_title(fig, ax)
     return fig
+
+
+def _room_for_title(fig: Figure, ax: Axes) -> None:
+    """Widen `fig` where `ax`'s title runs past the axes, into the legend beside them (a
+    subtitle naming AMP and channels_last did)."""
+    fig.draw_without_rendering()
+    over = ax.title.get_window_extent().width - ax.get_window_extent().width
+    if over > 0:
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width + over / fig.dpi + 0.3, height)
 
 
 def _stacked_categories(
