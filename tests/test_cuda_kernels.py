@@ -146,6 +146,23 @@ def config(precision: str) -> AnalysisConfig:
     )
 
 
+def zoo_peaks(name: str, precision: str, phase: str) -> tuple[int, int]:
+    """The estimated and the worker's peak between ops of the zoo's `name` at BATCH."""
+    request = Request(
+        model=f"zoo_models:{name}",
+        phase=phase,
+        batch=BATCH,
+        device="cuda",
+        input_shape=zoo_models.INPUTS.shape,
+        classes=zoo_models.CLASSES,
+        warmup=2,
+        iterations=3,
+        precision=precision,
+        per_layer=False,
+    )
+    return estimated_and_measured(f"zoo_models:{name}", request, config(precision))
+
+
 def real_saved_bytes(name: str, precision: str) -> int:
     """What autograd saves in a real CUDA training step, each storage once, the model's own
     parameters and buffers left out."""
@@ -170,19 +187,7 @@ def test_attention_saved_bytes_are_within_2_percent(name: str, precision: str) -
 def test_attention_peaks_between_ops_are_within_5_percent(
     name: str, precision: str, phase: str
 ) -> None:
-    request = Request(
-        model=f"zoo_models:{name}",
-        phase=phase,
-        batch=BATCH,
-        device="cuda",
-        input_shape=zoo_models.INPUTS.shape,
-        classes=zoo_models.CLASSES,
-        warmup=2,
-        iterations=3,
-        precision=precision,
-        per_layer=False,
-    )
-    peak, measured = estimated_and_measured(f"zoo_models:{name}", request, config(precision))
+    peak, measured = zoo_peaks(name, precision, phase)
     assert abs(peak - measured) <= 0.05 * measured, (peak, measured)
 
 
@@ -204,18 +209,7 @@ def test_recurrent_saved_bytes_are_within_1_percent(name: str) -> None:
 @pytest.mark.parametrize("phase", ["train", "inference"])
 @pytest.mark.parametrize("name", ("lstm", "gru"))
 def test_recurrent_peaks_between_ops_are_within_5_percent(name: str, phase: str) -> None:
-    request = Request(
-        model=f"zoo_models:{name}",
-        phase=phase,
-        batch=BATCH,
-        device="cuda",
-        input_shape=zoo_models.INPUTS.shape,
-        classes=zoo_models.CLASSES,
-        warmup=2,
-        iterations=3,
-        per_layer=False,
-    )
-    peak, measured = estimated_and_measured(f"zoo_models:{name}", request, config("fp32"))
+    peak, measured = zoo_peaks(name, "fp32", phase)
     assert abs(peak - measured) <= 0.05 * measured, (peak, measured)
 
 

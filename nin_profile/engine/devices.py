@@ -113,7 +113,7 @@ Kernels, CUDA (written from the source, checked on an H200 with torch 2.11, cuDN
   flash kernel applies to fp16/bf16 inputs.
 - LSTM/GRU: `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), whose reserve (what backward
   needs) is cuDNN's `cudnnGetRNNTrainingReserveSize`: a formula fitted to an H200's answers
-  (`cudnn_rnn_reserve`), traced where it was measured (`rnn_uses_cudnn`); autograd keeps the
+  (`cudnn_rnn_reserve`), traced where it was measured (`cudnn_rnn_unpredicted`); autograd keeps the
   input, h0 and c0, the output and the reserve (the flat weights are the parameters, which
   `flatten_parameters` put in one buffer when the module moved to the GPU). The zoo's LSTM and
   GRU classifiers at batch 512: what autograd saved in a real step on the H200, 14,442,756 and
@@ -359,18 +359,20 @@ CUDNN_LSTM, CUDNN_GRU = 2, 3
 _RESERVE_STATES = {CUDNN_LSTM: 5, CUDNN_GRU: 6}
 
 
-def rnn_uses_cudnn(device: str, input: object, hx: object, dropout: float, train: bool) -> bool:
-    """For `torch._VF.lstm(input, (h0, c0), params, ...)` and `torch._VF.gru(input, h0,
-    params, ...)` in a step for CUDA: `use_cudnn` of aten/src/ATen/native/RNN.cpp (a CUDA
-    input cuDNN accepts, cuDNN enabled) sends them to `_cudnn_rnn`, which the trace follows
-    for the kinds of call its reserve was measured for (`cudnn_rnn_reserve`; sizes beyond
-    that grid follow the formula unmeasured); `cudnn_rnn_unpredicted` names the others, where
-    the trace keeps the composite cell. cuDNN's workspace inside a call (8-140 MB on the H200)
-    is scratch, not estimated, like a convolution's."""
-    runs_cudnn = device == "cuda" and bool(torch.backends.cudnn.enabled)
-    if not runs_cudnn or not isinstance(input, torch.Tensor) or input.numel() == 0:
-        return False
-    return cudnn_rnn_unpredicted(input, hx, dropout, train) is None
+def rnn_runs_cudnn(device: str, input: object) -> bool:
+    """For `torch._VF.lstm`, `torch._VF.gru` and `torch._VF.rnn_tanh/relu` in a step for CUDA:
+    `use_cudnn` of aten/src/ATen/native/RNN.cpp (a CUDA input cuDNN accepts, cuDNN enabled)
+    sends them to `_cudnn_rnn`. The trace follows it for LSTM and GRU calls of the kinds its
+    reserve was measured for (`cudnn_rnn_reserve`; sizes beyond that grid follow the formula
+    unmeasured); `cudnn_rnn_unpredicted` names the others, where it keeps the composite cell.
+    cuDNN's workspace inside a call (8-140 MB on the H200) is scratch, not estimated, like a
+    convolution's."""
+    return (
+        device == "cuda"
+        and bool(torch.backends.cudnn.enabled)
+        and isinstance(input, torch.Tensor)
+        and input.numel() > 0
+    )
 
 
 def cudnn_rnn_unpredicted(

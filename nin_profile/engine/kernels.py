@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,8 +34,8 @@ from nin_profile.engine.devices import (
     cudnn_rnn_unpredicted,
     lstm_uses_onednn,
     packed_lstm_uses_onednn,
+    rnn_runs_cudnn,
     rnn_runs_whole_sequence,
-    rnn_uses_cudnn,
 )
 from nin_profile.engine.fastpath import cpu_fast_paths, nested_packing_refused
 from nin_profile.engine.memory import one_op, traced
@@ -201,10 +202,11 @@ def lstm_on_onednn(
 
 
 def rnn_on_cudnn(mode: int) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """`torch._VF.lstm`/`torch._VF.gru` as CUDA runs them where `rnn_uses_cudnn`: RNN.cpp's
-    `_cudnn_impl`, one `_cudnn_rnn` for all layers and directions, which `kernel_outputs` gives
-    its reserve. Its weight buffer stands in empty: on the GPU it is the parameters' own
-    storage (`flatten_parameters`), which autograd saves and nothing new holds."""
+    """`torch._VF.lstm`/`torch._VF.gru` as CUDA runs them where `rnn_runs_cudnn` and the trace
+    can follow (`cudnn_rnn_unpredicted`): RNN.cpp's `_cudnn_impl`, one `_cudnn_rnn` for all
+    layers and directions, which `kernel_outputs` gives its reserve. Its weight buffer stands
+    in empty: on the GPU it is the parameters' own storage (`flatten_parameters`), which
+    autograd saves and nothing new holds."""
 
     def layers(
         input: torch.Tensor,
@@ -773,13 +775,14 @@ class DeviceKernels:
                 return sdpa_on(device, sdpa, *args, **kwargs)
 
         def on_cudnn(mode: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            """The call run as cuDNN's RNN where CUDA would (`rnn_uses_cudnn`), else None; where
-            CUDA runs cuDNN and the trace cannot, why, in `unpredicted`."""
-            if rnn_uses_cudnn(device, args[0], args[1], *args[5:7]):
+            """The call run as cuDNN's RNN where CUDA would and the trace can follow it, else
+            None; where it cannot, why, in `unpredicted`. `args` as `torch._VF` takes them:
+            (input, hx or batch sizes, params, has_biases, num_layers, dropout, train, ...)."""
+            if not rnn_runs_cudnn(device, args[0]):
+                return None
+            if (why := cudnn_rnn_unpredicted(args[0], args[1], *args[5:7])) is None:
                 return rnn_on_cudnn(mode)(*args, **kwargs)
-            if device == "cuda" and isinstance(args[0], torch.Tensor) and args[0].numel():
-                why = cudnn_rnn_unpredicted(args[0], args[1], *args[5:7])
-                self.unpredicted.add(f"{CUDNN_NAMES[mode]} {why}")
+            self.unpredicted.add(f"{CUDNN_NAMES[mode]} {why}")
             return None
 
         def lstm_layers(*args: Any, **kwargs: Any) -> Any:
@@ -801,7 +804,7 @@ class DeviceKernels:
                 with _whole_in_inference():
                     if cudnn_mode and (out := on_cudnn(cudnn_mode, args, kwargs)) is not None:
                         return out
-                    if device == "cuda" and not cudnn_mode:
+                    if not cudnn_mode and rnn_runs_cudnn(device, args[0]):
                         self.unpredicted.add("RNN (tanh or relu: its reserve not measured)")
                     if rnn_runs_whole_sequence(device, args[2]):
                         return on_cpu(*args, **kwargs)
@@ -855,21 +858,29 @@ def fused_on_meta() -> Iterator[None]:
     op with a composite), where the trace's dispatch mode sees it and runs it: its parts
     then pass unseen, as the device's kernel makes no temporaries. Fake tensors (AMP) reach
     the trace whole already."""
-    library = torch.library.Library("aten", "IMPL")
-    try:
-        for name in FUSED_ON_DEVICE:
-            library.impl(name, _below_autograd(getattr(aten, name).default), "AutogradMeta")
+    impls = [
+        (n, _below_autograd(getattr(aten, n).default), "AutogradMeta") for n in FUSED_ON_DEVICE
+    ]
+    with aten_kernels(impls):
         yield
-    finally:
-        library._destroy()
+
+
+def cudnn_rnn_backward_meta() -> contextlib.AbstractContextManager[None]:
+    """While a step for CUDA is traced: `_cudnn_rnn_backward` has a meta kernel."""
+    return aten_kernels([("_cudnn_rnn_backward", cudnn_rnn_backward_on_meta, "Meta")])
 
 
 @contextlib.contextmanager
-def cudnn_rnn_backward_meta() -> Iterator[None]:
-    """While a step for CUDA is traced: `_cudnn_rnn_backward` has a meta kernel."""
+def aten_kernels(impls: Iterable[tuple[str, Callable[..., Any], str]]) -> Iterator[None]:
+    """Each (op name, kernel, dispatch key) of `impls` registered for aten while the block
+    runs, PyTorch's own kernels in place again however it ends (torch.library's warning that
+    a kernel is overridden is not shown)."""
     library = torch.library.Library("aten", "IMPL")
     try:
-        library.impl("_cudnn_rnn_backward", cudnn_rnn_backward_on_meta, "Meta")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
+            for name, kernel, key in impls:
+                library.impl(name, kernel, key)
         yield
     finally:
         library._destroy()

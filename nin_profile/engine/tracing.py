@@ -10,7 +10,6 @@ the node during backward.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, cast
@@ -28,10 +27,12 @@ from nin_profile.engine.accumulation import (
     metadata,
     summing_in_place,
 )
+from nin_profile.engine.autocast import op_overload
 from nin_profile.engine.devices import BLAS_OPS, BLASLT_OPS
 from nin_profile.engine.flops import flop_formula
 from nin_profile.engine.kernels import (
     FUSED_ON_DEVICE,
+    aten_kernels,
     cpu_outputs,
     kernel_outputs,
     kernel_scratch,
@@ -196,25 +197,16 @@ def composites_whole() -> Iterator[None]:
     their own: a kernel at the autograd keys of the trace's tensors (fake CPU ones under AMP,
     meta) runs the composite inside one op (VGG-11's AMP inference between ops read 5.3%
     high on an H200: max-pooling's int64 indices, made and dropped inside `max_pool2d`)."""
-    library = torch.library.Library("aten", "IMPL")
     composites = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
-            for name in composites:
-                short = name.removeprefix("aten::")
-                if name.startswith("aten::") and short not in FUSED_ON_DEVICE:
-                    kernel = _whole(_overload(name))
-                    for key in ("AutogradCPU", "AutogradMeta"):
-                        library.impl(short, kernel, key)
+    impls = [
+        (short, _whole(op_overload(name)), key)
+        for name in composites
+        if name.startswith("aten::")
+        and (short := name.removeprefix("aten::")) not in FUSED_ON_DEVICE
+        for key in ("AutogradCPU", "AutogradMeta")
+    ]
+    with aten_kernels(impls):
         yield
-    finally:
-        library._destroy()
-
-
-def _overload(name: str) -> Any:
-    packet, _, overload = name.removeprefix("aten::").partition(".")
-    return getattr(getattr(torch.ops.aten, packet), overload or "default")
 
 
 def _whole(op: Any) -> Any:
