@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -873,14 +872,11 @@ def cudnn_rnn_backward_meta() -> contextlib.AbstractContextManager[None]:
 @contextlib.contextmanager
 def aten_kernels(impls: Iterable[tuple[str, Callable[..., Any], str]]) -> Iterator[None]:
     """Each (op name, kernel, dispatch key) of `impls` registered for aten while the block
-    runs, PyTorch's own kernels in place again however it ends (torch.library's warning that
-    a kernel is overridden is not shown)."""
+    runs, PyTorch's own kernels in place again however it ends."""
     library = torch.library.Library("aten", "IMPL")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
-            for name, kernel, key in impls:
-                library.impl(name, kernel, key)
+        for name, kernel, key in impls:
+            library.impl(name, kernel, key)
         yield
     finally:
         library._destroy()
